@@ -1,0 +1,159 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose'
+import Provider, { errors } from 'oidc-provider'
+
+/** The audience of every access token the demo identity provider issues. */
+export const API_AUDIENCE = 'urn:bearer-proxy:demo-api'
+
+export interface IdpClient {
+  readonly clientId: string
+  readonly clientSecret: string
+  readonly authMethod?: 'client_secret_post' | 'client_secret_basic'
+}
+
+export interface IdpOptions {
+  readonly clients: readonly IdpClient[]
+  /** user name → password, for the password grant. */
+  readonly users?: Readonly<Record<string, string>>
+  /** Access token lifetime in seconds. */
+  readonly accessTokenTtl: number
+  /** Issuer path, e.g. `/realms/demo` (issuers with a path). */
+  readonly path?: string
+  readonly port?: number
+}
+
+/** How the token endpoint behaves, switchable while running (for fault tests). */
+export type IdpMode = 'normal' | 'down' | 'garbage' | 'slow' | 'error'
+
+export interface Idp {
+  readonly issuer: string
+  readonly tokenUrl: string
+  /** The public keys that verify its tokens. */
+  readonly jwks: JSONWebKeySet
+  /** Token endpoint requests received so far. */
+  tokenRequests: number
+  mode: IdpMode
+  /** How long the token endpoint takes in `slow` mode. */
+  slowMs: number
+  readonly close: () => Promise<void>
+}
+
+/**
+ * A real OpenID Connect provider (oidc-provider) on 127.0.0.1 issuing RS256 JWT
+ * access tokens: client_credentials, password (registered here, as Keycloak
+ * offers it) and refresh_token grants.
+ */
+export async function startIdp (options: IdpOptions): Promise<Idp> {
+  const { privateKey } = await generateKeyPair('RS256', { extractable: true })
+  const key: JWK = { ...await exportJWK(privateKey), kid: 'demo', use: 'sig', alg: 'RS256' }
+  const publicKey: JWK = { kty: key.kty, n: key.n, e: key.e, kid: 'demo', use: 'sig', alg: 'RS256' }
+
+  const server: Server = createServer()
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  const path = options.path ?? ''
+  const issuer = `http://127.0.0.1:${port}${path}`
+  const resourceServer = {
+    scope: 'api',
+    audience: API_AUDIENCE,
+    accessTokenTTL: options.accessTokenTtl,
+    accessTokenFormat: 'jwt' as const,
+    jwt: { sign: { alg: 'RS256' as const } }
+  }
+  const users = options.users ?? {}
+
+  const provider = new Provider(issuer, {
+    clients: options.clients.map((client) => ({
+      client_id: client.clientId,
+      client_secret: client.clientSecret,
+      grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/unused'],
+      token_endpoint_auth_method: client.authMethod ?? 'client_secret_post'
+    })),
+    jwks: { keys: [key] },
+    scopes: ['openid', 'offline_access', 'api'],
+    findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+    features: {
+      clientCredentials: { enabled: true },
+      devInteractions: { enabled: false },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => API_AUDIENCE,
+        useGrantedResource: () => true,
+        getResourceServerInfo: () => resourceServer
+      }
+    },
+    ttl: { AccessToken: options.accessTokenTtl, ClientCredentials: options.accessTokenTtl, RefreshToken: 86_400, Grant: 86_400 },
+    rotateRefreshToken: true
+  })
+  provider.proxy = false
+
+  provider.registerGrantType('password', async (ctx) => {
+    const params = ctx.oidc.params as { username?: string, password?: string }
+    const client = ctx.oidc.client!
+    if (params.username === undefined || users[params.username] === undefined || users[params.username] !== params.password) {
+      throw new errors.InvalidGrant('invalid user name or password')
+    }
+    const grant = new provider.Grant({ accountId: params.username, clientId: client.clientId })
+    grant.addOIDCScope('openid offline_access')
+    grant.addResourceScope(API_AUDIENCE, 'api')
+    const grantId = await grant.save()
+    const accessToken = new provider.AccessToken({ accountId: params.username, client, grantId, gty: 'password', scope: 'api' })
+    accessToken.resourceServer = new provider.ResourceServer(API_AUDIENCE, resourceServer)
+    const refreshToken = new provider.RefreshToken({
+      accountId: params.username, client, grantId, gty: 'password', scope: 'openid offline_access api', resource: API_AUDIENCE
+    } as ConstructorParameters<typeof provider.RefreshToken>[0])
+    ctx.body = {
+      access_token: await accessToken.save(),
+      expires_in: accessToken.expiration,
+      token_type: 'Bearer',
+      refresh_token: await refreshToken.save(),
+      scope: 'api'
+    }
+  }, ['username', 'password', 'scope'])
+
+  const callback = provider.callback()
+  const idp: Idp = {
+    issuer,
+    tokenUrl: `${issuer}/token`,
+    jwks: { keys: [publicKey] },
+    tokenRequests: 0,
+    mode: 'normal',
+    slowMs: 2000,
+    close: async () => {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'POST' && req.url?.startsWith(`${path}/token`) === true) {
+      idp.tokenRequests++
+      if (fault(idp.mode, req, res)) return
+      if (idp.mode === 'slow') {
+        setTimeout(() => callback(req, res), idp.slowMs)
+        return
+      }
+    }
+    callback(req, res)
+  })
+  return idp
+}
+
+function fault (mode: IdpMode, req: IncomingMessage, res: ServerResponse): boolean {
+  switch (mode) {
+    case 'normal':
+    case 'slow':
+      return false
+    case 'down':
+      req.socket.destroy()
+      return true
+    case 'garbage':
+      res.writeHead(200, { 'content-type': 'application/json' }).end('<html>not json</html>')
+      return true
+    case 'error':
+      res.writeHead(503, { 'content-type': 'text/html' }).end('<html>maintenance</html>')
+      return true
+  }
+}

@@ -1,0 +1,37 @@
+import { readFileSync } from 'node:fs'
+import { rootCertificates } from 'node:tls'
+import { Agent, type Dispatcher, EnvHttpProxyAgent } from 'undici'
+
+export interface OutboundOptions {
+  readonly caFile: string | undefined
+  readonly insecureSkipVerify: boolean
+  /** Seconds to wait for response headers. */
+  readonly timeout: number
+  readonly env?: NodeJS.ProcessEnv
+}
+
+const PROXY_VARIABLES = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy']
+
+/**
+ * The one dispatcher for every outbound call (token endpoint and upstreams), made
+ * once at start-up: keep-alive pools per origin, the CA bundle, TLS verification,
+ * and `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+ */
+export function createDispatcher (options: OutboundOptions): Dispatcher {
+  const tls = {
+    ...(options.caFile === undefined ? {} : { ca: [...rootCertificates, readFileSync(options.caFile, 'utf8')] }),
+    rejectUnauthorized: !options.insecureSkipVerify
+  }
+  const common = {
+    headersTimeout: options.timeout * 1000,
+    // Idle streams (watches, logs, server-sent events) are not cut.
+    bodyTimeout: 0,
+    keepAliveTimeout: 30_000,
+    connect: tls
+  }
+  const env = options.env ?? process.env
+  if (PROXY_VARIABLES.some((name) => (env[name] ?? '') !== '')) {
+    return new EnvHttpProxyAgent({ ...common, requestTls: tls })
+  }
+  return new Agent(common)
+}

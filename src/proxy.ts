@@ -1,0 +1,116 @@
+import type { IncomingHttpHeaders } from 'node:http'
+import httpProxy from '@fastify/http-proxy'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
+import { AuthorizingDispatcher, readBody } from './authorize.js'
+import { ProxyError, sendProxyError } from './errors.js'
+import { networkReason, type TokenSource } from './token/manager.js'
+
+/** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
+export interface Route {
+  readonly name: string
+  readonly prefix: string
+  readonly upstream: URL
+}
+
+export interface ProxyOptions {
+  readonly routes: readonly Route[]
+  readonly tokens: TokenSource
+  readonly dispatcher: Dispatcher
+  /** Seconds to wait for upstream response headers. */
+  readonly timeout: number
+}
+
+/** Request headers never forwarded: the client's credentials and hop-by-hop headers (RFC 9110 §7.6.1). */
+const DROPPED_REQUEST_HEADERS = [
+  'authorization', 'proxy-authorization', 'connection', 'keep-alive', 'proxy-connection',
+  'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
+]
+const DROPPED_RESPONSE_HEADERS = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer', 'te']
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The upstream a route forwards to, for logs and metrics. */
+    upstream?: string
+  }
+}
+
+/** Forwards `/…` and `/clusters/<name>/…` with the token added, through @fastify/http-proxy. */
+export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions): Promise<void> {
+  // Bodies are passed through as streams, whatever their type (never parsed, never capped).
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (request, payload, done) => {
+    readBody(payload, request.headers['content-length']).then((body) => done(null, body), done)
+  })
+
+  const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens)
+
+  for (const route of options.routes) {
+    const rewriteLocation = locationRewriter(route)
+    await app.register(httpProxy as unknown as FastifyPluginAsync<Record<string, unknown>>, {
+      upstream: route.upstream.href,
+      prefix: route.prefix,
+      undici: upstreamDispatcher as unknown as Dispatcher,
+      proxyPayloads: false,
+      internalRewriteLocationHeader: false,
+      disableRequestLogging: true,
+      config: { upstream: route.name },
+      replyOptions: {
+        retryDelay: () => null,
+        queryString: rawQuery,
+        rewriteRequestHeaders: (_request: FastifyRequest, headers: IncomingHttpHeaders) => {
+          for (const name of DROPPED_REQUEST_HEADERS) headers[name] = undefined
+          return headers
+        },
+        rewriteHeaders: (headers: IncomingHttpHeaders) => {
+          for (const name of DROPPED_RESPONSE_HEADERS) if (name in headers) delete headers[name]
+          if (headers.location !== undefined) headers.location = rewriteLocation(headers.location)
+          if (headers['content-location'] !== undefined) headers['content-location'] = rewriteLocation(headers['content-location'])
+          return headers
+        },
+        onError: (reply: FastifyReply, { error }: { error: Error }) => {
+          sendProxyError(reply, upstreamError(route, error, options.timeout))
+        }
+      }
+    })
+  }
+}
+
+/** The query string exactly as the client sent it (http-proxy would parse and re-encode it). */
+function rawQuery (_search: string, url: string): string {
+  const at = url.indexOf('?')
+  return at === -1 ? '' : url.slice(at + 1)
+}
+
+/** Maps an absolute `Location` on the upstream back to the proxy's own route; anything else is left alone. */
+function locationRewriter (route: Route): (location: string) => string {
+  const base = route.upstream.origin + route.upstream.pathname.replace(/\/+$/, '')
+  const prefix = route.prefix === '/' ? '' : route.prefix
+  return (location) => {
+    if (!location.startsWith(base)) return location
+    const rest = location.slice(base.length)
+    if (rest !== '' && !'/?#'.includes(rest[0] as string)) return location
+    return prefix + (rest.startsWith('/') ? rest : `/${rest}`)
+  }
+}
+
+function upstreamError (route: Route, error: Error, timeout: number): ProxyError {
+  const cause = (error as Error & { cause?: unknown }).cause ?? error
+  if (cause instanceof ProxyError) return cause
+  const name = `upstream ${route.name} (${route.upstream.origin})`
+  const code = (cause as NodeJS.ErrnoException).code ?? ''
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || (error as NodeJS.ErrnoException).code === 'FST_REPLY_FROM_GATEWAY_TIMEOUT') {
+    return new ProxyError('upstream_timeout', `${name} sent no response headers within ${timeout} s`)
+  }
+  const reasons: Record<string, string> = {
+    ECONNREFUSED: 'refused the connection',
+    ECONNRESET: 'reset the connection',
+    UND_ERR_SOCKET: 'closed the connection',
+    ENOTFOUND: 'has a host name that does not resolve',
+    UND_ERR_CONNECT_TIMEOUT: 'did not accept the connection in time'
+  }
+  const reason = reasons[code] ?? (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code)
+    ? `presented a TLS certificate that is not trusted (${code})`
+    : `failed: ${networkReason(cause)}`)
+  return new ProxyError('upstream_unreachable', `${name} ${reason}`)
+}

@@ -1,0 +1,34 @@
+import { readFileSync } from 'node:fs'
+import { inspect } from 'node:util'
+
+const REDACTED = '[redacted]'
+
+/** A value that cannot print itself: logs, JSON and template strings show `[redacted]`. */
+export class Secret {
+  readonly #value: string
+
+  constructor (value: string) {
+    this.#value = value
+  }
+
+  /** The real value, for the one place that must send it. */
+  reveal (): string {
+    return this.#value
+  }
+
+  equals (other: Secret | undefined): boolean {
+    return other !== undefined && other.#value === this.#value
+  }
+
+  toString (): string { return REDACTED }
+  toJSON (): string { return REDACTED }
+  [inspect.custom] (): string { return REDACTED }
+}
+
+/** Where a secret comes from: a fixed value, or a file re-read (and trimmed) on every use. */
+export type SecretSource = { readonly kind: 'value', readonly secret: Secret } | { readonly kind: 'file', readonly path: string }
+
+export function readSecret (source: SecretSource): Secret {
+  if (source.kind === 'value') return source.secret
+  return new Secret(readFileSync(source.path, 'utf8').trim())
+}

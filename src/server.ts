@@ -1,0 +1,101 @@
+import { randomUUID } from 'node:crypto'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
+import type { Logger } from 'pino'
+import type { Dispatcher } from 'undici'
+import type { Config } from './config.js'
+import { PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
+import { proxyRoutes, type Route } from './proxy.js'
+import type { TokenManager } from './token/manager.js'
+
+const CONNECT_BODY = '{"error":"method_not_allowed","message":"CONNECT is not supported: this is not a forward proxy"}'
+const CONNECT_REFUSED = 'HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\n' +
+  `content-length: ${Buffer.byteLength(CONNECT_BODY)}\r\n\r\n${CONNECT_BODY}`
+
+export interface ServerParts {
+  readonly config: Config
+  readonly tokens: TokenManager
+  readonly dispatcher: Dispatcher
+  readonly log: Logger
+}
+
+/** The routes of a configuration: the admin API at `/`, each cluster at `/clusters/<name>`. */
+export function routesOf (config: Config): Route[] {
+  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `/clusters/${name}`, upstream }))
+  if (config.upstream !== undefined) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream })
+  return routes
+}
+
+/** Assembles the proxy: its own `/-/` endpoints, the guard, and one forwarding route per upstream. */
+export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
+  const { config, tokens, log } = parts
+  const app = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    // One line per request, written in onResponse, instead of Fastify's two.
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: () => randomUUID(),
+    // Keep-alive sockets with no request in flight close at once on shutdown.
+    forceCloseConnections: 'idle',
+    return503OnClosing: true
+  })
+
+  app.server.on('connect', (_request, socket) => {
+    socket.end(CONNECT_REFUSED)
+  })
+
+  app.addHook('onRequest', async (request, reply) => {
+    // Origin-form only: an absolute-form target (`GET http://other/`) or `*` would make this an open proxy.
+    const url = request.raw.url ?? ''
+    if (url[0] !== '/' || url[1] === '/') {
+      return sendProxyError(reply, new ProxyError('bad_request', 'the request target must be a path starting with a single /'))
+    }
+  })
+
+  app.addHook('onResponse', async (request, reply) => {
+    const url = request.raw.url ?? ''
+    const query = url.indexOf('?')
+    request.log.info({
+      method: request.method,
+      path: query === -1 ? url : url.slice(0, query),
+      upstream: request.routeOptions.config.upstream,
+      status: reply.statusCode,
+      durationMs: Math.round(reply.elapsedTime * 10) / 10
+    }, 'request')
+  })
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error instanceof ProxyError) return sendProxyError(reply, error)
+    const status = error.statusCode ?? 500
+    if (status >= 500) request.log.error({ err: error }, 'internal error')
+    const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'internal_error'
+    return sendProxyError(reply, new ProxyError(status >= 500 ? 'internal_error' : code, status >= 500 ? 'internal error' : error.message))
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    const known = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'].includes(request.method)
+    return sendProxyError(reply, known
+      ? new ProxyError('not_found', 'no upstream is configured for this path')
+      : new ProxyError('method_not_allowed', `${request.method} is not forwarded`))
+  })
+
+  app.get('/-/healthy', async () => ({ healthy: true }))
+  app.get('/-/ready', async (_request, reply) => {
+    const status = tokens.status()
+    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString() }
+    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet' })
+  })
+  app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
+
+  // A cluster that is not configured must never fall through to the admin API.
+  app.all('/clusters/*', async (request, reply) => {
+    const name = (request.params as { '*': string })['*'].split('/')[0] ?? ''
+    return sendProxyError(reply, new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`))
+  })
+
+  await app.register(proxyRoutes, {
+    routes: routesOf(config),
+    tokens,
+    dispatcher: parts.dispatcher,
+    timeout: config.timeout
+  })
+  return app
+}

@@ -1,0 +1,78 @@
+import type { TokenSettings } from '../config.js'
+import { Secret } from '../secret.js'
+
+/** One request to a token endpoint, ready to send. */
+export interface TokenRequest {
+  readonly url: URL
+  readonly headers: Record<string, string>
+  readonly body: string
+}
+
+/** What a token endpoint granted. */
+export interface Grant {
+  readonly accessToken: Secret
+  /** Seconds, when the response says so. */
+  readonly expiresIn: number | undefined
+  readonly refreshToken: Secret | undefined
+}
+
+/** A token flavour: data plus two functions (DESIGN.md §3). */
+export interface Dialect {
+  /** `refresh` is the refresh token of the last response, when the next request should use it. */
+  buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest
+  /** Reads a 2xx body; throws a `TokenResponseError` when it is not a usable grant. */
+  readResponse (body: unknown): Grant
+}
+
+export class TokenResponseError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'TokenResponseError'
+  }
+}
+
+export const JSON_HEADERS = { 'content-type': 'application/json', accept: 'application/json' }
+
+export function requireString (body: unknown, field: string): string {
+  const value = field in asObject(body) ? asObject(body)[field] : undefined
+  if (typeof value !== 'string' || value === '') throw new TokenResponseError(`response has no ${field}`)
+  return value
+}
+
+export function optionalSecret (body: unknown, field: string): Secret | undefined {
+  const value = asObject(body)[field]
+  return typeof value === 'string' && value !== '' ? new Secret(value) : undefined
+}
+
+/** `expires_in` as a positive number of seconds (some servers send it as a string). */
+export function optionalSeconds (body: unknown, field: string): number | undefined {
+  const value = asObject(body)[field]
+  const seconds = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+  if (seconds === undefined || seconds === null) return undefined
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds <= 0) {
+    throw new TokenResponseError(`response has an invalid ${field}`)
+  }
+  return seconds
+}
+
+export function asObject (body: unknown): Record<string, unknown> {
+  return typeof body === 'object' && body !== null && !Array.isArray(body) ? body as Record<string, unknown> : {}
+}
+
+/**
+ * An error body reduced to its code and message: OAuth `{error, error_description}`,
+ * Run:ai `{code, message}`, API Connect `{status, message: [...]}`. Nothing else is kept.
+ */
+export function summariseError (body: unknown): string | undefined {
+  const object = asObject(body)
+  const text = (value: unknown): string | undefined => {
+    if (typeof value === 'string' && value !== '') return value.slice(0, 200)
+    if (typeof value === 'number') return String(value)
+    if (Array.isArray(value)) return text(value.filter((item) => typeof item === 'string').join('; '))
+    return undefined
+  }
+  const code = text(object.error) ?? text(object.code)
+  const message = text(object.error_description) ?? text(object.message)
+  if (code !== undefined && message !== undefined) return `${code} (${message})`
+  return code ?? message
+}

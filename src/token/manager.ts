@@ -1,0 +1,363 @@
+import { EventEmitter } from 'node:events'
+import { decodeJwt } from 'jose'
+import type { Logger } from 'pino'
+import { type Dispatcher, request } from 'undici'
+import type { Flavour, TokenSettings } from '../config.js'
+import { displayUrl, ProxyError } from '../errors.js'
+import { readSecret, type Secret, type SecretSource } from '../secret.js'
+import { apiconnect } from './apiconnect.js'
+import { type Dialect, type Grant, summariseError, TokenResponseError } from './dialect.js'
+import { discoveryUrl, oidc, readDiscovery } from './oidc.js'
+import { runai, runaiAppToken } from './runai.js'
+
+const DIALECTS: Record<Flavour, Dialect> = { oidc, runai, 'runai-apptoken': runaiAppToken, apiconnect }
+
+/** Assumed lifetime when neither `expires_in` nor a JWT `exp` says (DESIGN.md §3). */
+const DEFAULT_LIFETIME_MS = 300_000
+const RENEW_AT = 0.8
+const MAX_SKEW_SHARE = 0.1
+/** A token fetched because its predecessor was rejected is not itself discarded sooner than this. */
+const REJECTION_COOLDOWN_MS = 5_000
+const MAX_BODY = 1024 * 1024
+
+/** A bearer token that cannot print itself. */
+export class AccessToken {
+  readonly #authorization: string
+  readonly obtainedAt: number
+  readonly expiresAt: number
+  /** From here on the token counts as expired (`REFRESH_SKEW`, at most 10% of its lifetime). */
+  readonly staleAt: number
+  readonly renewAt: number
+  readonly subject: string | undefined
+  readonly replacedRejected: boolean
+
+  constructor (value: Secret, obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, replacedRejected: boolean) {
+    this.#authorization = `Bearer ${value.reveal()}`
+    this.obtainedAt = obtainedAt
+    this.expiresAt = obtainedAt + lifetimeMs
+    this.staleAt = this.expiresAt - Math.min(skewMs, lifetimeMs * MAX_SKEW_SHARE)
+    this.renewAt = obtainedAt + lifetimeMs * RENEW_AT
+    this.subject = subject
+    this.replacedRejected = replacedRejected
+  }
+
+  /** The `Authorization` header value. */
+  get authorization (): string { return this.#authorization }
+
+  toJSON (): object { return { expiresAt: new Date(this.expiresAt).toISOString() } }
+  toString (): string { return '[access token]' }
+}
+
+export interface TokenStatus {
+  readonly ready: boolean
+  readonly expiresAt: number | undefined
+}
+
+/** What the proxy needs of tokens; it knows nothing of how they are obtained. */
+export interface TokenSource {
+  current (): AccessToken | undefined
+  get (): Promise<AccessToken>
+  invalidate (authorization: string): void
+}
+
+export interface TokenManagerOptions {
+  readonly dispatcher: Dispatcher
+  readonly log: Logger
+  /** Back-off of the first retry; it doubles up to `maxBackoffMs`. */
+  readonly backoffMs?: number
+  readonly maxBackoffMs?: number
+}
+
+/**
+ * Gets, holds and renews one token: fetched at start, renewed at 80% of its
+ * lifetime, one request in flight at a time, exponential back-off on failure
+ * while a still-valid token keeps serving.
+ *
+ * Events: `fetch` ({ result: 'success' | 'failure' }).
+ */
+export class TokenManager extends EventEmitter implements TokenSource {
+  readonly #settings: TokenSettings
+  readonly #dialect: Dialect
+  readonly #dispatcher: Dispatcher
+  readonly #log: Logger
+  readonly #backoffMs: number
+  readonly #maxBackoffMs: number
+  readonly #secrets: SecretSource[]
+
+  #token: AccessToken | undefined
+  #refresh: Secret | undefined
+  #endpoint: URL | undefined
+  #inflight: Promise<AccessToken> | undefined
+  #timer: NodeJS.Timeout | undefined
+  #failures = 0
+  #retryAt = 0
+  #lastError: ProxyError | undefined
+  #rejected = false
+  #closed = false
+
+  constructor (settings: TokenSettings, options: TokenManagerOptions) {
+    super()
+    this.#settings = settings
+    this.#dialect = DIALECTS[settings.flavour]
+    this.#dispatcher = options.dispatcher
+    this.#log = options.log
+    this.#backoffMs = options.backoffMs ?? 1000
+    this.#maxBackoffMs = options.maxBackoffMs ?? 60_000
+    this.#secrets = [settings.clientSecret, settings.password, settings.refreshToken, settings.apiKey]
+      .filter((source): source is SecretSource => source !== undefined)
+    if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.url
+  }
+
+  /** Fetches the first token in the background; `/-/ready` turns 200 once it is held. */
+  start (): void {
+    this.#renew()
+  }
+
+  close (): void {
+    this.#closed = true
+    clearTimeout(this.#timer)
+  }
+
+  /** The held token while it is still valid; never starts a request. */
+  current (): AccessToken | undefined {
+    const token = this.#token
+    return token !== undefined && Date.now() < token.staleAt ? token : undefined
+  }
+
+  status (): TokenStatus {
+    const token = this.current()
+    return { ready: token !== undefined, expiresAt: token?.expiresAt }
+  }
+
+  /** Why the last token request failed, while no newer one succeeded. */
+  lastError (): string | undefined {
+    return this.#lastError?.message
+  }
+
+  /** A valid token: the held one, the one being fetched, or a new one. */
+  get (): Promise<AccessToken> {
+    const token = this.current()
+    if (token !== undefined) return Promise.resolve(token)
+    if (this.#inflight !== undefined) return this.#inflight
+    const wait = this.#retryAt - Date.now()
+    if (wait > 0 && this.#lastError !== undefined) {
+      return Promise.reject(new ProxyError('token_unavailable', this.#lastError.message, Math.ceil(wait / 1000)))
+    }
+    return this.#fetch()
+  }
+
+  /** An upstream rejected `authorization`: if it is the held token, drop it so the next caller gets a new one. */
+  invalidate (authorization: string): void {
+    const token = this.#token
+    if (token === undefined || token.authorization !== authorization) return
+    if (token.replacedRejected && Date.now() - token.obtainedAt < REJECTION_COOLDOWN_MS) return
+    this.#log.info({ event: 'token_rejected' }, 'upstream rejected the token; getting a new one')
+    this.#token = undefined
+    this.#rejected = true
+  }
+
+  #renew (): void {
+    this.#fetch().catch(() => {})
+  }
+
+  #fetch (): Promise<AccessToken> {
+    this.#inflight ??= this.#attempt().finally(() => { this.#inflight = undefined })
+    return this.#inflight
+  }
+
+  async #attempt (): Promise<AccessToken> {
+    clearTimeout(this.#timer)
+    const renewing = this.#token !== undefined
+    let token: AccessToken
+    try {
+      token = await this.#obtain()
+    } catch (error) {
+      const failure = this.#failure(error)
+      this.#lastError = failure
+      const delay = this.#backoff()
+      this.#retryAt = Date.now() + delay
+      this.emit('fetch', { result: 'failure' })
+      this.#log.warn({ event: 'token_failed', endpoint: this.#endpointName(), error: failure.message, retryInMs: delay },
+        'token request failed')
+      this.#schedule(delay)
+      const held = this.current()
+      if (held !== undefined) return held
+      throw new ProxyError('token_unavailable', failure.message, Math.ceil(delay / 1000))
+    }
+    this.#token = token
+    this.#failures = 0
+    this.#retryAt = 0
+    this.#lastError = undefined
+    this.emit('fetch', { result: 'success' })
+    this.#log.info({
+      event: renewing ? 'token_renewed' : 'token_fetched',
+      subject: token.subject,
+      expiresAt: new Date(token.expiresAt).toISOString(),
+      expiresInSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000)
+    }, renewing ? 'token renewed' : 'token fetched')
+    this.#schedule(token.renewAt - Date.now())
+    return token
+  }
+
+  #schedule (delay: number): void {
+    if (this.#closed) return
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => this.#renew(), Math.max(0, delay))
+    this.#timer.unref()
+  }
+
+  /** 1 s doubling to 60 s, with jitter: half fixed, half random. */
+  #backoff (): number {
+    const ceiling = Math.min(this.#maxBackoffMs, this.#backoffMs * 2 ** this.#failures)
+    this.#failures++
+    return Math.round(ceiling / 2 + Math.random() * ceiling / 2)
+  }
+
+  async #obtain (): Promise<AccessToken> {
+    const endpoint = this.#endpoint ?? await this.#discover()
+    const replacedRejected = this.#rejected
+    this.#rejected = false
+    let grant: Grant | undefined
+    const refresh = this.#refresh
+    if (refresh !== undefined) {
+      try {
+        grant = await this.#exchange(endpoint, refresh)
+      } catch (error) {
+        this.#log.info({ event: 'token_refresh_failed', error: this.#failure(error).message },
+          'refresh token not accepted; using the configured grant')
+        this.#refresh = undefined
+      }
+    }
+    grant ??= await this.#exchange(endpoint, undefined)
+    if (grant.refreshToken !== undefined) this.#refresh = grant.refreshToken
+
+    const obtainedAt = Date.now()
+    const claims = readClaims(grant.accessToken)
+    let lifetime = DEFAULT_LIFETIME_MS
+    if (grant.expiresIn !== undefined) lifetime = grant.expiresIn * 1000
+    else if (claims.exp !== undefined) lifetime = claims.exp * 1000 - obtainedAt
+    if (lifetime <= 0) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
+    return new AccessToken(grant.accessToken, obtainedAt, lifetime, this.#settings.refreshSkew * 1000, claims.sub, replacedRejected)
+  }
+
+  async #exchange (endpoint: URL, refresh: Secret | undefined): Promise<Grant> {
+    let built
+    try {
+      built = this.#dialect.buildRequest(this.#settings, endpoint, refresh)
+    } catch (error) {
+      throw new SecretFileError((error as NodeJS.ErrnoException).code)
+    }
+    const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
+    if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body))
+    if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
+    return this.#dialect.readResponse(body)
+  }
+
+  async #discover (): Promise<URL> {
+    const { endpoint } = this.#settings
+    if (endpoint.kind !== 'issuer') throw new Error('no endpoint')
+    const url = discoveryUrl(endpoint.issuer)
+    const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
+    if (status !== 200) throw new EndpointError(status, summariseError(body), url)
+    this.#endpoint = readDiscovery(endpoint.issuer, body)
+    this.#log.info({ event: 'token_endpoint_discovered', endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
+    return this.#endpoint
+  }
+
+  async #call (url: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: string | undefined): Promise<{ status: number, body: unknown }> {
+    const timeout = this.#settings.timeout * 1000
+    const response = await request(url, {
+      dispatcher: this.#dispatcher,
+      method,
+      headers,
+      body,
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      signal: AbortSignal.timeout(timeout)
+    })
+    const chunks: Buffer[] = []
+    let size = 0
+    for await (const chunk of response.body) {
+      size += (chunk as Buffer).length
+      if (size > MAX_BODY) {
+        response.body.destroy()
+        throw new TokenResponseError('answered with a body larger than 1 MiB')
+      }
+      chunks.push(chunk as Buffer)
+    }
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    } catch {}
+    return { status: response.statusCode, body: parsed }
+  }
+
+  #endpointName (): string {
+    const { endpoint } = this.#settings
+    return displayUrl(this.#endpoint ?? (endpoint.kind === 'url' ? endpoint.url : endpoint.issuer))
+  }
+
+  /** Any failure as a one-line message fit for logs and error bodies: no secret, no token, no body beyond code and message. */
+  #failure (error: unknown): ProxyError {
+    const where = `token endpoint ${this.#endpointName()}`
+    let message: string
+    if (error instanceof EndpointError) {
+      const at = error.url === undefined ? where : `discovery document ${displayUrl(error.url)}`
+      message = `${at} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
+    } else if (error instanceof SecretFileError) {
+      message = error.message
+    } else if (error instanceof TokenResponseError) {
+      message = `${where} ${error.message.startsWith('answered') ? '' : 'answered with an unusable response: '}${error.message}`
+    } else {
+      message = `${where} is unreachable: ${networkReason(error)}`
+    }
+    return new ProxyError('token_unavailable', this.#scrub(message))
+  }
+
+  /** Removes any configured secret an endpoint may have echoed back. */
+  #scrub (message: string): string {
+    let clean = message
+    for (const source of this.#secrets) {
+      let value = ''
+      try {
+        value = readSecret(source).reveal()
+      } catch {}
+      if (value.length >= 4) clean = clean.split(value).join('[redacted]')
+    }
+    return clean
+  }
+}
+
+class SecretFileError extends Error {
+  constructor (code: string | undefined) {
+    super(`cannot read a secret file (${code ?? 'error'}); no token request was sent`)
+  }
+}
+
+class EndpointError extends Error {
+  constructor (readonly status: number, readonly summary: string | undefined, readonly url?: URL) {
+    super(`answered ${status}`)
+  }
+}
+
+function readClaims (token: Secret): { exp: number | undefined, sub: string | undefined } {
+  try {
+    const claims = decodeJwt(token.reveal())
+    return { exp: typeof claims.exp === 'number' ? claims.exp : undefined, sub: typeof claims.sub === 'string' ? claims.sub : undefined }
+  } catch {
+    return { exp: undefined, sub: undefined }
+  }
+}
+
+export function networkReason (error: unknown): string {
+  const seen = new Set<unknown>()
+  let current: unknown = error
+  while (current instanceof Error && !seen.has(current)) {
+    seen.add(current)
+    const code = (current as NodeJS.ErrnoException).code
+    if (current.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'no answer in time'
+    if (code !== undefined && !code.startsWith('UND_ERR')) return code
+    current = current.cause
+  }
+  return error instanceof Error ? error.name : 'unknown error'
+}

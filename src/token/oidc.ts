@@ -1,0 +1,80 @@
+import type { TokenSettings } from '../config.js'
+import { readSecret, Secret } from '../secret.js'
+import { type Dialect, type Grant, type TokenRequest, optionalSecret, optionalSeconds, requireString, TokenResponseError, asObject } from './dialect.js'
+
+/** OAuth 2.0 token endpoint, RFC 6749 grants, form-encoded. */
+export const oidc: Dialect = {
+  buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest {
+    const form = new URLSearchParams()
+    if (refresh !== undefined) {
+      form.set('grant_type', 'refresh_token')
+      form.set('refresh_token', refresh.reveal())
+    } else {
+      form.set('grant_type', settings.grant)
+      if (settings.grant === 'password') {
+        form.set('username', settings.username ?? '')
+        form.set('password', readSecret(settings.password!).reveal())
+      } else if (settings.grant === 'refresh_token') {
+        form.set('refresh_token', readSecret(settings.refreshToken!).reveal())
+      }
+    }
+    const headers: Record<string, string> = {
+      'content-type': 'application/x-www-form-urlencoded',
+      accept: 'application/json'
+    }
+    const secret = settings.clientSecret === undefined ? undefined : readSecret(settings.clientSecret).reveal()
+    if (settings.clientAuth === 'client_secret_basic' && secret !== undefined) {
+      // RFC 6749 §2.3.1: both parts form-encoded before base64.
+      const pair = `${formEncode(settings.clientId ?? '')}:${formEncode(secret)}`
+      headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`
+    } else {
+      form.set('client_id', settings.clientId ?? '')
+      if (secret !== undefined) form.set('client_secret', secret)
+    }
+    if (settings.scope !== undefined) form.set('scope', settings.scope)
+    if (settings.audience !== undefined) form.set('audience', settings.audience)
+    for (const [key, value] of settings.params) form.append(key, value)
+    return { url: endpoint, headers, body: form.toString() }
+  },
+
+  readResponse (body: unknown): Grant {
+    const type = asObject(body).token_type
+    if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
+      throw new TokenResponseError(`response has token_type ${String(type).slice(0, 20)}, not Bearer`)
+    }
+    return {
+      accessToken: new Secret(requireString(body, 'access_token')),
+      expiresIn: optionalSeconds(body, 'expires_in'),
+      refreshToken: optionalSecret(body, 'refresh_token')
+    }
+  }
+}
+
+function formEncode (value: string): string {
+  return new URLSearchParams({ v: value }).toString().slice(2)
+}
+
+/** The token endpoint named by an issuer's discovery document (issuers with a path work). */
+export function discoveryUrl (issuer: URL): URL {
+  const url = new URL(issuer.href)
+  url.pathname = issuer.pathname.replace(/\/+$/, '') + '/.well-known/openid-configuration'
+  url.search = ''
+  return url
+}
+
+export function readDiscovery (issuer: URL, body: unknown): URL {
+  const document = asObject(body)
+  const said = typeof document.issuer === 'string' ? document.issuer.replace(/\/+$/, '') : undefined
+  if (said !== issuer.href.replace(/\/+$/, '')) {
+    throw new TokenResponseError(`discovery document names issuer ${String(said).slice(0, 100)}, not ${issuer.href}`)
+  }
+  const endpoint = document.token_endpoint
+  let url: URL | undefined
+  try {
+    url = typeof endpoint === 'string' ? new URL(endpoint) : undefined
+  } catch {}
+  if (url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
+    throw new TokenResponseError('discovery document has no usable token_endpoint')
+  }
+  return url
+}
