@@ -1,13 +1,10 @@
 #!/usr/bin/env node
-import { chmodSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { request } from 'node:http'
-import type { FastifyInstance } from 'fastify'
-import type { Logger } from 'pino'
 import { type Config, ConfigError, loadConfig } from './config.js'
-import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
 import { createDispatcher } from './outbound.js'
-import { buildServer, routesOf } from './server.js'
+import { startProxy } from './server.js'
 import { TokenManager } from './token/manager.js'
 
 const USAGE = `Usage: bearer-proxy [command] [--env-file PATH]
@@ -93,18 +90,7 @@ async function main (): Promise<number> {
 
 async function serve (config: Config): Promise<number> {
   const log = createLogger(config.logLevel)
-  warnIfInsecure(config, log)
-  const dispatcher = createDispatcher(config)
-  const tokens = new TokenManager(config.token, { dispatcher, log })
-  const app = await buildServer({ config, tokens, dispatcher, log })
-  tokens.start()
-  await listen(app, config)
-  log.info({
-    event: 'listening',
-    address: config.socket ?? `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${addressPort(app)}`,
-    routes: routesOf(config).map((route) => `${route.prefix} -> ${displayUrl(route.upstream)}`)
-  }, 'bearer-proxy is listening')
-
+  const proxy = await startProxy(config, log)
   let stopping = false
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {
@@ -117,53 +103,21 @@ async function serve (config: Config): Promise<number> {
       log.warn('in-flight requests did not finish within 10 s; exiting')
       process.exit(0)
     }, SHUTDOWN_GRACE_MS).unref()
-    tokens.close()
-    app.close()
-      .then(() => dispatcher.close())
-      .finally(() => {
-        log.info('stopped')
-        log.flush()
-        process.exit(0)
-      })
+    proxy.close().finally(() => {
+      log.info('stopped')
+      log.flush()
+      process.exit(0)
+    })
   }
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop)
   return await new Promise<number>(() => {})
 }
 
-async function listen (app: FastifyInstance, config: Config): Promise<void> {
-  if (config.socket === undefined) {
-    await app.listen({ host: config.host, port: config.port })
-    return
-  }
-  removeStaleSocket(config.socket)
-  await app.listen({ path: config.socket })
-  chmodSync(config.socket, 0o600)
-}
-
-function removeStaleSocket (path: string): void {
-  try {
-    if (statSync(path).isSocket()) rmSync(path)
-  } catch {}
-}
-
-function addressPort (app: FastifyInstance): number | string {
-  const address = app.server.address()
-  return typeof address === 'object' && address !== null ? address.port : String(address)
-}
-
-function warnIfInsecure (config: Config, log: Logger): void {
-  if (config.insecureSkipVerify) {
-    log.warn({ event: 'tls_verification_disabled' },
-      'BEARER_PROXY_INSECURE_SKIP_VERIFY=true: TLS certificates of the token endpoint and upstreams are NOT verified; anyone on the path can read your credentials')
-  }
-}
-
 /** `check` and `token`: one token, logs on stderr. */
 async function check (config: Config, printToken: boolean): Promise<number> {
   const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, 2)
-  warnIfInsecure(config, log)
-  const dispatcher = createDispatcher(config)
+  const dispatcher = createDispatcher(config, log)
   const tokens = new TokenManager(config.token, { dispatcher, log })
   try {
     const token = await tokens.get()
@@ -213,5 +167,5 @@ main().then((code) => {
   process.exitCode = code
 }, (error: unknown) => {
   process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
-  process.exitCode = 1
+  process.exit(1)
 })

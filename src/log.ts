@@ -1,4 +1,4 @@
-import { pino, type Logger } from 'pino'
+import { type DestinationStream, pino, type Logger } from 'pino'
 
 const SECRET_FIELDS = [
   'authorization', 'proxy-authorization', 'cookie', 'set-cookie',
@@ -14,11 +14,11 @@ export const REDACT_PATHS = [
 ]
 
 /** pino JSON lines on stdout (`fd` 1), or stderr (2) for commands whose stdout is their answer. */
-export function createLogger (level: string, fd: 1 | 2 = 1): Logger {
+export function createLogger (level: string, fd: 1 | 2 | DestinationStream = 1): Logger {
   return pino({
     level,
     base: { name: 'bearer-proxy' },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime
-  }, pino.destination({ fd, sync: fd === 2 }))
+  }, typeof fd === 'number' ? pino.destination({ fd, sync: fd === 2 }) : fd)
 }

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { rootCertificates } from 'node:tls'
+import type { Logger } from 'pino'
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from 'undici'
 
 export interface OutboundOptions {
@@ -17,7 +18,11 @@ const PROXY_VARIABLES = ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy
  * once at start-up: keep-alive pools per origin, the CA bundle, TLS verification,
  * and `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
  */
-export function createDispatcher (options: OutboundOptions): Dispatcher {
+export function createDispatcher (options: OutboundOptions, log: Logger): Dispatcher {
+  if (options.insecureSkipVerify) {
+    log.warn({ event: 'tls_verification_disabled' },
+      'BEARER_PROXY_INSECURE_SKIP_VERIFY=true: TLS certificates of the token endpoint and upstreams are NOT verified; anyone on the path can read your credentials')
+  }
   const tls = {
     ...(options.caFile === undefined ? {} : { ca: [...rootCertificates, readFileSync(options.caFile, 'utf8')] }),
     rejectUnauthorized: !options.insecureSkipVerify

@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto'
+import { chmodSync, rmSync, statSync } from 'node:fs'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import type { Config } from './config.js'
-import { PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
+import { createDispatcher } from './outbound.js'
+import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
 import { proxyRoutes, type Route } from './proxy.js'
-import type { TokenManager } from './token/manager.js'
+import { TokenManager } from './token/manager.js'
 
 const CONNECT_BODY = '{"error":"method_not_allowed","message":"CONNECT is not supported: this is not a forward proxy"}'
 const CONNECT_REFUSED = 'HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\n' +
@@ -98,4 +100,58 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     timeout: config.timeout
   })
   return app
+}
+
+export interface RunningProxy {
+  readonly app: FastifyInstance
+  readonly tokens: TokenManager
+  /** `http://host:port`, or the socket path. */
+  readonly address: string
+  /** Stops accepting connections, lets in-flight requests finish, releases the upstream pools. */
+  readonly close: () => Promise<void>
+}
+
+export interface StartOptions {
+  /** Token back-off, for tests that cannot wait a second. */
+  readonly backoffMs?: number
+}
+
+/** Everything `serve` runs: dispatcher, token manager (first token requested at once), server, listener. */
+export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
+  const dispatcher = createDispatcher(config, log)
+  const tokens = new TokenManager(config.token, { dispatcher, log, backoffMs: options.backoffMs })
+  const app = await buildServer({ config, tokens, dispatcher, log })
+  tokens.start()
+  if (config.socket === undefined) {
+    await app.listen({ host: config.host, port: config.port })
+  } else {
+    removeStaleSocket(config.socket)
+    await app.listen({ path: config.socket })
+    chmodSync(config.socket, 0o600)
+  }
+  const bound = app.server.address()
+  const address = typeof bound === 'object' && bound !== null
+    ? `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`
+    : config.socket as string
+  log.info({
+    event: 'listening',
+    address,
+    routes: routesOf(config).map((route) => `${route.prefix} -> ${displayUrl(route.upstream)}`)
+  }, 'bearer-proxy is listening')
+  return {
+    app,
+    tokens,
+    address,
+    close: async () => {
+      tokens.close()
+      await app.close()
+      await dispatcher.close()
+    }
+  }
+}
+
+function removeStaleSocket (path: string): void {
+  try {
+    if (statSync(path).isSocket()) rmSync(path)
+  } catch {}
 }

@@ -20,6 +20,8 @@ export interface IdpOptions {
   readonly accessTokenTtl: number
   /** Issuer path, e.g. `/realms/demo` (issuers with a path). */
   readonly path?: string
+  /** Token endpoint path below the issuer (Keycloak: `/protocol/openid-connect/token`). */
+  readonly tokenPath?: string
   readonly port?: number
 }
 
@@ -62,6 +64,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     jwt: { sign: { alg: 'RS256' as const } }
   }
   const users = options.users ?? {}
+  const tokenPath = options.tokenPath ?? '/token'
 
   const provider = new Provider(issuer, {
     clients: options.clients.map((client) => ({
@@ -86,7 +89,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       }
     },
     ttl: { AccessToken: options.accessTokenTtl, ClientCredentials: options.accessTokenTtl, RefreshToken: 86_400, Grant: 86_400 },
-    rotateRefreshToken: true
+    rotateRefreshToken: true,
+    routes: { token: tokenPath }
   })
   provider.proxy = false
 
@@ -115,9 +119,17 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
   }, ['username', 'password', 'scope'])
 
   const callback = provider.callback()
+  // Mounted below the issuer's path, as oidc-provider expects when the issuer has one.
+  const serve = (req: IncomingMessage, res: ServerResponse): void => {
+    if (path !== '' && req.url?.startsWith(path) === true) {
+      (req as IncomingMessage & { originalUrl?: string }).originalUrl = req.url
+      req.url = req.url.slice(path.length) || '/'
+    }
+    callback(req, res)
+  }
   const idp: Idp = {
     issuer,
-    tokenUrl: `${issuer}/token`,
+    tokenUrl: `${issuer}${tokenPath}`,
     jwks: { keys: [publicKey] },
     tokenRequests: 0,
     mode: 'normal',
@@ -128,15 +140,15 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     }
   }
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    if (req.method === 'POST' && req.url?.startsWith(`${path}/token`) === true) {
+    if (req.method === 'POST' && req.url?.startsWith(`${path}${tokenPath}`) === true) {
       idp.tokenRequests++
       if (fault(idp.mode, req, res)) return
       if (idp.mode === 'slow') {
-        setTimeout(() => callback(req, res), idp.slowMs)
+        setTimeout(() => serve(req, res), idp.slowMs)
         return
       }
     }
-    callback(req, res)
+    serve(req, res)
   })
   return idp
 }

@@ -31,14 +31,19 @@ export class AccessToken {
   readonly subject: string | undefined
   readonly replacedRejected: boolean
 
-  constructor (value: Secret, obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, replacedRejected: boolean) {
+  /** The grant that produced it: the configured one, or `refresh_token` from the previous response. */
+  readonly grant: string
+
+  constructor (value: Secret, details: { obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, replacedRejected: boolean, grant: string }) {
+    const { obtainedAt, lifetimeMs } = details
     this.#authorization = `Bearer ${value.reveal()}`
     this.obtainedAt = obtainedAt
     this.expiresAt = obtainedAt + lifetimeMs
-    this.staleAt = this.expiresAt - Math.min(skewMs, lifetimeMs * MAX_SKEW_SHARE)
+    this.staleAt = this.expiresAt - Math.min(details.skewMs, lifetimeMs * MAX_SKEW_SHARE)
     this.renewAt = obtainedAt + lifetimeMs * RENEW_AT
-    this.subject = subject
-    this.replacedRejected = replacedRejected
+    this.subject = details.subject
+    this.replacedRejected = details.replacedRejected
+    this.grant = details.grant
   }
 
   /** The `Authorization` header value. */
@@ -191,6 +196,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.emit('fetch', { result: 'success' })
     this.#log.info({
       event: renewing ? 'token_renewed' : 'token_fetched',
+      grant: token.grant,
       subject: token.subject,
       expiresAt: new Date(token.expiresAt).toISOString(),
       expiresInSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000)
@@ -218,10 +224,12 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const replacedRejected = this.#rejected
     this.#rejected = false
     let grant: Grant | undefined
+    let used: string = this.#settings.grant
     const refresh = this.#refresh
     if (refresh !== undefined) {
       try {
         grant = await this.#exchange(endpoint, refresh)
+        used = 'refresh_token'
       } catch (error) {
         this.#log.info({ event: 'token_refresh_failed', error: this.#failure(error).message },
           'refresh token not accepted; using the configured grant')
@@ -237,7 +245,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (grant.expiresIn !== undefined) lifetime = grant.expiresIn * 1000
     else if (claims.exp !== undefined) lifetime = claims.exp * 1000 - obtainedAt
     if (lifetime <= 0) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
-    return new AccessToken(grant.accessToken, obtainedAt, lifetime, this.#settings.refreshSkew * 1000, claims.sub, replacedRejected)
+    return new AccessToken(grant.accessToken, {
+      obtainedAt, lifetimeMs: lifetime, skewMs: this.#settings.refreshSkew * 1000, subject: claims.sub, replacedRejected, grant: used
+    })
   }
 
   async #exchange (endpoint: URL, refresh: Secret | undefined): Promise<Grant> {

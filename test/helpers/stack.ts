@@ -1,0 +1,163 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import type { Logger } from 'pino'
+import { type Config, loadConfig } from '../../src/config.js'
+import { API_AUDIENCE, type Idp, type IdpOptions, startIdp } from '../../src/demo/idp.js'
+import { createLogger } from '../../src/log.js'
+import { createDispatcher } from '../../src/outbound.js'
+import { type RunningProxy, startProxy } from '../../src/server.js'
+import { TokenManager } from '../../src/token/manager.js'
+import { startUpstream, type Upstream } from './upstream.js'
+
+/** What a tap test offers for clean-up. */
+export interface Teardown { teardown: (fn: () => unknown) => void }
+
+export const CLIENT = { clientId: 'proxy-client', clientSecret: 'cs-7Hq2-secret-Zx91' }
+export const USER = { username: 'alice', password: 'pw-alice-Kd83-secret' }
+export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
+
+export async function startIdentity (t: Teardown, options: Partial<IdpOptions> = {}): Promise<Idp> {
+  const idp = await startIdp({ clients: [CLIENT], users: { [USER.username]: USER.password }, accessTokenTtl: 60, ...options })
+  t.teardown(() => idp.close())
+  return idp
+}
+
+export async function startApiOf (t: Teardown, idp: Idp): Promise<Upstream> {
+  const upstream = await startUpstream({ jwks: idp.jwks, issuer: idp.issuer, audience: API_AUDIENCE })
+  t.teardown(() => upstream.close())
+  return upstream
+}
+
+/** The settings of a proxy for `idp` in front of `upstream`, with client credentials. */
+export function baseEnv (idp: Idp, upstream: { url: string }): Record<string, string> {
+  return {
+    BEARER_PROXY_TOKEN_URL: idp.tokenUrl,
+    BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+    BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret,
+    BEARER_PROXY_UPSTREAM: upstream.url,
+    BEARER_PROXY_PORT: '0'
+  }
+}
+
+export function configOf (env: Record<string, string>): Config {
+  return loadConfig({ env, envFile: '/dev/null' })
+}
+
+/** Log lines kept in memory, for assertions and the secrets scan. */
+export class LogCapture extends Writable {
+  readonly lines: string[] = []
+  override _write (chunk: Buffer, _encoding: string, done: () => void): void {
+    this.lines.push(...chunk.toString('utf8').split('\n').filter(Boolean))
+    done()
+  }
+
+  get text (): string { return this.lines.join('\n') }
+  events (name: string): Array<Record<string, unknown>> {
+    return this.lines.map((line) => JSON.parse(line) as Record<string, unknown>).filter((entry) => entry.event === name)
+  }
+}
+
+export interface TestProxy {
+  readonly url: string
+  readonly proxy: RunningProxy
+  readonly logs: LogCapture
+}
+
+/** The proxy in this process (as `serve` runs it), logs captured. */
+export async function startTestProxy (t: Teardown, env: Record<string, string>, options: { backoffMs?: number } = {}): Promise<TestProxy> {
+  const config = configOf(env)
+  const logs = new LogCapture()
+  const proxy = await startProxy(config, createLogger(config.logLevel, logs), options)
+  t.teardown(() => proxy.close())
+  return { url: proxy.address, proxy, logs }
+}
+
+/** A token manager on its own, logs captured. */
+export function startTokenManager (t: Teardown, env: Record<string, string>, options: { backoffMs?: number } = {}): { tokens: TokenManager, logs: LogCapture, log: Logger } {
+  const config = loadConfig({ env, envFile: '/dev/null', forwarding: false })
+  const logs = new LogCapture()
+  const log = createLogger(env.BEARER_PROXY_LOG_LEVEL ?? 'info', logs)
+  const dispatcher = createDispatcher(config, log)
+  const tokens = new TokenManager(config.token, { dispatcher, log, ...options })
+  t.teardown(async () => {
+    tokens.close()
+    await dispatcher.close()
+  })
+  return { tokens, logs, log }
+}
+
+/** Polls `predicate` every 10 ms until it holds; fails after `timeoutMs`. */
+export async function waitFor (predicate: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
+
+export interface CliResult { code: number | null, stdout: string, stderr: string }
+
+/** Runs `bearer-proxy` (dist/cli.js) to completion, with only the given BEARER_PROXY_* settings. */
+export async function runCli (args: string[], env: Record<string, string>, options: { cwd?: string, timeoutMs?: number } = {}): Promise<CliResult> {
+  const child = spawnCli(args, env, options.cwd)
+  const out = collect(child)
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000)
+  const [code] = await once(child, 'exit') as [number | null]
+  clearTimeout(timer)
+  return { code, ...out() }
+}
+
+export function spawnCli (args: string[], env: Record<string, string>, cwd?: string): ChildProcess {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('BEARER_PROXY_')))
+  return spawn(process.execPath, [CLI, ...args], { env: { ...clean, ...env }, cwd: cwd ?? process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+export function collect (child: ChildProcess): () => { stdout: string, stderr: string } {
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  return () => ({ stdout, stderr })
+}
+
+/** Resolves with the first stdout line matching `pattern`; fails after `timeoutMs`. */
+export async function waitForLine (child: ChildProcess, pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+  return await new Promise((resolve, reject) => {
+    let buffer = ''
+    const timer = setTimeout(() => { cleanup(); reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms:\n${buffer}`)) }, timeoutMs)
+    const onData = (chunk: Buffer): void => {
+      buffer += chunk.toString()
+      const line = buffer.split('\n').find((candidate) => pattern.test(candidate))
+      if (line !== undefined) { cleanup(); resolve(line) }
+    }
+    const onExit = (): void => { cleanup(); reject(new Error(`process exited before a line matching ${pattern}:\n${buffer}`)) }
+    const cleanup = (): void => {
+      clearTimeout(timer)
+      child.stdout?.off('data', onData)
+      child.off('exit', onExit)
+    }
+    child.stdout?.on('data', onData)
+    child.once('exit', onExit)
+  })
+}
+
+export interface RawResponse { status: number, headers: import('node:http').IncomingHttpHeaders, body: string }
+
+/** A request through node:http, which sends headers (keep-alive, te, upgrade…) that fetch and undici refuse. */
+export async function httpRequest (url: string, options: { method?: string, headers?: Record<string, string>, body?: string } = {}): Promise<RawResponse> {
+  const { request } = await import('node:http')
+  return await new Promise((resolve, reject) => {
+    const req = request(url, { method: options.method ?? 'GET', headers: options.headers }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { body += chunk })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.setTimeout(10_000, () => req.destroy(new Error('request timed out')))
+    req.end(options.body)
+  })
+}

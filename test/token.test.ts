@@ -1,0 +1,219 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { decodeJwt } from 'jose'
+import t from 'tap'
+import { request } from 'undici'
+import { startIdp } from '../src/demo/idp.js'
+import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, waitFor } from './helpers/stack.js'
+import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
+
+const oidcEnv = (tokenUrl: string, extra: Record<string, string> = {}): Record<string, string> => ({
+  BEARER_PROXY_TOKEN_URL: tokenUrl,
+  BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+  BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret,
+  ...extra
+})
+
+t.test('client_credentials against oidc-provider, with client_secret_post and client_secret_basic', async (t) => {
+  for (const method of ['client_secret_post', 'client_secret_basic'] as const) {
+    const idp = await startIdp({ clients: [{ ...CLIENT, authMethod: method }], accessTokenTtl: 60 })
+    t.teardown(() => idp.close())
+    const { tokens } = startTokenManager(t, oidcEnv(idp.tokenUrl, { BEARER_PROXY_CLIENT_AUTH: method }))
+    const token = await tokens.get()
+    t.equal(token.subject, CLIENT.clientId, method)
+    t.ok(Math.abs(token.expiresAt - token.obtainedAt - 60_000) < 1000, `${method}: expiry from expires_in`)
+  }
+})
+
+t.test('password grant, then renewal with the refresh token from the response', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 2 })
+  const { tokens, logs } = startTokenManager(t, oidcEnv(idp.tokenUrl, {
+    BEARER_PROXY_GRANT: 'password', BEARER_PROXY_USERNAME: USER.username, BEARER_PROXY_PASSWORD: USER.password
+  }))
+  const first = await tokens.get()
+  t.equal(first.subject, USER.username)
+  t.equal(first.grant, 'password')
+  tokens.start()
+  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
+  t.equal(logs.events('token_renewed')[0]?.grant, 'refresh_token', 'renewed with the refresh token, not the password')
+  t.equal(tokens.current()?.subject, USER.username)
+})
+
+t.test('GRANT=refresh_token starts from a configured refresh token and keeps the rotated one', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 2 })
+  const login = await request(idp.tokenUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'password', ...USER, client_id: CLIENT.clientId, client_secret: CLIENT.clientSecret }).toString()
+  })
+  const { refresh_token: refreshToken } = await login.body.json() as { refresh_token: string }
+  const { tokens, logs } = startTokenManager(t, oidcEnv(idp.tokenUrl, { BEARER_PROXY_GRANT: 'refresh_token', BEARER_PROXY_REFRESH_TOKEN: refreshToken }))
+  t.equal((await tokens.get()).subject, USER.username)
+  tokens.start()
+  // oidc-provider rotates refresh tokens: a second renewal only works with the rotated one.
+  await waitFor(() => logs.events('token_renewed').length >= 2, 8000, 'two renewals')
+  t.same(logs.events('token_failed'), [], 'no renewal failed')
+})
+
+t.test('the form carries grant, client, scope, audience and TOKEN_PARAMS; basic auth is form-encoded', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'opaque-1', expires_in: 100, token_type: 'bearer' } }))
+  const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`, {
+    BEARER_PROXY_SCOPE: 'openid api:read',
+    BEARER_PROXY_AUDIENCE: 'https://api.example',
+    BEARER_PROXY_TOKEN_PARAMS: 'resource=urn:x&response_type=id_token',
+    BEARER_PROXY_CLIENT_SECRET: 'se:cr&et'
+  }))
+  await tokens.get()
+  t.same(endpoint.calls[0]?.fields, {
+    grant_type: 'client_credentials', client_id: CLIENT.clientId, client_secret: 'se:cr&et',
+    scope: 'openid api:read', audience: 'https://api.example', resource: 'urn:x', response_type: 'id_token'
+  })
+  t.equal(endpoint.calls[0]?.headers['content-type'], 'application/x-www-form-urlencoded')
+
+  const basic = startTokenManager(t, oidcEnv(`${endpoint.url}/token`, { BEARER_PROXY_CLIENT_AUTH: 'client_secret_basic', BEARER_PROXY_CLIENT_SECRET: 'se:cr&et' }))
+  await basic.tokens.get()
+  const header = endpoint.calls[1]?.headers.authorization ?? ''
+  t.equal(Buffer.from(header.replace('Basic ', ''), 'base64').toString(), `${CLIENT.clientId}:se%3Acr%26et`)
+  t.notOk('client_secret' in (endpoint.calls[1]?.fields ?? {}))
+})
+
+t.test('expiry comes from expires_in, else the JWT exp, else 300 s', async (t) => {
+  const withExp = await jwt(40)
+  const answers = [
+    { access_token: withExp, expires_in: 100 },
+    { access_token: withExp },
+    { access_token: 'not-a-jwt' }
+  ]
+  const endpoint = await startTokenEndpoint(t, () => ({ body: answers[endpoint.calls.length - 1] }))
+  const expected = [100, 40, 300]
+  for (const seconds of expected) {
+    const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`))
+    const token = await tokens.get()
+    t.ok(Math.abs(token.expiresAt - token.obtainedAt - seconds * 1000) < 1500, `lifetime ${seconds} s`)
+  }
+})
+
+t.test('REFRESH_SKEW counts a token expired early, capped at 10% of its lifetime; 0 is accepted', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'x', expires_in: 1000 } }))
+  for (const [skew, expected] of [['30', 30_000], ['500', 100_000], ['0', 0]] as const) {
+    const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`, { BEARER_PROXY_REFRESH_SKEW: skew }))
+    const token = await tokens.get()
+    t.equal(token.expiresAt - token.staleAt, expected, `skew ${skew}`)
+    t.equal(token.renewAt - token.obtainedAt, 800_000, 'renewed at 80% of its lifetime')
+  }
+})
+
+t.test('one token request in flight however many callers wait', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'shared', expires_in: 60 }, delayMs: 200 }))
+  const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`))
+  const all = await Promise.all(Array.from({ length: 200 }, () => tokens.get()))
+  t.equal(endpoint.calls.length, 1)
+  t.ok(all.every((token) => token === all[0]))
+})
+
+t.test('a refresh token that is refused falls back to the configured grant', async (t) => {
+  const endpoint = await startTokenEndpoint(t, (call) => {
+    if (call.fields.grant_type === 'refresh_token') return { status: 400, body: { error: 'invalid_grant', error_description: 'refresh token expired' } }
+    return { body: { access_token: `a${endpoint.calls.length}`, expires_in: 1, refresh_token: 'rt-1' } }
+  })
+  const { tokens, logs } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`))
+  tokens.start()
+  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
+  t.same(endpoint.calls.map((call) => call.fields.grant_type), ['client_credentials', 'refresh_token', 'client_credentials'])
+  t.equal(endpoint.calls[1]?.fields.refresh_token, 'rt-1')
+  t.match(logs.events('token_refresh_failed')[0], { error: /answered 400 invalid_grant \(refresh token expired\)/ })
+})
+
+t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } }))
+  const { tokens, logs } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`, { BEARER_PROXY_TIMEOUT: '0.3' }), { backoffMs: 20 })
+
+  await t.rejects(tokens.get(), { code: 'token_unavailable', message: `token endpoint ${endpoint.url}/token answered 401 invalid_client (bad secret)` })
+  await t.rejects(tokens.get(), { code: 'token_unavailable', retryAfter: 1 }, 'during back-off callers are answered at once')
+  t.equal(endpoint.calls.length, 1, 'no request during back-off')
+
+  endpoint.answer = () => ({ body: '<html>oops</html>', contentType: 'text/html' })
+  await waitFor(() => endpoint.calls.length >= 2, 2000, 'the retry')
+  await waitFor(() => logs.events('token_failed').length >= 2, 2000, 'the second failure')
+  t.match(logs.events('token_failed')[1], { error: /answered with a body that is not JSON/ })
+
+  endpoint.answer = () => ({ body: { token_type: 'bearer' } })
+  await waitFor(() => logs.events('token_failed').length >= 3, 2000, 'the third failure')
+  t.match(logs.events('token_failed')[2], { error: /unusable response: response has no access_token/ })
+
+  endpoint.answer = () => ({ body: { access_token: 'late' }, delayMs: 1000 })
+  await waitFor(() => logs.events('token_failed').length >= 4, 3000, 'the fourth failure')
+  t.match(logs.events('token_failed')[3], { error: /no answer in time/ })
+
+  const delays = logs.events('token_failed').map((entry) => entry.retryInMs as number)
+  t.ok(delays.every((delay, i) => delay >= 10 * 2 ** i && delay <= 20 * 2 ** i), `back-off doubles with jitter: ${delays.join(', ')}`)
+
+  endpoint.answer = () => ({ body: { access_token: 'finally', expires_in: 60 } })
+  await waitFor(() => tokens.current() !== undefined, 3000, 'recovery')
+  t.equal(tokens.lastError(), undefined)
+})
+
+t.test('a failed renewal keeps the still-valid token in use', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'tok-1', expires_in: 2 } }))
+  const echo = createServer((req, res) => res.end(req.headers.authorization))
+  await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { echo.closeAllConnections(); echo.close() })
+  const { url, proxy, logs } = await startTestProxy(t, {
+    ...oidcEnv(`${endpoint.url}/token`),
+    BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(echo.address() as AddressInfo).port}`,
+    BEARER_PROXY_PORT: '0'
+  }, { backoffMs: 100 })
+  await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the first token')
+  endpoint.answer = () => ({ status: 503, body: 'maintenance', contentType: 'text/plain' })
+  await waitFor(() => logs.events('token_failed').length >= 1, 5000, 'a failed renewal at 80% of the lifetime')
+  t.match(logs.events('token_failed')[0], { error: /answered 503$/ })
+  const response = await request(`${url}/still-works`)
+  t.equal(response.statusCode, 200)
+  t.equal(await response.body.text(), 'Bearer tok-1', 'the old token is still used')
+  t.equal((await request(`${url}/-/ready`)).statusCode, 200)
+  endpoint.answer = () => ({ body: { access_token: 'tok-2', expires_in: 60 } })
+  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'the renewal to succeed')
+  t.equal(await (await request(`${url}/again`)).body.text(), 'Bearer tok-2')
+})
+
+t.test('a rotated secret file is read at the next token request, without a restart', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 1 })
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-'))
+  const file = join(dir, 'client-secret')
+  writeFileSync(file, `${CLIENT.clientSecret}\n`)
+  const { tokens, logs } = startTokenManager(t, {
+    BEARER_PROXY_TOKEN_URL: idp.tokenUrl,
+    BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+    BEARER_PROXY_CLIENT_SECRET_FILE: file
+  }, { backoffMs: 20 })
+  tokens.start()
+  await waitFor(() => tokens.current() !== undefined, 5000, 'a token with the secret from the file (trailing newline trimmed)')
+  writeFileSync(file, 'revoked-secret')
+  await waitFor(() => logs.events('token_failed').length >= 1, 5000, 'the renewal with the wrong secret to fail')
+  t.match(logs.events('token_failed')[0], { error: /answered 401 invalid_client/ })
+  writeFileSync(file, CLIENT.clientSecret)
+  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the rotated secret')
+  t.pass('renewed after the secret file changed')
+})
+
+t.test('discovery from an issuer with a path, and the Keycloak URL derived from UPSTREAM + REALM', async (t) => {
+  const realm = await startIdentity(t, { path: '/realms/team' })
+  const discovered = startTokenManager(t, { BEARER_PROXY_ISSUER: realm.issuer, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret })
+  t.equal((await discovered.tokens.get()).subject, CLIENT.clientId)
+  t.match(discovered.logs.events('token_endpoint_discovered')[0], { endpoint: `${realm.issuer}/token` })
+
+  const keycloak = await startIdentity(t, { path: '/auth/realms/runai', tokenPath: '/protocol/openid-connect/token' })
+  const derived = startTokenManager(t, {
+    BEARER_PROXY_UPSTREAM: new URL(keycloak.issuer).origin,
+    BEARER_PROXY_REALM: 'runai',
+    BEARER_PROXY_SCOPE: 'openid',
+    BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+    BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret
+  })
+  const token = await derived.tokens.get()
+  t.equal(decodeJwt(token.authorization.slice(7)).iss, keycloak.issuer)
+  t.equal(keycloak.tokenRequests, 1, 'asked at <UPSTREAM>/auth/realms/runai/protocol/openid-connect/token')
+})
