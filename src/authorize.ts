@@ -87,13 +87,10 @@ export class AuthorizingDispatcher {
         callback(error, response)
         return
       }
-      const body = replayBody(options.body)
-      if (body === false) {
-        callback(null, response)
-        return
-      }
+      // Whatever happens to this request, the next one gets a new token.
       this.#tokens.invalidate(token.authorization)
-      if (this.#tokens.current()?.authorization === token.authorization) {
+      const body = replayBody(options.body)
+      if (body === false || this.#tokens.current()?.authorization === token.authorization) {
         callback(null, response)
         return
       }

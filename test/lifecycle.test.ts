@@ -1,0 +1,106 @@
+import t from 'tap'
+import { request } from 'undici'
+import { baseEnv, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
+
+t.test('200 concurrent cold requests make exactly one token request and all succeed', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  idp.mode = 'slow'
+  idp.slowMs = 300
+  const { url } = await startTestProxy(t, baseEnv(idp, api))
+  const statuses = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+    const response = await request(`${url}/cold/${i}`)
+    await response.body.dump()
+    return response.statusCode
+  }))
+  t.same(new Set(statuses), new Set([200]))
+  t.equal(idp.tokenRequests, 1)
+  t.equal(api.seen.length, 200)
+})
+
+t.test('renewal under load and while idle: no request fails', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 2 })
+  const api = await startApiOf(t, idp)
+  const { url, proxy, logs } = await startTestProxy(t, baseEnv(idp, api))
+  await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the first token')
+  const failures: number[] = []
+  let sent = 0
+  const until = Date.now() + 3500
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (Date.now() < until) {
+      const response = await request(`${url}/load`)
+      await response.body.dump()
+      sent++
+      if (response.statusCode !== 200) failures.push(response.statusCode)
+    }
+  }))
+  t.same(failures, [], `${sent} requests under load, none failed`)
+  t.ok(logs.events('token_renewed').length >= 1, 'renewed during the load')
+  // JWT `exp` has whole seconds, so a 2 s token can lapse just before its renewal: such a
+  // request gets a 401, a new token and one retry, and the client never sees the 401.
+  t.equal(api.seen.filter((seen) => seen.authorized).length, sent, 'every request reached the API with a valid token')
+
+  const renewals = logs.events('token_renewed').length
+  await waitFor(() => logs.events('token_renewed').length > renewals, 5000, 'a renewal while idle')
+  const after = await request(`${url}/after-idle`)
+  t.equal(after.statusCode, 200)
+  await after.body.dump()
+})
+
+t.test('a token revoked early: 401, a new token, one retry with the POST body replayed', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 300 })
+  const api = await startApiOf(t, idp)
+  const { url, proxy, logs } = await startTestProxy(t, baseEnv(idp, api))
+  const warm = await request(`${url}/warm`)
+  await warm.body.dump()
+  const { jti } = api.seen[0] as { jti: string }
+  api.revoked.add(jti)
+
+  const body = JSON.stringify({ job: 'train', gpus: 4 })
+  const response = await request(`${url}/api/v1/jobs`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+  t.equal(response.statusCode, 200)
+  const echo = await response.body.json() as { bodyLength: number }
+  t.equal(echo.bodyLength, body.length)
+  const [rejected, retried] = api.seen.slice(1)
+  t.equal(rejected?.authorized, false)
+  t.equal(retried?.authorized, true)
+  t.equal(retried?.body, body, 'the same body was sent again')
+  t.not(retried?.jti, jti, 'with a new token')
+  t.equal(idp.tokenRequests, 2)
+  t.equal(logs.events('token_rejected').length, 1)
+  t.equal(api.seen.length, 3, 'exactly one retry')
+  t.ok(proxy.tokens.current())
+})
+
+t.test('a body too large to buffer streams and is not retried: the 401 passes through, the next request gets a new token', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 300 })
+  const api = await startApiOf(t, idp)
+  const { url } = await startTestProxy(t, baseEnv(idp, api))
+  await (await request(`${url}/warm`)).body.dump()
+  api.revoked.add(api.seen[0]?.jti as string)
+  const large = Buffer.alloc(1024 * 1024 + 10, 7)
+  const streamed = await request(`${url}/upload`, { method: 'PUT', body: large })
+  t.equal(streamed.statusCode, 401)
+  t.match(await streamed.body.json(), { code: 401 }, 'the upstream answer, unchanged')
+  t.equal(api.seen.at(-1)?.bodyLength, large.length)
+  t.equal(api.seen.length, 2, 'not retried')
+
+  // The next request uses a new token.
+  const next = await request(`${url}/next`)
+  t.equal(next.statusCode, 200)
+  await next.body.dump()
+  t.equal(idp.tokenRequests, 2)
+})
+
+t.test('a token the upstream keeps refusing is not fetched again and again', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 300 })
+  const api = await startApiOf(t, idp)
+  const { url } = await startTestProxy(t, baseEnv(idp, api))
+  api.routes.set('/always-401', (_req, res) => { res.writeHead(401).end('no') })
+  for (let i = 0; i < 5; i++) {
+    const response = await request(`${url}/always-401`)
+    t.equal(response.statusCode, 401)
+    await response.body.dump()
+  }
+  t.equal(idp.tokenRequests, 2, 'one new token after the first 401, then the 401s pass through')
+})
