@@ -159,15 +159,19 @@ export function loadConfig (options: LoadOptions = {}): Config {
     // An empty variable is the same as an unset one (as `FOO= cmd` users expect).
     if (value !== undefined && value !== '') data[key] = value
   }
-  let raw: Record<string, unknown> = {}
+  let raw: Record<string, unknown>
   try {
     raw = envSchema({ schema: structuredClone(schema), data, env: false })
   } catch (error) {
-    problems.push(...schemaProblems(error))
+    const invalid = schemaProblems(error)
+    problems.push(...invalid.map(([, line]) => line))
+    // Check the rest too, so that one run reports every problem.
+    for (const [name] of invalid) delete data[name]
+    raw = envSchema({ schema: structuredClone(schema), data, env: false })
   }
+  const config = interpret(raw, options.forwarding ?? true, problems)
   if (problems.length > 0) throw new ConfigError(problems)
-
-  return interpret(raw, options.forwarding ?? true)
+  return config
 }
 
 function readEnvFile (options: LoadOptions): Record<string, string> {
@@ -185,20 +189,19 @@ function readEnvFile (options: LoadOptions): Record<string, string> {
 
 interface AjvProblem { instancePath?: string, message?: string, params?: { allowedValues?: unknown[] } }
 
-function schemaProblems (error: unknown): string[] {
-  const list = (error as { errors?: AjvProblem[] }).errors
-  if (!Array.isArray(list)) return [String((error as Error).message)]
+/** [variable, line] for each schema violation. */
+function schemaProblems (error: unknown): Array<[string, string]> {
+  const list = (error as { errors?: AjvProblem[] }).errors ?? []
   return list.map((problem) => {
     const name = (problem.instancePath ?? '').replace(/^\//, '')
     const allowed = problem.params?.allowedValues
     const suffix = Array.isArray(allowed) ? `: ${allowed.join(', ')}` : ''
-    return `${name}: ${problem.message ?? 'invalid'}${suffix}`
+    return [name, `${name}: ${problem.message ?? 'invalid'}${suffix}`]
   })
 }
 
-/** Turns validated strings into a Config, collecting every problem before failing. */
-function interpret (raw: Record<string, unknown>, forwarding: boolean): Config {
-  const problems: string[] = []
+/** Turns validated strings into a Config, adding every problem it finds to `problems`. */
+function interpret (raw: Record<string, unknown>, forwarding: boolean, problems: string[]): Config {
   const get = (name: string): string | undefined => raw[PREFIX + name] as string | undefined
   const flag = (name: string): boolean => raw[PREFIX + name] === true
   const number = (name: string): number => raw[PREFIX + name] as number
@@ -288,8 +291,6 @@ function interpret (raw: Record<string, unknown>, forwarding: boolean): Config {
       problems.push(`${PREFIX}CA_FILE: cannot read ${caFile} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
     }
   }
-
-  if (problems.length > 0) throw new ConfigError(problems)
 
   const timeout = number('TIMEOUT')
   return {

@@ -1,0 +1,120 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { ConfigError, loadConfig } from '../src/config.js'
+import { runCli } from './helpers/stack.js'
+
+const minimal = {
+  BEARER_PROXY_TOKEN_URL: 'https://idp.example/token',
+  BEARER_PROXY_CLIENT_ID: 'client',
+  BEARER_PROXY_CLIENT_SECRET: 'Sup3r-Secret-Value',
+  BEARER_PROXY_UPSTREAM: 'https://api.example/base'
+}
+
+function problems (env: Record<string, string>, options: { forwarding?: boolean } = {}): readonly string[] {
+  try {
+    loadConfig({ env, envFile: '/dev/null', ...options })
+  } catch (error) {
+    if (error instanceof ConfigError) return error.problems
+    throw error
+  }
+  return []
+}
+
+t.test('defaults', async (t) => {
+  const config = loadConfig({ env: minimal, envFile: '/dev/null' })
+  t.match(config, {
+    host: '127.0.0.1', port: 8080, readOnly: false, timeout: 30, logLevel: 'info',
+    token: { flavour: 'oidc', grant: 'client_credentials', clientAuth: 'client_secret_post', refreshSkew: 30 }
+  })
+  t.equal(config.upstream?.href, 'https://api.example/base')
+  t.equal(JSON.stringify(config).includes('Sup3r-Secret-Value'), false, 'the secret cannot be serialised')
+})
+
+t.test('every bad value is reported, one line each, naming the variable and never a secret', async (t) => {
+  const lines = problems({
+    ...minimal,
+    BEARER_PROXY_AUTH: 'kerberos',
+    BEARER_PROXY_PORT: 'eighty',
+    BEARER_PROXY_TIMEOUT: '-1',
+    BEARER_PROXY_REFRESH_SKEW: 'soon',
+    BEARER_PROXY_READ_ONLY: 'perhaps',
+    BEARER_PROXY_LOG_LEVEL: 'loud',
+    BEARER_PROXY_CLIENT_AUTH: 'mtls',
+    BEARER_PROXY_CLIENTSECRET: 'typo'
+  })
+  t.equal(lines.length, 8, lines.join('\n'))
+  for (const name of ['AUTH', 'PORT', 'TIMEOUT', 'REFRESH_SKEW', 'READ_ONLY', 'LOG_LEVEL', 'CLIENT_AUTH', 'CLIENTSECRET']) {
+    t.ok(lines.some((line) => line.startsWith(`BEARER_PROXY_${name}:`)), name)
+  }
+  t.match(lines.find((line) => line.startsWith('BEARER_PROXY_AUTH')), /oidc, runai, runai-apptoken, apiconnect/)
+  t.notMatch(lines.join('\n'), /Sup3r-Secret-Value/)
+})
+
+t.test('missing and conflicting settings', async (t) => {
+  t.match(problems({ BEARER_PROXY_CLIENT_ID: 'x', BEARER_PROXY_CLIENT_SECRET: 'y', BEARER_PROXY_TOKEN_URL: 'http://i/t' }),
+    [/BEARER_PROXY_UPSTREAM: required/])
+  t.same(problems({ BEARER_PROXY_CLIENT_ID: 'x', BEARER_PROXY_CLIENT_SECRET: 'y', BEARER_PROXY_TOKEN_URL: 'http://i/t' }, { forwarding: false }), [],
+    'check and token need no upstream')
+  t.match(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET: '' }), [/BEARER_PROXY_CLIENT_SECRET: required/])
+  t.match(problems({ ...minimal, BEARER_PROXY_GRANT: 'password' }), [/USERNAME: required/, /PASSWORD: required/])
+  t.match(problems({ ...minimal, BEARER_PROXY_GRANT: 'refresh_token' }), [/REFRESH_TOKEN: required/])
+  t.match(problems({ ...minimal, BEARER_PROXY_GRANT: 'api_key' }), [/GRANT: api_key is not a grant of AUTH=oidc/])
+  t.match(problems({ ...minimal, BEARER_PROXY_TOKEN_URL: '' }), [/TOKEN_URL: required for AUTH=oidc/])
+  t.match(problems({ ...minimal, BEARER_PROXY_TOKEN_URL: 'ftp://x/y' }), [/TOKEN_URL: must be an http/])
+  t.match(problems({ ...minimal, BEARER_PROXY_UPSTREAM: 'not a url' }), [/UPSTREAM: not a URL/])
+  t.match(problems({ ...minimal, BEARER_PROXY_UPSTREAM: 'https://user:pw@api.example' }), [/must not carry a user name or password/])
+  t.match(problems({ ...minimal, BEARER_PROXY_CLUSTERS: 'a=http://x,a=http://y,=http://z' }), [/listed twice/, /expected name=url/])
+  t.match(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }), [/set one of them, not both/])
+  t.match(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET: '', BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }),
+    [/CLIENT_SECRET_FILE: cannot read \/nonexistent\/secret \(ENOENT\)/])
+  t.match(problems({ ...minimal, BEARER_PROXY_HOST: '0.0.0.0' }), [/HOST: 0.0.0.0 is not a loopback address.*INBOUND_KEY.*ALLOW_ANONYMOUS/])
+  t.same(problems({ ...minimal, BEARER_PROXY_HOST: '0.0.0.0', BEARER_PROXY_ALLOW_ANONYMOUS: 'true' }), [])
+  t.same(problems({ ...minimal, BEARER_PROXY_HOST: '::1' }), [])
+  t.same(problems({ ...minimal, BEARER_PROXY_REFRESH_SKEW: '0' }), [], 'REFRESH_SKEW accepts 0')
+})
+
+t.test('derived token endpoints', async (t) => {
+  const base = { BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: 'https://runai.example/' }
+  const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).token.endpoint
+  t.match(endpoint({ BEARER_PROXY_REALM: 'runai' }), { kind: 'url', url: { href: 'https://runai.example/auth/realms/runai/protocol/openid-connect/token' } })
+  t.match(endpoint({ BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), { kind: 'issuer', issuer: { href: 'https://kc.example/realms/a' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai' }), { url: { href: 'https://runai.example/api/v1/token' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai-apptoken' }), { url: { href: 'https://runai.example/v1/k8s/auth/oauth/apptoken' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'apiconnect', BEARER_PROXY_USERNAME: 'u', BEARER_PROXY_PASSWORD: 'p' }), { url: { href: 'https://runai.example/api/token' } })
+})
+
+t.test('an env file is read; real environment variables win over it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-config-'))
+  writeFileSync(join(dir, '.env'), '# comment\nBEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=from-file\n' +
+    'BEARER_PROXY_CLIENT_SECRET="quoted secret"\nBEARER_PROXY_UPSTREAM=https://api.example\nBEARER_PROXY_PORT=9000\n')
+  const config = loadConfig({ env: { BEARER_PROXY_PORT: '9001' }, cwd: dir })
+  t.equal(config.token.clientId, 'from-file')
+  t.equal(config.port, 9001, 'the environment wins')
+  const secret = config.token.clientSecret
+  t.equal(secret?.kind === 'value' ? secret.secret.reveal() : undefined, 'quoted secret')
+  writeFileSync(join(dir, 'other.env'), 'BEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=other\nBEARER_PROXY_CLIENT_SECRET=s\nBEARER_PROXY_UPSTREAM=https://api.example\n')
+  t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).token.clientId, 'other')
+  t.throws(() => loadConfig({ env: {}, envFile: join(dir, 'missing.env') }), { problems: [/--env-file .*missing.env: cannot read it \(ENOENT\)/] })
+})
+
+t.test('the CLI: no configuration at all exits 2 with directions, no stack trace', async (t) => {
+  const empty = mkdtempSync(join(tmpdir(), 'bearer-proxy-empty-'))
+  const result = await runCli([], {}, { cwd: empty })
+  t.equal(result.code, 2)
+  t.match(result.stderr, /no configuration found/)
+  t.match(result.stderr, /config\/keycloak\.env/)
+  t.match(result.stderr, /npm run demo/)
+  t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
+  t.equal(result.stdout, '')
+})
+
+t.test('the CLI: a bad value exits 2, one line per problem, no secret echoed', async (t) => {
+  const result = await runCli(['serve'], { ...minimal, BEARER_PROXY_PORT: '99999', BEARER_PROXY_HOST: '0.0.0.0' })
+  t.equal(result.code, 2)
+  t.match(result.stderr, /BEARER_PROXY_PORT: must be <= 65535/)
+  t.match(result.stderr, /BEARER_PROXY_HOST: 0\.0\.0\.0 is not a loopback address/)
+  t.notMatch(result.stderr, /Sup3r-Secret-Value/)
+  t.notMatch(result.stderr, /\n\s+at /)
+})
