@@ -1,4 +1,5 @@
 import { PassThrough, Readable } from 'node:stream'
+import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import type { AccessToken, TokenSource } from './token/manager.js'
 
@@ -64,10 +65,12 @@ function replayBody (body: unknown): unknown {
 export class AuthorizingDispatcher {
   readonly #inner: Dispatcher
   readonly #tokens: TokenSource
+  readonly #log: Logger
 
-  constructor (inner: Dispatcher, tokens: TokenSource) {
+  constructor (inner: Dispatcher, tokens: TokenSource, log: Logger) {
     this.#inner = inner
     this.#tokens = tokens
+    this.#log = log
   }
 
   request (options: RequestOptions, callback: Callback): void {
@@ -95,6 +98,7 @@ export class AuthorizingDispatcher {
         return
       }
       response.body.dump().catch(() => {})
+      this.#log.debug({ event: 'upstream_401_retry', path: options.path }, 'upstream answered 401: retrying once with a new token')
       this.#tokens.get().then((fresh) => {
         options.headers.authorization = fresh.authorization
         this.#inner.request({ ...options, body: body as RequestOptions['body'] }, callback)

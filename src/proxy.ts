@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { AuthorizingDispatcher, readBody } from './authorize.js'
 import { ProxyError, sendProxyError } from './errors.js'
@@ -43,7 +44,7 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
     readBody(payload, request.headers['content-length']).then((body) => done(null, body), done)
   })
 
-  const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens)
+  const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens, app.log as unknown as Logger)
 
   for (const route of options.routes) {
     const rewriteLocation = locationRewriter(route)

@@ -6,7 +6,7 @@ import type { Flavour, TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { apiconnect } from './apiconnect.js'
-import { type Dialect, type Grant, summariseError, TokenResponseError } from './dialect.js'
+import { asObject, type Dialect, type Grant, summariseError, TokenResponseError } from './dialect.js'
 import { discoveryUrl, oidc, readDiscovery } from './oidc.js'
 import { runai, runaiAppToken } from './runai.js'
 
@@ -257,7 +257,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     } catch (error) {
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
+    this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.grant : 'refresh_token' },
+      'sending token request')
     const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
+    this.#log.trace({ event: 'token_response', status, fields: Object.keys(asObject(body)) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body))
     if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
     return this.#dialect.readResponse(body)

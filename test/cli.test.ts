@@ -1,0 +1,78 @@
+import { once } from 'node:events'
+import { readFileSync } from 'node:fs'
+import t from 'tap'
+import { request } from 'undici'
+import { baseEnv, CLIENT, collect, runCli, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+
+t.test('--help and --version', async (t) => {
+  const help = await runCli(['--help'], {})
+  t.equal(help.code, 0)
+  t.match(help.stdout, /Usage: bearer-proxy \[command\]/)
+  for (const command of ['serve', 'check', 'token', 'health', '--env-file']) t.match(help.stdout, command)
+  const version = await runCli(['--version'], {})
+  t.equal(version.stdout, `${pkg.version}\n`)
+  const bad = await runCli(['frobnicate'], {})
+  t.equal(bad.code, 2)
+  t.match(bad.stderr, /unknown argument "frobnicate"/)
+})
+
+t.test('check prints the subject and expiry; token prints the token alone on stdout', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 600 })
+  const env = { BEARER_PROXY_TOKEN_URL: idp.tokenUrl, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret }
+  const check = await runCli(['check'], env)
+  t.equal(check.code, 0, check.stderr)
+  t.match(check.stdout, new RegExp(`subject: ${CLIENT.clientId}`))
+  t.match(check.stdout, /expires: \d{4}-\d\d-\d\dT[\d:.]+Z \(in (599|600) s\)/)
+
+  const token = await runCli(['token'], env)
+  t.equal(token.code, 0)
+  t.match(token.stdout, /^ey[\w-]+\.[\w-]+\.[\w-]+\n$/, 'one JWT and a newline')
+  t.equal(token.stderr, '', 'nothing else at the default level')
+})
+
+t.test('check fails with exit 1 naming the endpoint\'s error code', async (t) => {
+  const idp = await startIdentity(t)
+  const result = await runCli(['check'], { BEARER_PROXY_TOKEN_URL: idp.tokenUrl, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: 'wrong-Secret-123' })
+  t.equal(result.code, 1)
+  t.match(result.stderr, /answered 401 invalid_client/)
+  t.notMatch(result.stderr + result.stdout, /wrong-Secret-123/)
+  t.equal(result.stdout, '')
+})
+
+t.test('serve, health, and SIGTERM: in-flight requests finish, new connections are refused, exit 0', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  let release: () => void = () => {}
+  api.routes.set('/slow', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.write('first ')
+    release = () => res.end('last')
+  })
+  const env = { ...baseEnv(idp, api), BEARER_PROXY_PORT: '0' }
+  const child = spawnCli(['serve'], env)
+  const output = collect(child)
+  t.teardown(() => { child.kill('SIGKILL') })
+  const listening = await waitForLine(child, /"event":"listening"/)
+  const address = (JSON.parse(listening) as { address: string }).address
+  await waitForLine(child, /"event":"token_fetched"/)
+  const port = new URL(address).port
+
+  const healthy = await runCli(['health'], { ...env, BEARER_PROXY_PORT: port })
+  t.equal(healthy.code, 0, 'health: 0 while ready')
+
+  const inflight = await request(`${address}/slow`)
+  t.equal(inflight.statusCode, 200)
+  child.kill('SIGTERM')
+  await waitForLine(child, /shutting down/)
+  await t.rejects(request(`${address}/new`), 'new connections are refused')
+  release()
+  t.equal(await inflight.body.text(), 'first last', 'the in-flight request finished')
+  const [code] = await once(child, 'exit') as [number]
+  t.equal(code, 0)
+  t.notMatch(output().stderr, /Error/)
+
+  const down = await runCli(['health'], { ...env, BEARER_PROXY_PORT: port })
+  t.equal(down.code, 1, 'health: 1 when nothing answers')
+})

@@ -1,0 +1,96 @@
+import t from 'tap'
+import { request } from 'undici'
+import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, waitFor } from './helpers/stack.js'
+import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
+
+/** Each secret, and for JWTs each of their payload and signature parts, which identify them as well. */
+function fragments (values: Iterable<string>): string[] {
+  const out = new Set<string>()
+  for (const value of values) {
+    out.add(value)
+    const parts = value.split('.')
+    if (parts.length === 3) {
+      out.add(parts[1] as string)
+      out.add(parts[2] as string)
+    }
+  }
+  return [...out].filter((value) => value.length >= 8)
+}
+
+function assertClean (t: Tap.Test, where: string, text: string, secrets: string[]): void {
+  const leaked = secrets.filter((secret) => text.includes(secret))
+  t.same(leaked.map((secret) => `${secret.slice(0, 6)}…`), [], `${where}: no secret or token`)
+}
+
+t.test('at trace level, through every path, no secret or token reaches the logs, error bodies or /-/ready', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 2 })
+  const api = await startApiOf(t, idp)
+  api.routes.set('/cookies', (req, res) => {
+    res.writeHead(200, { 'set-cookie': 'session=SetCookieValue-9876; HttpOnly' }).end(`got ${req.headers.cookie?.length ?? 0}`)
+  })
+  api.routes.set('/reject', (_req, res) => { res.writeHead(401).end() })
+  const bodies: string[] = []
+  // The proxy's own answers are kept; upstream answers (this echo API repeats the token) pass through by design.
+  const keep = async (response: Awaited<ReturnType<typeof request>>): Promise<void> => { bodies.push(await response.body.text()) }
+  const pass = async (response: Awaited<ReturnType<typeof request>>): Promise<void> => { await response.body.dump() }
+
+  // Password grant with refresh tokens, renewals, a revoked token and a retry, cookies, upstream errors.
+  const { url, proxy, logs } = await startTestProxy(t, {
+    ...baseEnv(idp, api),
+    BEARER_PROXY_GRANT: 'password',
+    BEARER_PROXY_USERNAME: USER.username,
+    BEARER_PROXY_PASSWORD: USER.password,
+    BEARER_PROXY_LOG_LEVEL: 'trace',
+    BEARER_PROXY_CLUSTERS: 'dead=http://127.0.0.1:1'
+  })
+  await keep(await request(`${url}/-/ready`))
+  await pass(await request(`${url}/first`, { headers: { authorization: 'Bearer ClientSideToken-5555', cookie: 'session=CookieValue-1234' } }))
+  api.revoked.add(api.seen[0]?.jti as string)
+  await pass(await request(`${url}/after-revoke`, { method: 'POST', body: 'x=1' }))
+  await pass(await request(`${url}/cookies`, { headers: { cookie: 'session=CookieValue-1234' } }))
+  await pass(await request(`${url}/reject`))
+  await keep(await request(`${url}/clusters/dead/x`))
+  await keep(await request(`${url}/clusters/nope/x`))
+  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the refresh token')
+  await keep(await request(`${url}/-/ready`))
+
+  // Bad credentials.
+  const bad = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321', BEARER_PROXY_LOG_LEVEL: 'trace' })
+  await keep(await request(`${bad.url}/x`))
+  await keep(await request(`${bad.url}/-/ready`))
+
+  // An endpoint that echoes the secret back in its error, and one that returns known refresh and id tokens.
+  const echoing = await startTokenEndpoint(t, (call) => ({ status: 400, body: { error: 'invalid_request', error_description: `bad ${String(call.fields.client_secret)}` } }))
+  const echo = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${echoing.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' })
+  await keep(await request(`${echo.url}/x`))
+  const idToken = await jwt(60, { sub: 'id' })
+  const known = await startTokenEndpoint(t, () => ({ body: { access_token: 'OpaqueAccess-777777', refresh_token: 'KnownRefresh-888888', id_token: idToken, expires_in: 1 } }))
+  const knownProxy = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${known.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' })
+  await waitFor(() => known.calls.length >= 2, 5000, 'a refresh')
+  await pass(await request(`${knownProxy.url}/x`))
+
+  // The CLI's check and token commands at trace level (token prints the token on stdout only).
+  const cliEnv = { BEARER_PROXY_TOKEN_URL: idp.tokenUrl, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret, BEARER_PROXY_LOG_LEVEL: 'trace' }
+  const check = await runCli(['check'], cliEnv)
+  const token = await runCli(['token'], cliEnv)
+  const badCheck = await runCli(['check'], { ...cliEnv, BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321' })
+
+  const accessTokens = api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
+  const secrets = fragments([
+    CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
+    'OpaqueAccess-777777', 'KnownRefresh-888888', idToken, token.stdout.trim(), ...accessTokens,
+    ...known.calls.map((call) => String(call.fields.refresh_token ?? '')).filter(Boolean)
+  ])
+  t.ok(accessTokens.length >= 5, 'real tokens were used')
+  const logText = [logs.text, bad.logs.text, echo.logs.text, knownProxy.logs.text].join('\n')
+  t.ok(logText.split('\n').length > 50, 'trace produced plenty of output')
+  t.match(logText, /"level":10/, 'trace lines are there')
+  assertClean(t, 'proxy logs', logText, secrets)
+  assertClean(t, 'error bodies and /-/ready', bodies.join('\n'), secrets)
+  assertClean(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
+  assertClean(t, 'token stderr', token.stderr, secrets)
+  t.match(echo.logs.text, /bad \[redacted\]/, 'a secret echoed by the endpoint is scrubbed')
+  t.equal(check.code, 0)
+  t.equal(badCheck.code, 1)
+  t.ok(proxy.tokens.current())
+})
