@@ -6,6 +6,7 @@ import type { Dispatcher } from 'undici'
 import type { Config } from './config.js'
 import { createDispatcher } from './outbound.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
+import { inboundGuard } from './guard.js'
 import { proxyRoutes, type Route } from './proxy.js'
 import { TokenManager } from './token/manager.js'
 
@@ -44,15 +45,14 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     socket.end(CONNECT_REFUSED)
   })
 
-  app.addHook('onRequest', async (request, reply) => {
-    // Origin-form only: an absolute-form target (`GET http://other/`) or `*` would make this an open proxy.
-    const url = request.raw.url ?? ''
-    if (url[0] !== '/' || url[1] === '/') {
-      return sendProxyError(reply, new ProxyError('bad_request', 'the request target must be a path starting with a single /'))
-    }
-  })
+  app.addHook('onRequest', inboundGuard(config))
+
+  // While shutting down, a keep-alive connection is closed as soon as its request is answered.
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
 
   app.addHook('onResponse', async (request, reply) => {
+    if (closing) setImmediate(() => app.server.closeIdleConnections())
     const url = request.raw.url ?? ''
     const query = url.indexOf('?')
     request.log.info({

@@ -159,3 +159,49 @@ t.test('an upstream that refuses connections is 502, one that sends no headers i
   t.equal(still.statusCode, 200, 'the proxy keeps serving other requests')
   await still.body.dump()
 })
+
+t.test('INBOUND_KEY: clients must send Proxy-Authorization: Bearer <key>; probes need none; the key is never forwarded', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const { url } = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_INBOUND_KEY: 'inbound-K3y-value' })
+  const missing = await request(`${url}/x`)
+  t.equal(missing.statusCode, 403)
+  t.match(await missing.body.json(), { error: 'forbidden' })
+  const wrong = await request(`${url}/x`, { headers: { 'proxy-authorization': 'Bearer inbound-K3y-valuf' } })
+  t.equal(wrong.statusCode, 403)
+  await wrong.body.dump()
+  const inAuthorization = await request(`${url}/x`, { headers: { authorization: 'Bearer inbound-K3y-value' } })
+  t.equal(inAuthorization.statusCode, 403, 'a key sent in Authorization does not count')
+  await inAuthorization.body.dump()
+  t.equal(api.seen.length, 0, 'nothing reached the API')
+
+  const right = await request(`${url}/x`, { headers: { 'proxy-authorization': 'Bearer inbound-K3y-value' } })
+  t.equal(right.statusCode, 200)
+  const echo = await right.body.json() as { headers: Record<string, string> }
+  t.notOk('proxy-authorization' in echo.headers)
+  for (const probe of ['/-/healthy', '/-/ready']) {
+    const response = await request(`${url}${probe}`)
+    t.equal(response.statusCode, 200, `${probe} needs no key`)
+    await response.body.dump()
+  }
+})
+
+t.test('never an open proxy: absolute-form targets are 400, CONNECT is 405, nothing reaches another host', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const { url } = await startTestProxy(t, baseEnv(idp, api))
+  const { port } = new URL(url)
+  const raw = async (text: string): Promise<string> => {
+    const { connect } = await import('node:net')
+    return await new Promise((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1', () => socket.end(text))
+      let answer = ''
+      socket.setEncoding('utf8').on('data', (chunk: string) => { answer += chunk }).on('end', () => resolve(answer)).on('error', reject)
+      socket.setTimeout(5000, () => socket.destroy(new Error('timeout')))
+    })
+  }
+  t.match(await raw(`GET ${api.url}/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`), /^HTTP\/1.1 400[^]*"error":"bad_request"/)
+  t.match(await raw('GET //evil.example/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'), /^HTTP\/1.1 400/)
+  t.match(await raw('CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'), /^HTTP\/1.1 405[^]*"error":"method_not_allowed"/)
+  t.equal(api.seen.length, 0)
+})

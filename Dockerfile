@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# Build: compile TypeScript with all dependencies.
+FROM node:24-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.json ./
+COPY src ./src
+RUN npm ci --no-audit --no-fund && npm prune --omit=dev
+
+# Run: production dependencies and dist/ only, as a non-root user.
+FROM node:24-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app/package.json ./
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY config ./config
+RUN ln -s /app/dist/cli.js /usr/local/bin/bearer-proxy
+USER node
+# In a container the proxy must listen on all interfaces: that is only allowed with
+# BEARER_PROXY_INBOUND_KEY set (or, knowingly, BEARER_PROXY_ALLOW_ANONYMOUS=true).
+ENV BEARER_PROXY_HOST=0.0.0.0 BEARER_PROXY_PORT=8080
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s CMD ["bearer-proxy", "health"]
+ENTRYPOINT ["bearer-proxy"]
+CMD ["serve"]
