@@ -63,7 +63,7 @@ export function asObject (body: unknown): Record<string, unknown> {
  * An error body reduced to its code and message: OAuth `{error, error_description}`,
  * Run:ai `{code, message}`, API Connect `{status, message: [...]}`. Nothing else is kept.
  */
-export function summariseError (body: unknown): string | undefined {
+export function summariseError (body: unknown, status?: number): string | undefined {
   const object = asObject(body)
   const text = (value: unknown): string | undefined => {
     if (typeof value === 'string' && value !== '') return value.slice(0, 200)
@@ -71,7 +71,8 @@ export function summariseError (body: unknown): string | undefined {
     if (Array.isArray(value)) return text(value.filter((item) => typeof item === 'string').join('; '))
     return undefined
   }
-  const code = text(object.error) ?? text(object.code)
+  // Run:ai repeats the HTTP status as `code`: say it once.
+  const code = text(object.error) ?? (object.code === status ? undefined : text(object.code))
   const message = text(object.error_description) ?? text(object.message)
   if (code !== undefined && message !== undefined) return `${code} (${message})`
   return code ?? message

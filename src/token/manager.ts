@@ -261,7 +261,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       'sending token request')
     const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
     this.#log.trace({ event: 'token_response', status, fields: Object.keys(asObject(body)) }, 'token endpoint answered')
-    if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body))
+    if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
     return this.#dialect.readResponse(body)
   }
@@ -271,7 +271,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (endpoint.kind !== 'issuer') throw new Error('no endpoint')
     const url = discoveryUrl(endpoint.issuer)
     const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
-    if (status !== 200) throw new EndpointError(status, summariseError(body), url)
+    if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
     this.#endpoint = readDiscovery(endpoint.issuer, body)
     this.#log.info({ event: 'token_endpoint_discovered', endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
     return this.#endpoint

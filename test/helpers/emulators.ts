@@ -1,0 +1,135 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { exportJWK, generateKeyPair, type JSONWebKeySet, jwtVerify, createLocalJWKSet, SignJWT } from 'jose'
+import type { Teardown } from './stack.js'
+
+export interface Emulator {
+  readonly url: string
+  /** Token requests as received: path, content type and JSON body. */
+  readonly calls: Array<{ path: string, contentType: string | undefined, body: Record<string, unknown> }>
+  /** API requests that reached it with a valid token, by path. */
+  readonly served: string[]
+  /** Lifetime of the tokens it issues, seconds. */
+  ttl: number
+  /** Refuse refresh tokens from now on (as after a session ends). */
+  refuseRefresh: boolean
+  readonly jwks: JSONWebKeySet
+}
+
+type Handler = (body: Record<string, unknown>, emulator: Emulator) => { status: number, body: unknown }
+
+/** A control plane on 127.0.0.1: token endpoints given by `tokenRoutes`, every other path an API that checks its own tokens. */
+async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler>): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
+  const { privateKey, publicKey } = await generateKeyPair('RS256')
+  const jwks = { keys: [{ ...await exportJWK(publicKey), alg: 'RS256' }] }
+  const keys = createLocalJWKSet(jwks)
+  const emulator = {
+    url: '',
+    calls: [] as Emulator['calls'],
+    served: [] as string[],
+    ttl: 60,
+    refuseRefresh: false,
+    jwks,
+    sign: async (sub: string, extra: Record<string, unknown> = {}) => await new SignJWT(extra).setProtectedHeader({ alg: 'RS256' })
+      .setSubject(sub).setIssuer(issuer).setIssuedAt().setExpirationTime(Math.floor(Date.now() / 1000) + emulator.ttl).sign(privateKey)
+  }
+  const send = (res: ServerResponse, status: number, body: unknown): void => {
+    res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+  }
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    let raw = ''
+    req.setEncoding('utf8').on('data', (chunk: string) => { raw += chunk }).on('end', () => {
+      const path = (req.url ?? '').split('?')[0] as string
+      const route = req.method === 'POST' ? tokenRoutes[path] : undefined
+      if (route !== undefined) {
+        let body: Record<string, unknown>
+        try {
+          body = JSON.parse(raw) as Record<string, unknown>
+        } catch {
+          send(res, 400, { code: 400, message: 'invalid JSON' })
+          return
+        }
+        emulator.calls.push({ path, contentType: req.headers['content-type'], body })
+        const answer = route(body, emulator)
+        Promise.resolve(answer.body).then((resolved) => send(res, answer.status, resolved), () => send(res, 500, {}))
+        return
+      }
+      const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1]
+      jwtVerify(token ?? '', keys, { issuer }).then(() => {
+        emulator.served.push(path)
+        send(res, 200, { path })
+      }, () => send(res, 401, { code: 401, message: 'Unauthorized' }))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  emulator.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  return emulator
+}
+
+export const RUNAI = {
+  client: { id: 'runai-app', secret: 'runai-App-Secret-31' },
+  user: { username: 'researcher@example.com', password: 'runai-User-Pass-47' },
+  app: { id: 'legacy-app', name: 'legacy-name', secret: 'legacy-App-Secret-59' }
+}
+
+/**
+ * Run:ai control plane, as its 2.22 OpenAPI describes it: `POST /api/v1/token`
+ * (TokenRequest → TokenResponse, errors `{code, message}`) and the deprecated
+ * `POST /v1/k8s/auth/oauth/apptoken` (AppTokenRequest → AppTokenResponse).
+ */
+export async function startRunai (t: Teardown): Promise<Emulator> {
+  const refreshTokens = new Set<string>()
+  let counter = 0
+  const refused = { status: 401, body: { code: 401, message: 'invalid credentials' } }
+  const emulator = await startEmulator(t, 'runai', {
+    '/api/v1/token': (body, self) => {
+      let sub: string | undefined
+      if (body.grantType === 'client_credentials' && body.clientID === RUNAI.client.id && body.clientSecret === RUNAI.client.secret) sub = RUNAI.client.id
+      if (body.grantType === 'password' && body.username === RUNAI.user.username && body.password === RUNAI.user.password) sub = RUNAI.user.username
+      if (body.grantType === 'app_token' && body.appID === RUNAI.client.id && body.appSecret === RUNAI.client.secret) sub = RUNAI.client.id
+      if (body.grantType === 'refresh_token' && typeof body.refreshToken === 'string' && refreshTokens.has(body.refreshToken) && !self.refuseRefresh) {
+        refreshTokens.delete(body.refreshToken)
+        sub = 'refreshed'
+      }
+      if (body.grantType === undefined) return { status: 400, body: { code: 400, message: 'grantType is required' } }
+      if (sub === undefined) return refused
+      const refreshToken = `runai-refresh-${++counter}-Zq`
+      refreshTokens.add(refreshToken)
+      return { status: 200, body: (async () => ({ accessToken: await emulator.sign(sub as string), idToken: await emulator.sign(sub as string), refreshToken }))() }
+    },
+    '/v1/k8s/auth/oauth/apptoken': (body) => {
+      if (body.id !== RUNAI.app.id || body.secret !== RUNAI.app.secret || typeof body.name !== 'string') return refused
+      return { status: 200, body: (async () => ({ access_token: await emulator.sign(`${body.name}`), id_token: await emulator.sign('id') }))() }
+    }
+  })
+  return emulator
+}
+
+export const APIC = {
+  user: { username: 'apiuser', password: 'apic-User-Pass-83' },
+  realm: 'provider/default-idp-2',
+  client: { id: 'caa87d9a-8cd7-4686-8b6e-ee2cdc5ee267', secret: '3ecff363-7eb3-44be-9e07-6d4386c48b0b' },
+  apiKey: 'apic-Api-Key-Value-61'
+}
+
+/** IBM API Connect platform: `POST /api/token` → `{access_token, token_type: "Bearer", expires_in}`. */
+export async function startApiConnect (t: Teardown, options: { expiresIn?: number | undefined } = {}): Promise<Emulator> {
+  const emulator = await startEmulator(t, 'IBM API Connect', {
+    '/api/token': (body) => {
+      const client = body.client_id === APIC.client.id && body.client_secret === APIC.client.secret
+      const byPassword = body.grant_type === 'password' && body.username === APIC.user.username && body.password === APIC.user.password && body.realm === APIC.realm
+      const byKey = body.grant_type === 'api_key' && body.api_key === APIC.apiKey
+      if (!client || !(byPassword || byKey)) return { status: 401, body: { status: 401, message: ['Invalid username or password for realm'] } }
+      return {
+        status: 200,
+        body: (async () => ({
+          access_token: await emulator.sign(byPassword ? APIC.user.username : 'api-key-user', { realm: body.realm }),
+          token_type: 'Bearer',
+          ...(options.expiresIn === undefined ? {} : { expires_in: options.expiresIn })
+        }))()
+      }
+    }
+  })
+  return emulator
+}
