@@ -1,7 +1,14 @@
 import t from 'tap'
 import { request } from 'undici'
-import { APIC, type Emulator, RUNAI, startApiConnect, startRunai } from './helpers/emulators.js'
+import { APIC, type Emulator, RUNAI, startApiConnect as startApic, startRunai as startRunaiEmulator } from './helpers/emulators.js'
 import { runCli, startTestProxy, startTokenManager, waitFor } from './helpers/stack.js'
+
+const startRunai = async (t: Tap.Test): Promise<Emulator> => remember(await startRunaiEmulator(t))
+const startApiConnect = async (t: Tap.Test, options: { expiresIn?: number | undefined }): Promise<Emulator> => remember(await startApic(t, options))
+function remember (emulator: Emulator): Emulator {
+  emulators.push(emulator)
+  return emulator
+}
 
 const runaiEnv = (runai: Emulator, extra: Record<string, string>): Record<string, string> => ({
   BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: runai.url, BEARER_PROXY_PORT: '0', BEARER_PROXY_LOG_LEVEL: 'trace', ...extra
@@ -13,9 +20,12 @@ const apicEnv = (apic: Emulator, extra: Record<string, string> = {}): Record<str
   BEARER_PROXY_CLIENT_ID: APIC.client.id, BEARER_PROXY_CLIENT_SECRET: APIC.client.secret, ...extra
 })
 const ALL_SECRETS = [RUNAI.client.secret, RUNAI.user.password, RUNAI.app.secret, APIC.user.password, APIC.apiKey, APIC.client.secret]
+const emulators: Emulator[] = []
 
+/** Configured secrets, and every token the emulators issued (whole, and a JWT's payload and signature parts). */
 function assertNoSecret (t: Tap.Test, text: string, extra: string[] = []): void {
-  const leaked = [...ALL_SECRETS, ...extra].filter((secret) => secret.length >= 8 && text.includes(secret))
+  const tokens = emulators.flatMap((emulator) => emulator.issued).flatMap((token) => [token, ...token.split('.').slice(1)])
+  const leaked = [...ALL_SECRETS, ...extra, ...tokens].filter((secret) => secret.length >= 8 && text.includes(secret))
   t.same(leaked.map((secret) => `${secret.slice(0, 5)}…`), [], 'no secret or token in the output')
 }
 

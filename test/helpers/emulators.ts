@@ -7,6 +7,8 @@ export interface Emulator {
   readonly url: string
   /** Token requests as received: path, content type and JSON body. */
   readonly calls: Array<{ path: string, contentType: string | undefined, body: Record<string, unknown> }>
+  /** Every token and refresh token it issued. */
+  readonly issued: string[]
   /** API requests that reached it with a valid token, by path. */
   readonly served: string[]
   /** Lifetime of the tokens it issues, seconds. */
@@ -27,11 +29,16 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
     url: '',
     calls: [] as Emulator['calls'],
     served: [] as string[],
+    issued: [] as string[],
     ttl: 60,
     refuseRefresh: false,
     jwks,
-    sign: async (sub: string, extra: Record<string, unknown> = {}) => await new SignJWT(extra).setProtectedHeader({ alg: 'RS256' })
-      .setSubject(sub).setIssuer(issuer).setIssuedAt().setExpirationTime(Math.floor(Date.now() / 1000) + emulator.ttl).sign(privateKey)
+    sign: async (sub: string, extra: Record<string, unknown> = {}) => {
+      const token = await new SignJWT(extra).setProtectedHeader({ alg: 'RS256' })
+        .setSubject(sub).setIssuer(issuer).setIssuedAt().setExpirationTime(Math.floor(Date.now() / 1000) + emulator.ttl).sign(privateKey)
+      emulator.issued.push(token)
+      return token
+    }
   }
   const send = (res: ServerResponse, status: number, body: unknown): void => {
     res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
@@ -96,6 +103,7 @@ export async function startRunai (t: Teardown): Promise<Emulator> {
       if (sub === undefined) return refused
       const refreshToken = `runai-refresh-${++counter}-Zq`
       refreshTokens.add(refreshToken)
+      self.issued.push(refreshToken)
       return { status: 200, body: (async () => ({ accessToken: await emulator.sign(sub as string), idToken: await emulator.sign(sub as string), refreshToken }))() }
     },
     '/v1/k8s/auth/oauth/apptoken': (body) => {
