@@ -103,7 +103,7 @@ export interface Config {
   readonly allowAnonymous: boolean
   readonly allowedHosts: readonly string[]
   readonly allowedOrigins: readonly string[]
-  readonly adminAddress: string | undefined
+  readonly adminAddress: { readonly host: string, readonly port: number } | undefined
   readonly readOnly: boolean
   readonly allowPaths: readonly string[]
   readonly denyPaths: readonly string[]
@@ -322,7 +322,7 @@ function interpret (raw: Record<string, unknown>, forwarding: boolean, problems:
     allowAnonymous,
     allowedHosts: list(get('ALLOWED_HOSTS')),
     allowedOrigins: list(get('ALLOWED_ORIGINS')),
-    adminAddress: get('ADMIN_ADDRESS'),
+    adminAddress: parseAddress(get('ADMIN_ADDRESS'), problems),
     readOnly: flag('READ_ONLY'),
     allowPaths: list(get('ALLOW_PATHS')),
     denyPaths: list(get('DENY_PATHS')),
@@ -402,6 +402,18 @@ function parseClusters (value: string | undefined, problems: string[]): Map<stri
     if (url !== undefined) clusters.set(name, url)
   }
   return clusters
+}
+
+/** `host:port`, `[v6]:port`, `:port` or `port` (host 127.0.0.1). */
+function parseAddress (value: string | undefined, problems: string[]): { host: string, port: number } | undefined {
+  if (value === undefined) return undefined
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]*)):?(\d+)$/.exec(value) ?? /^()()(\d+)$/.exec(value)
+  const port = Number(match?.[3])
+  if (match === null || !Number.isInteger(port) || port > 65535) {
+    problems.push(`${PREFIX}ADMIN_ADDRESS: expected host:port, e.g. 0.0.0.0:9090`)
+    return undefined
+  }
+  return { host: match[1] ?? (match[2] === '' || match[2] === undefined ? '127.0.0.1' : match[2]), port }
 }
 
 function list (value: string | undefined): string[] {

@@ -7,6 +7,7 @@ import type { Config } from './config.js'
 import { createDispatcher } from './outbound.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
 import { inboundGuard } from './guard.js'
+import { Metrics } from './metrics.js'
 import { proxyRoutes, type Route } from './proxy.js'
 import { TokenManager } from './token/manager.js'
 
@@ -17,6 +18,7 @@ const CONNECT_REFUSED = 'HTTP/1.1 405 Method Not Allowed\r\ncontent-type: applic
 export interface ServerParts {
   readonly config: Config
   readonly tokens: TokenManager
+  readonly metrics: Metrics
   readonly dispatcher: Dispatcher
   readonly log: Logger
 }
@@ -28,9 +30,10 @@ export function routesOf (config: Config): Route[] {
   return routes
 }
 
-/** Assembles the proxy: its own `/-/` endpoints, the guard, and one forwarding route per upstream. */
-export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
-  const { config, tokens, log } = parts
+const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
+
+/** A Fastify instance with what both listeners share: logging, error bodies, CONNECT refused. */
+function createApp (log: Logger): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // One line per request, written in onResponse, instead of Fastify's two.
@@ -40,11 +43,38 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     forceCloseConnections: 'idle',
     return503OnClosing: true
   })
-
   app.server.on('connect', (_request, socket) => {
     socket.end(CONNECT_REFUSED)
   })
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error instanceof ProxyError) return sendProxyError(reply, error)
+    const status = error.statusCode ?? 500
+    if (status >= 500) request.log.error({ err: error }, 'internal error')
+    const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'internal_error'
+    return sendProxyError(reply, new ProxyError(status >= 500 ? 'internal_error' : code, status >= 500 ? 'internal error' : error.message))
+  })
+  app.setNotFoundHandler((request, reply) => sendProxyError(reply, KNOWN_METHODS.has(request.method)
+    ? new ProxyError('not_found', 'nothing is served at this path')
+    : new ProxyError('method_not_allowed', `${request.method} is not forwarded`)))
+  return app
+}
 
+/** The proxy's own endpoints under `/-/`: never forwarded, never holding a token. */
+function ownEndpoints (app: FastifyInstance, { tokens, metrics }: Pick<ServerParts, 'tokens' | 'metrics'>): void {
+  app.get('/-/healthy', async () => ({ healthy: true }))
+  app.get('/-/ready', async (_request, reply) => {
+    const status = tokens.status()
+    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString() }
+    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet' })
+  })
+  app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
+  app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
+}
+
+/** Assembles the proxy: the guard, its own `/-/` endpoints, and one forwarding route per upstream. */
+export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
+  const { config, metrics } = parts
+  const app = createApp(parts.log)
   app.addHook('onRequest', inboundGuard(config))
 
   // While shutting down, a keep-alive connection is closed as soon as its request is answered.
@@ -55,37 +85,18 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     if (closing) setImmediate(() => app.server.closeIdleConnections())
     const url = request.raw.url ?? ''
     const query = url.indexOf('?')
+    const upstream = request.routeOptions.config.upstream
+    metrics.observe(upstream ?? 'none', reply.statusCode, reply.elapsedTime / 1000)
     request.log.info({
       method: request.method,
       path: query === -1 ? url : url.slice(0, query),
-      upstream: request.routeOptions.config.upstream,
+      upstream,
       status: reply.statusCode,
       durationMs: Math.round(reply.elapsedTime * 10) / 10
     }, 'request')
   })
 
-  app.setErrorHandler((error: FastifyError, request, reply) => {
-    if (error instanceof ProxyError) return sendProxyError(reply, error)
-    const status = error.statusCode ?? 500
-    if (status >= 500) request.log.error({ err: error }, 'internal error')
-    const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'internal_error'
-    return sendProxyError(reply, new ProxyError(status >= 500 ? 'internal_error' : code, status >= 500 ? 'internal error' : error.message))
-  })
-
-  app.setNotFoundHandler((request, reply) => {
-    const known = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'].includes(request.method)
-    return sendProxyError(reply, known
-      ? new ProxyError('not_found', 'no upstream is configured for this path')
-      : new ProxyError('method_not_allowed', `${request.method} is not forwarded`))
-  })
-
-  app.get('/-/healthy', async () => ({ healthy: true }))
-  app.get('/-/ready', async (_request, reply) => {
-    const status = tokens.status()
-    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString() }
-    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet' })
-  })
-  app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
+  ownEndpoints(app, parts)
 
   // A cluster that is not configured must never fall through to the admin API.
   app.all('/clusters/*', async (request, reply) => {
@@ -95,15 +106,23 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 
   await app.register(proxyRoutes, {
     routes: routesOf(config),
-    tokens,
+    tokens: parts.tokens,
     dispatcher: parts.dispatcher,
     timeout: config.timeout
   })
   return app
 }
 
+/** The `ADMIN_ADDRESS` listener: only `/-/` (probes and Prometheus scrapes), no credentials used. */
+export function buildAdminServer (parts: Pick<ServerParts, 'tokens' | 'metrics' | 'log'>): FastifyInstance {
+  const app = createApp(parts.log)
+  ownEndpoints(app, parts)
+  return app
+}
+
 export interface RunningProxy {
   readonly app: FastifyInstance
+  readonly admin: FastifyInstance | undefined
   readonly tokens: TokenManager
   /** `http://host:port`, or the socket path. */
   readonly address: string
@@ -116,42 +135,64 @@ export interface StartOptions {
   readonly backoffMs?: number
 }
 
-/** Everything `serve` runs: dispatcher, token manager (first token requested at once), server, listener. */
+/** Everything `serve` runs: dispatcher, token manager (first token requested at once), servers, listeners. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
   const dispatcher = createDispatcher(config, log)
   const tokens = new TokenManager(config.token, { dispatcher, log, backoffMs: options.backoffMs })
-  const app = await buildServer({ config, tokens, dispatcher, log })
+  const metrics = new Metrics(tokens)
+  const app = await buildServer({ config, tokens, metrics, dispatcher, log })
+  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log })
   tokens.start()
-  if (config.socket === undefined) {
-    await app.listen({ host: config.host, port: config.port })
-  } else {
-    removeStaleSocket(config.socket)
-    await app.listen({ path: config.socket })
-    chmodSync(config.socket, 0o600)
+  try {
+    if (config.socket === undefined) {
+      await app.listen({ host: config.host, port: config.port })
+    } else {
+      await listenOnSocket(app, config.socket)
+    }
+    if (admin !== undefined && config.adminAddress !== undefined) await admin.listen(config.adminAddress)
+  } catch (error) {
+    tokens.close()
+    await Promise.all([app.close(), admin?.close()])
+    await dispatcher.close()
+    throw error
   }
-  const bound = app.server.address()
-  const address = typeof bound === 'object' && bound !== null
-    ? `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`
-    : config.socket as string
+  const address = addressOf(app, config.socket)
   log.info({
     event: 'listening',
     address,
+    admin: admin === undefined ? undefined : addressOf(admin, undefined),
     routes: routesOf(config).map((route) => `${route.prefix} -> ${displayUrl(route.upstream)}`)
   }, 'bearer-proxy is listening')
   return {
     app,
+    admin,
     tokens,
     address,
     close: async () => {
       tokens.close()
-      await app.close()
+      await Promise.all([app.close(), admin?.close()])
       await dispatcher.close()
     }
   }
 }
 
-function removeStaleSocket (path: string): void {
+function addressOf (app: FastifyInstance, socket: string | undefined): string {
+  const bound = app.server.address()
+  return typeof bound === 'object' && bound !== null
+    ? `http://${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`
+    : socket as string
+}
+
+/** A unix socket that only this user can use: created under umask 177, a stale one replaced. */
+async function listenOnSocket (app: FastifyInstance, path: string): Promise<void> {
   try {
     if (statSync(path).isSocket()) rmSync(path)
   } catch {}
+  const previous = process.umask(0o177)
+  try {
+    await app.listen({ path })
+  } finally {
+    process.umask(previous)
+  }
+  chmodSync(path, 0o600)
 }

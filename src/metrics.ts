@@ -1,0 +1,71 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { TokenManager } from './token/manager.js'
+
+/**
+ * Prometheus metrics (prom-client, own registry). Labels are the route name
+ * (`admin`, a cluster name, or `none`), a status code and a fetch result: never a
+ * path, a header or anything a client or token endpoint sent.
+ */
+export class Metrics {
+  readonly registry = new Registry()
+  readonly #requests: Counter<'upstream' | 'status'>
+  readonly #duration: Histogram<'upstream'>
+  readonly #recorders = new Map<string, { count: Map<number, Counter.Internal>, duration: Histogram.Internal<'upstream'> }>()
+
+  constructor (tokens: TokenManager) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_' })
+    this.#requests = new Counter({
+      name: 'bearer_proxy_requests_total',
+      help: 'Requests answered, by upstream route and status',
+      labelNames: ['upstream', 'status'],
+      registers: [this.registry]
+    })
+    this.#duration = new Histogram({
+      name: 'bearer_proxy_request_duration_seconds',
+      help: 'Time to answer a request, by upstream route',
+      labelNames: ['upstream'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [this.registry]
+    })
+    const fetches = new Counter({
+      name: 'bearer_proxy_token_fetches_total',
+      help: 'Token requests, by result',
+      labelNames: ['result'],
+      registers: [this.registry]
+    })
+    fetches.inc({ result: 'success' }, 0)
+    fetches.inc({ result: 'failure' }, 0)
+    tokens.on('fetch', ({ result }: { result: 'success' | 'failure' }) => fetches.inc({ result }))
+    new Gauge({ // eslint-disable-line no-new
+      name: 'bearer_proxy_token_expiry_seconds',
+      help: 'Seconds until the held token expires (0 when none is held)',
+      registers: [this.registry],
+      collect () {
+        const { expiresAt } = tokens.status()
+        this.set(expiresAt === undefined ? 0 : Math.max(0, (expiresAt - Date.now()) / 1000))
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: 'bearer_proxy_token_ready',
+      help: '1 while a valid token is held',
+      registers: [this.registry],
+      collect () { this.set(tokens.status().ready ? 1 : 0) }
+    })
+  }
+
+  /** Records one answered request; label children are made once per route and status. */
+  observe (upstream: string, status: number, seconds: number): void {
+    let recorder = this.#recorders.get(upstream)
+    if (recorder === undefined) {
+      recorder = { count: new Map(), duration: this.#duration.labels(upstream) }
+      this.#recorders.set(upstream, recorder)
+    }
+    let count = recorder.count.get(status)
+    if (count === undefined) {
+      count = this.#requests.labels(upstream, String(status))
+      recorder.count.set(status, count)
+    }
+    count.inc()
+    recorder.duration.observe(seconds)
+  }
+}
