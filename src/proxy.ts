@@ -60,7 +60,8 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
         retryDelay: () => null,
         queryString: rawQuery,
         rewriteRequestHeaders: (_request: FastifyRequest, headers: IncomingHttpHeaders) => {
-          for (const name of DROPPED_REQUEST_HEADERS) headers[name] = undefined
+          // Deleted, not set to undefined: undici's ProxyAgent refuses a request with a proxy-authorization key at all.
+          for (const name of DROPPED_REQUEST_HEADERS) if (name in headers) delete headers[name]
           return headers
         },
         rewriteHeaders: (headers: IncomingHttpHeaders) => {

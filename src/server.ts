@@ -41,7 +41,9 @@ function createApp (log: Logger): FastifyInstance {
     genReqId: () => randomUUID(),
     // Keep-alive sockets with no request in flight close at once on shutdown.
     forceCloseConnections: 'idle',
-    return503OnClosing: true
+    return503OnClosing: true,
+    // Targets Fastify cannot parse get the same JSON errors as everything else.
+    frameworkErrors: (error, _request, reply) => sendProxyError(reply, new ProxyError('bad_request', `the request target is malformed (${error.code})`))
   })
   app.server.on('connect', (_request, socket) => {
     socket.end(CONNECT_REFUSED)

@@ -2,7 +2,7 @@ import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, CLIENT, httpRequest, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
+import { baseEnv, CLIENT, httpRequest, rawHttp, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
 
 t.test('a request through the proxy reaches the API with the token added and the client credentials removed', async (t) => {
   const idp = await startIdentity(t)
@@ -190,16 +190,7 @@ t.test('never an open proxy: absolute-form targets are 400, CONNECT is 405, noth
   const idp = await startIdentity(t)
   const api = await startApiOf(t, idp)
   const { url } = await startTestProxy(t, baseEnv(idp, api))
-  const { port } = new URL(url)
-  const raw = async (text: string): Promise<string> => {
-    const { connect } = await import('node:net')
-    return await new Promise((resolve, reject) => {
-      const socket = connect(Number(port), '127.0.0.1', () => socket.end(text))
-      let answer = ''
-      socket.setEncoding('utf8').on('data', (chunk: string) => { answer += chunk }).on('end', () => resolve(answer)).on('error', reject)
-      socket.setTimeout(5000, () => socket.destroy(new Error('timeout')))
-    })
-  }
+  const raw = async (text: string): Promise<string> => await rawHttp(url, text)
   t.match(await raw(`GET ${api.url}/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`), /^HTTP\/1.1 400[^]*"error":"bad_request"/)
   t.match(await raw('GET //evil.example/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'), /^HTTP\/1.1 400/)
   t.match(await raw('CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'), /^HTTP\/1.1 405[^]*"error":"method_not_allowed"/)

@@ -41,18 +41,22 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
     BEARER_PROXY_USERNAME: USER.username,
     BEARER_PROXY_PASSWORD: USER.password,
     BEARER_PROXY_LOG_LEVEL: 'trace',
-    BEARER_PROXY_CLUSTERS: 'dead=http://127.0.0.1:1'
+    BEARER_PROXY_CLUSTERS: 'dead=http://127.0.0.1:1',
+    BEARER_PROXY_INBOUND_KEY: 'Inbound-Key-Value-2468'
   })
+  const key = { 'proxy-authorization': 'Bearer Inbound-Key-Value-2468' }
   await keep(await request(`${url}/-/ready`))
-  await pass(await request(`${url}/first`, { headers: { authorization: 'Bearer ClientSideToken-5555', cookie: 'session=CookieValue-1234' } }))
+  await pass(await request(`${url}/first`, { headers: { ...key, authorization: 'Bearer ClientSideToken-5555', cookie: 'session=CookieValue-1234' } }))
+  await keep(await request(`${url}/no-key`, { headers: { 'proxy-authorization': 'Bearer Wrong-Inbound-Key-1357' } }))
   api.revoked.add(api.seen[0]?.jti as string)
-  await pass(await request(`${url}/after-revoke`, { method: 'POST', body: 'x=1' }))
-  await pass(await request(`${url}/cookies`, { headers: { cookie: 'session=CookieValue-1234' } }))
-  await pass(await request(`${url}/reject`))
-  await keep(await request(`${url}/clusters/dead/x`))
-  await keep(await request(`${url}/clusters/nope/x`))
+  await pass(await request(`${url}/after-revoke`, { method: 'POST', body: 'x=1', headers: key }))
+  await pass(await request(`${url}/cookies`, { headers: { ...key, cookie: 'session=CookieValue-1234' } }))
+  await pass(await request(`${url}/reject`, { headers: key }))
+  await keep(await request(`${url}/clusters/dead/x`, { headers: key }))
+  await keep(await request(`${url}/clusters/nope/x`, { headers: key }))
   await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the refresh token')
   await keep(await request(`${url}/-/ready`))
+  await keep(await request(`${url}/-/metrics`, { headers: key }))
 
   // Bad credentials.
   const bad = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321', BEARER_PROXY_LOG_LEVEL: 'trace' })
@@ -77,7 +81,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
 
   const accessTokens = api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
   const secrets = fragments([
-    CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
+    CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'Inbound-Key-Value-2468', 'Wrong-Inbound-Key-1357', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
     'OpaqueAccess-777777', 'KnownRefresh-888888', idToken, token.stdout.trim(), ...accessTokens,
     ...known.calls.map((call) => String(call.fields.refresh_token ?? '')).filter(Boolean)
   ])
@@ -86,7 +90,8 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   t.ok(logText.split('\n').length > 50, 'trace produced plenty of output')
   t.match(logText, /"level":10/, 'trace lines are there')
   assertClean(t, 'proxy logs', logText, secrets)
-  assertClean(t, 'error bodies and /-/ready', bodies.join('\n'), secrets)
+  t.ok(bodies.some((body) => body.includes('bearer_proxy_requests_total')), 'the metrics were scanned')
+  assertClean(t, 'error bodies, /-/ready and /-/metrics', bodies.join('\n'), secrets)
   assertClean(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
   assertClean(t, 'token stderr', token.stderr, secrets)
   t.match(echo.logs.text, /bad \[redacted\]/, 'a secret echoed by the endpoint is scrubbed')

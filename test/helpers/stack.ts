@@ -161,3 +161,16 @@ export async function httpRequest (url: string, options: { method?: string, head
     req.end(options.body)
   })
 }
+
+/** Sends `text` as is over a TCP connection (no client normalises it) and returns the whole answer. */
+export async function rawHttp (url: string, text: string): Promise<string> {
+  const { connect } = await import('node:net')
+  const { hostname, port } = new URL(url)
+  return await new Promise((resolve, reject) => {
+    // Written, not ended: a half-closed client would lose answers that take a moment.
+    const socket = connect(Number(port), hostname, () => socket.write(text))
+    let answer = ''
+    socket.setEncoding('utf8').on('data', (chunk: string) => { answer += chunk }).on('end', () => resolve(answer)).on('error', reject)
+    socket.setTimeout(5000, () => socket.destroy(new Error('timeout')))
+  })
+}
