@@ -16,10 +16,6 @@ function digest (value: string): Buffer {
   return createHash('sha256').update(value).digest()
 }
 
-function refuse (reply: FastifyReply, code: 'bad_request' | 'forbidden', message: string): FastifyReply {
-  return sendProxyError(reply, new ProxyError(code, message))
-}
-
 /** `Host` without its port, lower case: `example.com`, `127.0.0.1`, `[::1]`. */
 export function hostName (host: string): string {
   const lower = host.toLowerCase()
@@ -68,61 +64,77 @@ function prefixMatcher (prefixes: readonly string[]): ((path: string) => boolean
   return (path) => clean.some((prefix) => prefix === '/' || path === prefix || path.startsWith(`${prefix}/`))
 }
 
+export type Headers = Record<string, string | string[] | undefined>
+
+/** What a request that passed the guard carries on: its decoded path, and the allowed browser origin, if any. */
+export interface Admitted { readonly path: string, readonly origin: string | undefined }
+
+export type Guard = (method: string, url: string, headers: Headers) => Admitted | ProxyError
+
 /**
- * The inbound checks, run before routing (DESIGN.md §2, §4): origin-form targets
- * only, paths decoded and checked once, the Host (DNS rebinding) and Origin
- * (cross-site requests) of browsers, the inbound key, then method and path policy.
+ * The inbound checks, for requests and WebSocket upgrades alike (DESIGN.md §2, §4):
+ * origin-form targets only, paths decoded and checked once, the Host (DNS
+ * rebinding) and Origin (cross-site requests) of browsers, the inbound key, then
+ * method and path policy.
  */
-export function inboundGuard (config: Config): Hook {
+export function createGuard (config: Config): Guard {
   const key = config.inboundKey === undefined ? undefined : digest(`Bearer ${readSecret(config.inboundKey).reveal()}`)
   const anyHost = config.allowedHosts.includes('*')
   const hosts = new Set([...LOOPBACK_HOSTS, ...config.allowedHosts.map(hostName)])
   const origins = new Set(config.allowedOrigins.map((origin) => origin.toLowerCase().replace(/\/+$/, '')))
   const allowed = prefixMatcher(config.allowPaths)
   const denied = prefixMatcher(config.denyPaths)
+  const forbidden = (message: string): ProxyError => new ProxyError('forbidden', message)
 
-  return async (request, reply) => {
-    const url = request.raw.url ?? ''
+  return (method, url, headers) => {
     // `GET http://other/` (absolute form) or `*` would make this an open proxy.
-    if (url[0] !== '/' || url[1] === '/') return refuse(reply, 'bad_request', 'the request target must be a path starting with a single /')
+    if (url[0] !== '/' || url[1] === '/') return new ProxyError('bad_request', 'the request target must be a path starting with a single /')
     const query = url.indexOf('?')
-    const raw = query === -1 ? url : url.slice(0, query)
-    const path = checkPath(raw)
-    if (path instanceof ProxyError) return sendProxyError(reply, path)
-    if (PROBES.has(path)) return
+    const path = checkPath(query === -1 ? url : url.slice(0, query))
+    if (path instanceof ProxyError) return path
+    if (PROBES.has(path)) return { path, origin: undefined }
 
-    const host = request.headers.host
-    if (!anyHost && host !== undefined && !hosts.has(hostName(host))) {
-      return refuse(reply, 'forbidden', 'this Host is not accepted (add it to BEARER_PROXY_ALLOWED_HOSTS)')
+    const host = headers.host
+    if (!anyHost && typeof host === 'string' && !hosts.has(hostName(host))) {
+      return forbidden('this Host is not accepted (add it to BEARER_PROXY_ALLOWED_HOSTS)')
     }
-    const origin = request.headers.origin
-    if (origin !== undefined) {
-      if (!origins.has(origin.toLowerCase())) return refuse(reply, 'forbidden', 'requests from this browser origin are not accepted (BEARER_PROXY_ALLOWED_ORIGINS)')
-      reply.header('access-control-allow-origin', origin).header('vary', 'Origin')
-      const preflight = request.headers['access-control-request-method']
-      if (request.method === 'OPTIONS' && preflight !== undefined) {
-        return reply.code(204)
-          .header('access-control-allow-methods', config.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE')
-          .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? '')
-          .header('access-control-max-age', '600')
-          .send()
-      }
-    } else if (CROSS_SITE.has(String(request.headers['sec-fetch-site']))) {
-      return refuse(reply, 'forbidden', 'cross-site browser requests are not accepted')
+    const origin = headers.origin
+    if (typeof origin === 'string') {
+      if (!origins.has(origin.toLowerCase())) return forbidden('requests from this browser origin are not accepted (BEARER_PROXY_ALLOWED_ORIGINS)')
+    } else if (CROSS_SITE.has(String(headers['sec-fetch-site']))) {
+      return forbidden('cross-site browser requests are not accepted')
     }
     if (key !== undefined) {
-      const sent = request.headers['proxy-authorization']
+      const sent = headers['proxy-authorization']
       // Compared as digests, in constant time whatever the length sent.
       if (typeof sent !== 'string' || !timingSafeEqual(digest(sent), key)) {
-        return refuse(reply, 'forbidden', 'this proxy needs Proxy-Authorization: Bearer <inbound key>')
+        return forbidden('this proxy needs Proxy-Authorization: Bearer <inbound key>')
       }
     }
-    if (path.startsWith('/-/')) return
-    if (config.readOnly && !SAFE_METHODS.has(request.method)) {
-      return refuse(reply, 'forbidden', `${request.method} is not forwarded: BEARER_PROXY_READ_ONLY is on`)
+    if (!path.startsWith('/-/')) {
+      if (config.readOnly && !SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: BEARER_PROXY_READ_ONLY is on`)
+      if (denied?.(path) === true || (allowed !== undefined && !allowed(path))) {
+        return forbidden('this path is not forwarded (BEARER_PROXY_ALLOW_PATHS / DENY_PATHS)')
+      }
     }
-    if (denied?.(path) === true || (allowed !== undefined && !allowed(path))) {
-      return refuse(reply, 'forbidden', 'this path is not forwarded (BEARER_PROXY_ALLOW_PATHS / DENY_PATHS)')
+    return { path, origin: typeof origin === 'string' ? origin : undefined }
+  }
+}
+
+/** The guard as Fastify's first hook; allowed browser origins get CORS, their preflights answered here. */
+export function guardHook (guard: Guard, config: Config): Hook {
+  const methods = config.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE'
+  return async (request, reply) => {
+    const verdict = guard(request.method, request.raw.url ?? '', request.headers)
+    if (verdict instanceof ProxyError) return sendProxyError(reply, verdict)
+    if (verdict.origin === undefined) return
+    reply.header('access-control-allow-origin', verdict.origin).header('vary', 'Origin')
+    if (request.method === 'OPTIONS' && request.headers['access-control-request-method'] !== undefined) {
+      return reply.code(204)
+        .header('access-control-allow-methods', methods)
+        .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? '')
+        .header('access-control-max-age', '600')
+        .send()
     }
   }
 }

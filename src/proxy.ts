@@ -96,7 +96,8 @@ function locationRewriter (route: Route): (location: string) => string {
   }
 }
 
-function upstreamError (route: Route, error: Error, timeout: number): ProxyError {
+/** An upstream failure as the proxy's error: 504 when no headers came in time, else 502. */
+export function upstreamError (route: Route, error: Error, timeout: number): ProxyError {
   const cause = (error as Error & { cause?: unknown }).cause ?? error
   if (cause instanceof ProxyError) return cause
   const name = `upstream ${route.name} (${route.upstream.origin})`

@@ -6,10 +6,11 @@ import type { Dispatcher } from 'undici'
 import type { Config } from './config.js'
 import { createDispatcher } from './outbound.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
-import { inboundGuard } from './guard.js'
+import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { proxyRoutes, type Route } from './proxy.js'
 import { TokenManager } from './token/manager.js'
+import { websocketTunnel } from './websocket.js'
 
 const CONNECT_BODY = '{"error":"method_not_allowed","message":"CONNECT is not supported: this is not a forward proxy"}'
 const CONNECT_REFUSED = 'HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\n' +
@@ -77,7 +78,8 @@ function ownEndpoints (app: FastifyInstance, { tokens, metrics }: Pick<ServerPar
 export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
   const { config, metrics } = parts
   const app = createApp(parts.log)
-  app.addHook('onRequest', inboundGuard(config))
+  const guard = createGuard(config)
+  app.addHook('onRequest', guardHook(guard, config))
 
   // While shutting down, a keep-alive connection is closed as soon as its request is answered.
   let closing = false
@@ -106,6 +108,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     return sendProxyError(reply, new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`))
   })
 
+  websocketTunnel(app.server, { routes: routesOf(config), tokens: parts.tokens, dispatcher: parts.dispatcher, guard, log: parts.log, timeout: config.timeout })
   await app.register(proxyRoutes, {
     routes: routesOf(config),
     tokens: parts.tokens,

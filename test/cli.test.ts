@@ -76,3 +76,41 @@ t.test('serve, health, and SIGTERM: in-flight requests finish, new connections a
   const down = await runCli(['health'], { ...env, BEARER_PROXY_PORT: port })
   t.equal(down.code, 1, 'health: 1 when nothing answers')
 })
+
+t.test('shutdown: a stream still open after 10 s is cut and the process exits 0; a second signal exits at once', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  api.routes.set('/endless', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    const timer = setInterval(() => res.write('tick\n'), 100)
+    res.on('close', () => clearInterval(timer))
+  })
+  const start = async (): Promise<{ child: ReturnType<typeof spawnCli>, address: string }> => {
+    const child = spawnCli(['serve'], { ...baseEnv(idp, api), BEARER_PROXY_PORT: '0' })
+    t.teardown(() => { child.kill('SIGKILL') })
+    const address = (JSON.parse(await waitForLine(child, /"event":"listening"/)) as { address: string }).address
+    await waitForLine(child, /"event":"token_fetched"/)
+    return { child, address }
+  }
+
+  const patient = await start()
+  const stream = await request(`${patient.address}/endless`)
+  stream.body.on('data', () => {}).on('error', () => {})
+  const signalled = Date.now()
+  patient.child.kill('SIGTERM')
+  const [code] = await once(patient.child, 'exit') as [number]
+  const waited = Date.now() - signalled
+  t.equal(code, 0)
+  t.ok(waited >= 9500 && waited < 13_000, `exited after the 10 s grace (${waited} ms)`)
+
+  const impatient = await start()
+  const second = await request(`${impatient.address}/endless`)
+  second.body.on('data', () => {}).on('error', () => {})
+  impatient.child.kill('SIGINT')
+  await waitForLine(impatient.child, /shutting down/)
+  const again = Date.now()
+  impatient.child.kill('SIGINT')
+  const [secondCode] = await once(impatient.child, 'exit') as [number]
+  t.ok(Date.now() - again < 2000, 'a second signal exits at once')
+  t.equal(secondCode, 1)
+})
