@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import type { Config } from './config.js'
 import { createDispatcher } from './outbound.js'
+import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
 import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
@@ -40,6 +41,7 @@ function createApp (log: Logger): FastifyInstance {
     // One line per request, written in onResponse, instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
+    childLoggerFactory: (logger, bindings) => new RequestLogger(logger as unknown as Logger, String(bindings.reqId)) as unknown as FastifyBaseLogger,
     // Keep-alive sockets with no request in flight close at once on shutdown.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
@@ -91,7 +93,9 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     const query = url.indexOf('?')
     const upstream = request.routeOptions.config.upstream
     metrics.observe(upstream ?? 'none', reply.statusCode, reply.elapsedTime / 1000)
-    request.log.info({
+    // The root logger with the id as a field: no per-request child logger.
+    parts.log.info({
+      reqId: request.id,
       method: request.method,
       path: query === -1 ? url : url.slice(0, query),
       upstream,

@@ -99,3 +99,22 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   t.equal(badCheck.code, 1)
   t.ok(proxy.tokens.current())
 })
+
+t.test('the logger replaces any field named like a credential, at any depth, and Secret values print [redacted]', async (t) => {
+  const { LogCapture } = await import('./helpers/stack.js')
+  const { createLogger } = await import('../src/log.js')
+  const { Secret } = await import('../src/secret.js')
+  const capture = new LogCapture()
+  const log = createLogger('trace', capture)
+  log.info({
+    headers: { authorization: 'Bearer AuthValue-1', cookie: 'CookieValue-2', 'set-cookie': ['SetCookieValue-3'], accept: 'json' },
+    nested: { client_secret: 'SecretValue-4', deeper: { refresh_token: 'RefreshValue-5', apiKey: 'KeyValue-6' } },
+    list: [{ password: 'PasswordValue-7' }],
+    wrapped: new Secret('WrappedValue-8'),
+    proxyAuthorization: 'ProxyValue-9'
+  }, 'a line with credentials in it')
+  log.child({ reqId: 'r1' }).warn({ accessToken: 'TokenValue-10' }, 'child line')
+  for (let i = 1; i <= 10; i++) t.notMatch(capture.text, new RegExp(`Value-${i}\\b`), `value ${i}`)
+  t.match(capture.text, /"accept":"json"/, 'other fields are kept')
+  t.match(capture.text, /"wrapped":"\[redacted\]"/)
+})

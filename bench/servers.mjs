@@ -1,0 +1,58 @@
+// The servers of the bench, one per process: node servers.mjs <role>
+import { createServer, request as httpRequest, Agent as HttpAgent } from 'node:http'
+import { Pool } from 'undici'
+
+const role = process.argv[2]
+const upstreamPort = Number(process.env.UPSTREAM_PORT)
+const SMALL = Buffer.from(JSON.stringify({ items: Array.from({ length: 14 }, (_, i) => ({ id: i, name: `item-${i}`, ok: true })) }).padEnd(1024, ' '))
+const LARGE = Buffer.alloc(64 * 1024, 'x')
+
+function listen (server) {
+  server.listen(0, '127.0.0.1', () => process.stdout.write(`listening ${server.address().port}\n`))
+}
+
+if (role === 'upstream') {
+  // The API: 1 KiB or 64 KiB of JSON, keep-alive.
+  listen(createServer((req, res) => {
+    req.resume()
+    const body = req.url === '/large' ? LARGE : SMALL
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length })
+    res.end(body)
+  }))
+} else if (role === 'token') {
+  let count = 0
+  listen(createServer((req, res) => {
+    req.resume()
+    if (req.url === '/count') return res.end(String(count))
+    count++
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"bench-token","token_type":"Bearer","expires_in":3600}')
+  }))
+} else if (role === 'node-pipe') {
+  // The floor of a Node proxy on node:http's client: pipe both ways, add a fixed header.
+  const agent = new HttpAgent({ keepAlive: true, maxSockets: 64 })
+  listen(createServer((req, res) => {
+    const upstream = httpRequest({ host: '127.0.0.1', port: upstreamPort, path: req.url, method: req.method, headers: { ...req.headers, authorization: 'Bearer fixed-token' }, agent }, (answer) => {
+      res.writeHead(answer.statusCode, answer.headers)
+      answer.pipe(res)
+    })
+    upstream.on('error', () => { res.statusCode = 502; res.end() })
+    req.pipe(upstream)
+  }))
+} else if (role === 'undici-pipe') {
+  // The floor with the HTTP client bearer-proxy uses: an undici Pool, streamed.
+  const pool = new Pool(`http://127.0.0.1:${upstreamPort}`, { connections: 64 })
+  listen(createServer((req, res) => {
+    const headers = { ...req.headers, authorization: 'Bearer fixed-token' }
+    delete headers.connection
+    delete headers.host
+    pool.stream({ path: req.url, method: req.method, headers, body: req.method === 'GET' || req.method === 'HEAD' ? null : req }, ({ statusCode, headers: answer }) => {
+      delete answer.connection
+      delete answer['keep-alive']
+      delete answer['transfer-encoding']
+      res.writeHead(statusCode, answer)
+      return res
+    }, (error) => { if (error) { res.statusCode = 502; res.end() } })
+  }))
+} else {
+  throw new Error(`unknown role ${role}`)
+}
