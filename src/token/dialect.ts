@@ -34,7 +34,7 @@ export class TokenResponseError extends Error {
 export const JSON_HEADERS = { 'content-type': 'application/json', accept: 'application/json' }
 
 export function requireString (body: unknown, field: string): string {
-  const value = field in asObject(body) ? asObject(body)[field] : undefined
+  const value = asObject(body)[field]
   if (typeof value !== 'string' || value === '') throw new TokenResponseError(`response has no ${field}`)
   return value
 }
