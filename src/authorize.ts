@@ -98,7 +98,7 @@ export class AuthorizingDispatcher {
         return
       }
       response.body.dump().catch(() => {})
-      this.#log.debug({ event: 'upstream_401_retry', path: options.path }, 'upstream answered 401: retrying once with a new token')
+      this.#log.debug({ event: 'upstream_401_retry', path: options.path.split('?')[0] }, 'upstream answered 401: retrying once with a new token')
       this.#tokens.get().then((fresh) => {
         options.headers.authorization = fresh.authorization
         this.#inner.request({ ...options, body: body as RequestOptions['body'] }, callback)

@@ -23,11 +23,11 @@ export interface ProxyOptions {
 }
 
 /** Request headers never forwarded: the client's credentials and hop-by-hop headers (RFC 9110 §7.6.1). */
-const DROPPED_REQUEST_HEADERS = [
+export const DROPPED_REQUEST_HEADERS = [
   'authorization', 'proxy-authorization', 'connection', 'keep-alive', 'proxy-connection',
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
 ]
-const DROPPED_RESPONSE_HEADERS = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer', 'te']
+export const DROPPED_RESPONSE_HEADERS = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer', 'te']
 
 declare module 'fastify' {
   interface FastifyContextConfig {

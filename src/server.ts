@@ -54,9 +54,13 @@ function createApp (log: Logger): FastifyInstance {
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error instanceof ProxyError) return sendProxyError(reply, error)
     const status = error.statusCode ?? 500
-    if (status >= 500) request.log.error({ err: error }, 'internal error')
-    const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'internal_error'
-    return sendProxyError(reply, new ProxyError(status >= 500 ? 'internal_error' : code, status >= 500 ? 'internal error' : error.message))
+    if (status >= 500) {
+      request.log.error({ err: error }, 'internal error')
+      return sendProxyError(reply, new ProxyError('internal_error', 'internal error'))
+    }
+    // A 4xx Fastify raised keeps its meaning; one the table lacks is a bad request, never a 500.
+    const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'bad_request'
+    return sendProxyError(reply, new ProxyError(code, error.message))
   })
   app.setNotFoundHandler((request, reply) => sendProxyError(reply, KNOWN_METHODS.has(request.method)
     ? new ProxyError('not_found', 'nothing is served at this path')

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { ProxyError } from './errors.js'
 import type { Guard } from './guard.js'
-import { type Route, upstreamError } from './proxy.js'
+import { DROPPED_REQUEST_HEADERS, DROPPED_RESPONSE_HEADERS, type Route, upstreamError } from './proxy.js'
 import type { AccessToken, TokenSource } from './token/manager.js'
 
 export interface TunnelOptions {
@@ -17,10 +17,9 @@ export interface TunnelOptions {
   readonly timeout: number
 }
 
-/** Not copied to the upstream: credentials, hop-by-hop headers (undici sets its own `upgrade`), `host`. */
-const DROPPED = new Set(['authorization', 'proxy-authorization', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer',
-  'transfer-encoding', 'upgrade', 'host', 'expect'])
-const DROPPED_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'trailer'])
+/** Not copied to the upstream: what HTTP requests drop, and `host` (undici sets its own `upgrade` and `host`). */
+const DROPPED = new Set([...DROPPED_REQUEST_HEADERS, 'host'])
+const DROPPED_RESPONSE = new Set(DROPPED_RESPONSE_HEADERS)
 
 function statusLine (status: number): string {
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`

@@ -49,7 +49,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   await pass(await request(`${url}/first`, { headers: { ...key, authorization: 'Bearer ClientSideToken-5555', cookie: 'session=CookieValue-1234' } }))
   await keep(await request(`${url}/no-key`, { headers: { 'proxy-authorization': 'Bearer Wrong-Inbound-Key-1357' } }))
   api.revoked.add(api.seen[0]?.jti as string)
-  await pass(await request(`${url}/after-revoke`, { method: 'POST', body: 'x=1', headers: key }))
+  await pass(await request(`${url}/after-revoke?access_token=QueryToken-1122`, { method: 'POST', body: 'x=1', headers: key }))
   await pass(await request(`${url}/cookies`, { headers: { ...key, cookie: 'session=CookieValue-1234' } }))
   await pass(await request(`${url}/reject`, { headers: key }))
   await keep(await request(`${url}/clusters/dead/x`, { headers: key }))
@@ -81,7 +81,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
 
   const accessTokens = api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
   const secrets = fragments([
-    CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'Inbound-Key-Value-2468', 'Wrong-Inbound-Key-1357', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
+    CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'Inbound-Key-Value-2468', 'Wrong-Inbound-Key-1357', 'QueryToken-1122', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
     'OpaqueAccess-777777', 'KnownRefresh-888888', idToken, token.stdout.trim(), ...accessTokens,
     ...known.calls.map((call) => String(call.fields.refresh_token ?? '')).filter(Boolean)
   ])
