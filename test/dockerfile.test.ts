@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -36,8 +36,16 @@ t.test('the build stage\'s steps, run in a temporary directory, give a dist/cli.
   }
   t.ok(existsSync(join(dir, 'dist/cli.js')), 'built')
   for (const dev of ['typescript', 'tap', 'oidc-provider']) t.notOk(existsSync(join(dir, 'node_modules', dev)), `${dev} pruned`)
-  const version = execFileSync('env', ['-u', 'NODE_OPTIONS', process.execPath, join(dir, 'dist/cli.js'), '--version'], { encoding: 'utf8' })
+  // The runtime stage links the bin onto PATH and runs it as ENTRYPOINT and HEALTHCHECK:
+  // by its own shebang, so dist/cli.js must be executable.
+  const link = /^RUN ln -s \/app\/(\S+) \/usr\/local\/bin\/(\S+)$/m.exec(stages[1] as string)
+  t.ok(link, 'the runtime stage puts the bin on PATH')
+  const [, target = '', name = ''] = link ?? []
+  mkdirSync(join(dir, 'bin'))
+  symlinkSync(join(dir, target), join(dir, 'bin', name))
+  const env = { ...process.env, PATH: `${join(dir, 'bin')}:${process.env.PATH ?? ''}` }
+  const version = execFileSync('env', ['-u', 'NODE_OPTIONS', name, '--version'], { encoding: 'utf8', env })
   t.equal(version.trim(), (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version)
-  const noConfig = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, join(dir, 'dist/cli.js'), 'health'], { encoding: 'utf8', cwd: dir })
+  const noConfig = spawnSync('env', ['-u', 'NODE_OPTIONS', name, 'health'], { encoding: 'utf8', cwd: dir, env })
   t.equal(noConfig.status, 2, 'runs far enough to read its configuration')
 })
