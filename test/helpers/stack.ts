@@ -112,8 +112,8 @@ export async function runCli (args: string[], env: Record<string, string>, optio
 export function spawnCli (args: string[], env: Record<string, string>, cwd?: string): ChildProcess {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('BEARER_PROXY_')))
   // tap adds its process-tracking loader to NODE_OPTIONS of every child it sees spawned; `env -u`
-  // (which execs node in the same process) removes it, so the CLI runs exactly as users run it.
-  return spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, CLI, ...args], { env: { ...clean, ...env }, cwd: cwd ?? process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] })
+  // removes it, then execs dist/cli.js itself: its shebang's node flags apply, as for users.
+  return spawn('env', ['-u', 'NODE_OPTIONS', CLI, ...args], { env: { ...clean, ...env }, cwd: cwd ?? process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] })
 }
 
 export function collect (child: ChildProcess): () => { stdout: string, stderr: string } {
