@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { onRequestHookHandler } from 'fastify'
 import type { Config } from './config.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { readSecret } from './secret.js'
@@ -9,8 +9,6 @@ const PROBES = new Set(['/-/healthy', '/-/ready'])
 const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '[::1]']
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 const CROSS_SITE = new Set(['cross-site', 'same-site'])
-
-type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>
 
 function digest (value: string): Buffer {
   return createHash('sha256').update(value).digest()
@@ -121,20 +119,29 @@ export function createGuard (config: Config): Guard {
   }
 }
 
-/** The guard as Fastify's first hook; allowed browser origins get CORS, their preflights answered here. */
-export function guardHook (guard: Guard, config: Config): Hook {
+/**
+ * The guard as Fastify's first hook; allowed browser origins get CORS, their preflights
+ * answered here. Callback style: no promise per request.
+ */
+export function guardHook (guard: Guard, config: Config): onRequestHookHandler {
   const methods = config.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE'
-  return async (request, reply) => {
+  return (request, reply, done) => {
     const verdict = guard(request.method, request.raw.url ?? '', request.headers)
-    if (verdict instanceof ProxyError) return sendProxyError(reply, verdict)
-    if (verdict.origin === undefined) return
-    reply.header('access-control-allow-origin', verdict.origin).header('vary', 'Origin')
-    if (request.method === 'OPTIONS' && request.headers['access-control-request-method'] !== undefined) {
-      return reply.code(204)
-        .header('access-control-allow-methods', methods)
-        .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? '')
-        .header('access-control-max-age', '600')
-        .send()
+    if (verdict instanceof ProxyError) {
+      sendProxyError(reply, verdict)
+      return
     }
+    if (verdict.origin !== undefined) {
+      reply.header('access-control-allow-origin', verdict.origin).header('vary', 'Origin')
+      if (request.method === 'OPTIONS' && request.headers['access-control-request-method'] !== undefined) {
+        reply.code(204)
+          .header('access-control-allow-methods', methods)
+          .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? '')
+          .header('access-control-max-age', '600')
+          .send()
+        return
+      }
+    }
+    done()
   }
 }

@@ -91,21 +91,27 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
   let closing = false
   app.addHook('preClose', async () => { closing = true })
 
-  app.addHook('onResponse', async (request, reply) => {
+  // Callback style: no promise per request; the log line is only built when it is written.
+  const log = parts.log
+  app.addHook('onResponse', (request, reply, done) => {
     if (closing) setImmediate(() => app.server.closeIdleConnections())
-    const url = request.raw.url ?? ''
-    const query = url.indexOf('?')
     const upstream = request.routeOptions.config.upstream
-    metrics.observe(upstream ?? 'none', reply.statusCode, reply.elapsedTime / 1000)
-    // The root logger with the id as a field: no per-request child logger.
-    parts.log.info({
-      reqId: request.id,
-      method: request.method,
-      path: query === -1 ? url : url.slice(0, query),
-      upstream,
-      status: reply.statusCode,
-      durationMs: Math.round(reply.elapsedTime * 10) / 10
-    }, 'request')
+    const elapsed = reply.elapsedTime
+    metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
+    if (log.isLevelEnabled('info')) {
+      const url = request.raw.url ?? ''
+      const query = url.indexOf('?')
+      // The root logger with the id as a field: no per-request child logger.
+      log.info({
+        reqId: request.id,
+        method: request.method,
+        path: query === -1 ? url : url.slice(0, query),
+        upstream,
+        status: reply.statusCode,
+        durationMs: Math.round(elapsed * 10) / 10
+      }, 'request')
+    }
+    done()
   })
 
   ownEndpoints(app, parts)
