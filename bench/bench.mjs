@@ -98,10 +98,12 @@ const upstream = await serve('upstream')
 const tokens = await serve('token')
 const undiciPipe = await serve('undici-pipe', { UPSTREAM_PORT: String(upstream.port) })
 const nodePipe = await serve('node-pipe', { UPSTREAM_PORT: String(upstream.port) })
+const stackFloor = await serve('fastify-http-proxy', { UPSTREAM_PORT: String(upstream.port) })
 const nginx = await startNginx(upstream.port)
 
 const proxyPort = await freePort()
-const proxy = spawn(process.execPath, [cli, 'serve'], {
+// Started as users start it: dist/cli.js by its shebang, with its node flags.
+const proxy = spawn(cli, ['serve'], {
   env: {
     ...process.env,
     BEARER_PROXY_TOKEN_URL: `http://127.0.0.1:${tokens.port}/token`,
@@ -111,7 +113,6 @@ const proxy = spawn(process.execPath, [cli, 'serve'], {
     BEARER_PROXY_PORT: String(proxyPort),
     BEARER_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn'
   },
-  execArgv: [],
   stdio: ['ignore', 'pipe', 'inherit']
 })
 proxy.stdout.resume()
@@ -127,14 +128,25 @@ const targets = [
   ['bearer-proxy', proxyPort],
   ['undici pipe', undiciPipe.port],
   ['node:http pipe', nodePipe.port],
+  ['fastify+http-proxy', stackFloor.port],
   ...(nginx === undefined ? [] : [['nginx', nginx.port]])
 ]
+// Two rounds of half the duration each, targets alternating, so that a slow spell of
+// this shared machine does not fall on one target only.
 const results = {}
 for (const [path, label] of [['/small', '1 KiB'], ['/large', '64 KiB']]) {
-  results[label] = {}
+  const rounds = {}
   for (const [name, port] of targets) {
     await load(port, path, 2) // warm-up (JIT, connection pools), not counted
-    results[label][name] = await load(port, path)
+    rounds[name] = []
+  }
+  for (let round = 0; round < 2; round++) {
+    for (const [name, port] of targets) rounds[name].push(await load(port, path, DURATION / 2))
+  }
+  results[label] = {}
+  for (const [name, [a, b]] of Object.entries(rounds)) {
+    const mean = (field) => Math.round((a[field] + b[field]) / 2 * 10) / 10
+    results[label][name] = { rps: Math.round((a.rps + b.rps) / 2), p50: mean('p50'), p99: mean('p99'), errors: a.errors + b.errors }
     process.stderr.write(`  ${label} ${name}: ${results[label][name].rps} req/s\n`)
   }
 }
@@ -145,10 +157,10 @@ const ratio = (a, b) => (b === 0 ? 0 : a / b)
 const lines = []
 for (const [label, row] of Object.entries(results)) {
   lines.push(`\n${label} responses, ${CONNECTIONS} connections, ${DURATION} s each`)
-  lines.push('target            req/s     p50 ms  p99 ms  vs direct  bearer-proxy vs it  errors')
+  lines.push('target              req/s     p50 ms  p99 ms  vs direct  bearer-proxy vs it  errors')
   for (const [name, r] of Object.entries(row)) {
     const mine = name === 'bearer-proxy' || name === 'direct' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].p99, r.p99).toFixed(2)}x p99`
-    lines.push(`${name.padEnd(16)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${mine.padEnd(19)} ${r.errors}`)
+    lines.push(`${name.padEnd(18)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${mine.padEnd(19)} ${r.errors}`)
   }
 }
 if (nginx === undefined) lines.push('\nnginx: not installed, skipped (apt-get install nginx-light)')
@@ -159,4 +171,4 @@ if (JSON_FILE !== undefined) {
   writeFileSync(JSON_FILE, JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, results, tokenRequests, proxyPeakRssMiB: proxyRss, nginx: nginx !== undefined }, null, 2) + '\n')
 }
 
-for (const child of [upstream.child, tokens.child, undiciPipe.child, nodePipe.child, proxy, nginx?.child]) child?.kill()
+for (const child of [upstream.child, tokens.child, undiciPipe.child, nodePipe.child, stackFloor.child, proxy, nginx?.child]) child?.kill()

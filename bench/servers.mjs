@@ -53,6 +53,19 @@ if (role === 'upstream') {
       return res
     }, (error) => { if (error) { res.statusCode = 502; res.end() } })
   }))
+} else if (role === 'fastify-http-proxy') {
+  // The stack's own floor: Fastify and @fastify/http-proxy adding a fixed header, nothing else.
+  const { default: Fastify } = await import('fastify')
+  const { default: httpProxy } = await import('@fastify/http-proxy')
+  const { Agent } = await import('undici')
+  const app = Fastify({ logger: false })
+  await app.register(httpProxy, {
+    upstream: `http://127.0.0.1:${upstreamPort}`,
+    undici: new Agent({ connections: 64 }),
+    replyOptions: { rewriteRequestHeaders: (_request, headers) => ({ ...headers, authorization: 'Bearer fixed-token' }) }
+  })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  process.stdout.write(`listening ${app.server.address().port}\n`)
 } else {
   throw new Error(`unknown role ${role}`)
 }
