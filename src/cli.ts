@@ -33,8 +33,8 @@ const SHUTDOWN_GRACE_MS = 10_000
 // - undici parses HTTP with llhttp compiled to WebAssembly; optimising it with TurboFan
 //   costs a ~35 MiB spike at the first request for no measurable gain here.
 // - The shebang's --max-semi-space-size=4 caps V8's young generation (16 MiB semi-spaces
-//   by default), which short-lived request objects filled: peak RSS under load 146 → 103 MiB.
-//   It only takes effect on node's command line, hence the shebang and `npm start`.
+//   by default), which short-lived request objects filled: peak RSS under the bench 146 → 103–110 MiB.
+//   It only takes effect on node's command line, hence the shebang, which `npm start`, the image and the tests run by.
 setFlagsFromString('--liftoff-only')
 
 type Command = 'serve' | 'check' | 'token' | 'health'
