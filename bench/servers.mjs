@@ -62,7 +62,12 @@ if (role === 'upstream') {
   await app.register(httpProxy, {
     upstream: `http://127.0.0.1:${upstreamPort}`,
     undici: new Agent({ connections: 64 }),
-    replyOptions: { rewriteRequestHeaders: (_request, headers) => ({ ...headers, authorization: 'Bearer fixed-token' }) }
+    replyOptions: {
+      rewriteRequestHeaders: (_request, headers) => {
+        headers.authorization = 'Bearer fixed-token' // in place, as bearer-proxy does: no second copy
+        return headers
+      }
+    }
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
   process.stdout.write(`listening ${app.server.address().port}\n`)
