@@ -2,6 +2,7 @@ import { PassThrough, Readable } from 'node:stream'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import type { AccessToken, TokenSource } from './token/manager.js'
+import type { RouteRefusals } from './token/refusals.js'
 
 /** Bodies up to this size are buffered so that a request rejected with 401 can be sent again. */
 export const REPLAY_LIMIT = 1024 * 1024
@@ -58,18 +59,20 @@ function replayBody (body: unknown): unknown {
 }
 
 /**
- * A dispatcher for reply-from that adds `Authorization: Bearer <token>` to every
- * upstream request, and after a 401 to the current token gets a new one and sends
- * the request once more when its body can be replayed.
+ * A dispatcher for reply-from, one per route, that adds `Authorization: Bearer <token>`
+ * to every upstream request and, when the route's refusal policy says a 401 was about
+ * the token, sends the request again with a new one if its body can be replayed.
  */
 export class AuthorizingDispatcher {
   readonly #inner: Dispatcher
   readonly #tokens: TokenSource
+  readonly #refusals: RouteRefusals
   readonly #log: Logger
 
-  constructor (inner: Dispatcher, tokens: TokenSource, log: Logger) {
+  constructor (inner: Dispatcher, tokens: TokenSource, refusals: RouteRefusals, log: Logger) {
     this.#inner = inner
     this.#tokens = tokens
+    this.#refusals = refusals
     this.#log = log
   }
 
@@ -77,32 +80,39 @@ export class AuthorizingDispatcher {
     // Common case: a valid token is held and no promise is made.
     const token = this.#tokens.current()
     if (token !== undefined) {
-      this.#send(options, token, callback)
+      this.#send(options, options.body, token, 0, callback)
       return
     }
-    this.#tokens.get().then((fresh) => this.#send(options, fresh, callback), callback)
+    this.#tokens.get().then((fresh) => this.#send(options, options.body, fresh, 0, callback), callback)
   }
 
-  #send (options: RequestOptions, token: AccessToken, callback: Callback): void {
+  #send (options: RequestOptions, original: unknown, token: AccessToken, attempt: number, callback: Callback): void {
     options.headers.authorization = token.authorization
     this.#inner.request(options, (error, response) => {
-      if (error !== null || response.statusCode !== 401) {
+      if (error !== null) {
         callback(error, response)
         return
       }
-      // Whatever happens to this request, the next one gets a new token.
-      this.#tokens.invalidate(token.authorization)
-      const body = replayBody(options.body)
-      if (body === false || this.#tokens.current()?.authorization === token.authorization) {
+      if (response.statusCode !== 401) {
+        this.#refusals.accepted(token)
+        callback(null, response)
+        return
+      }
+      const body = this.#refusals.refused(token, attempt) === 'retry' ? replayBody(original) : false
+      if (body === false) {
         callback(null, response)
         return
       }
       response.body.dump().catch(() => {})
-      this.#log.debug({ event: 'upstream_401_retry', path: options.path.split('?')[0] }, 'upstream answered 401: retrying once with a new token')
+      this.#log.debug({ event: 'upstream_401_retry', path: pathOf(options.path), attempt: attempt + 1 }, 'upstream answered 401: retrying with a new token')
       this.#tokens.get().then((fresh) => {
-        options.headers.authorization = fresh.authorization
-        this.#inner.request({ ...options, body: body as RequestOptions['body'] }, callback)
+        this.#send({ ...options, body: body as RequestOptions['body'] }, original, fresh, attempt + 1, callback)
       }, callback)
     })
   }
+}
+
+function pathOf (target: string): string {
+  const query = target.indexOf('?')
+  return query === -1 ? target : target.slice(0, query)
 }

@@ -6,6 +6,7 @@ import type { Dispatcher } from 'undici'
 import { AuthorizingDispatcher, readBody } from './authorize.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { networkReason, type TokenSource } from './token/manager.js'
+import type { RouteRefusals } from './token/refusals.js'
 
 /** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
 export interface Route {
@@ -14,8 +15,13 @@ export interface Route {
   readonly upstream: URL
 }
 
+/** A route being served: what its 401s have taught it about the token, shared by HTTP and WebSocket. */
+export interface ServedRoute extends Route {
+  readonly refusals: RouteRefusals
+}
+
 export interface ProxyOptions {
-  readonly routes: readonly Route[]
+  readonly routes: readonly ServedRoute[]
   readonly tokens: TokenSource
   readonly dispatcher: Dispatcher
   /** Seconds to wait for upstream response headers. */
@@ -44,9 +50,8 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
     readBody(payload, request.headers['content-length']).then((body) => done(null, body), done)
   })
 
-  const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens, app.log as unknown as Logger)
-
   for (const route of options.routes) {
+    const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens, route.refusals, app.log as unknown as Logger)
     const rewriteLocation = locationRewriter(route)
     await app.register(httpProxy as unknown as FastifyPluginAsync<Record<string, unknown>>, {
       upstream: route.upstream.href,

@@ -11,6 +11,7 @@ import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { proxyRoutes, type Route } from './proxy.js'
 import { TokenManager } from './token/manager.js'
+import { RouteRefusals } from './token/refusals.js'
 import { websocketTunnel } from './websocket.js'
 
 const CONNECT_BODY = '{"error":"method_not_allowed","message":"CONNECT is not supported: this is not a forward proxy"}'
@@ -122,9 +123,10 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     return sendProxyError(reply, new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`))
   })
 
-  websocketTunnel(app.server, { routes: routesOf(config), tokens: parts.tokens, dispatcher: parts.dispatcher, guard, log: parts.log, timeout: config.timeout })
+  const routes = routesOf(config).map((route) => ({ ...route, refusals: new RouteRefusals(parts.tokens) }))
+  websocketTunnel(app.server, { routes, tokens: parts.tokens, dispatcher: parts.dispatcher, guard, log: parts.log, timeout: config.timeout })
   await app.register(proxyRoutes, {
-    routes: routesOf(config),
+    routes,
     tokens: parts.tokens,
     dispatcher: parts.dispatcher,
     timeout: config.timeout

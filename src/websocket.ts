@@ -4,11 +4,11 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { ProxyError } from './errors.js'
 import type { Guard } from './guard.js'
-import { DROPPED_REQUEST_HEADERS, DROPPED_RESPONSE_HEADERS, type Route, upstreamError } from './proxy.js'
+import { DROPPED_REQUEST_HEADERS, DROPPED_RESPONSE_HEADERS, type ServedRoute, upstreamError } from './proxy.js'
 import type { AccessToken, TokenSource } from './token/manager.js'
 
 export interface TunnelOptions {
-  readonly routes: readonly Route[]
+  readonly routes: readonly ServedRoute[]
   readonly tokens: TokenSource
   readonly dispatcher: Dispatcher
   readonly guard: Guard
@@ -20,6 +20,8 @@ export interface TunnelOptions {
 /** Not copied to the upstream: what HTTP requests drop, and `host` (undici sets its own `upgrade` and `host`). */
 const DROPPED = new Set([...DROPPED_REQUEST_HEADERS, 'host'])
 const DROPPED_RESPONSE = new Set(DROPPED_RESPONSE_HEADERS)
+
+interface Target { readonly route: ServedRoute, readonly path: string }
 
 function statusLine (status: number): string {
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`
@@ -52,7 +54,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
   const clusters = new Map(options.routes.filter((route) => route.prefix !== '/').map((route) => [route.name, route]))
   const admin = options.routes.find((route) => route.prefix === '/')
 
-  const resolve = (url: string): { route: Route, path: string } | ProxyError => {
+  const resolve = (url: string): Target | ProxyError => {
     let route = admin
     let rest = url
     if (url.startsWith('/clusters/')) {
@@ -81,15 +83,23 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
     })
   })
 
-  function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: { route: Route, path: string }, token: AccessToken): void {
+  function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target, token: AccessToken, attempt = 0): void {
+    if (socket.destroyed) return
     const headers: Record<string, string | string[]> = {}
     for (const [name, value] of Object.entries(request.headers)) {
       if (value !== undefined && !DROPPED.has(name)) headers[name] = value
     }
     headers.authorization = token.authorization
-    let answered = false
+    const path = target.path.split('?')[0] as string
+    // waiting for the upstream; answered (its answer is being relayed); retry (a 401 about the token, being drained)
+    let phase: 'waiting' | 'answered' | 'retry' = 'waiting'
     const log = (status: number): void => {
-      options.log.info({ event: 'websocket', path: target.path.split('?')[0], upstream: target.route.name, status }, 'websocket')
+      options.log.info({ event: 'websocket', path, upstream: target.route.name, status }, 'websocket')
+    }
+    const retry = (): void => {
+      options.tokens.get().then((fresh) => open(request, socket, head, target, fresh, attempt + 1), (error: unknown) => {
+        refuse(socket, error instanceof ProxyError ? error : new ProxyError('token_unavailable', 'no token'))
+      })
     }
     options.dispatcher.dispatch({
       origin: target.route.upstream.origin,
@@ -100,24 +110,31 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
       headersTimeout: options.timeout * 1000
     }, {
       onConnect (abort: (error?: Error) => void) {
-        socket.once('close', () => { if (!answered) abort(new Error('client went away')) })
+        socket.once('close', () => { if (phase === 'waiting') abort(new Error('client went away')) })
       },
       onHeaders (status: number, raw: Buffer[]) {
-        // Refused: answered as the upstream answered; a 401 also drops the token for the next caller.
-        answered = true
-        if (status === 401) options.tokens.invalidate(token.authorization)
+        // An upgrade has no body: a 401 about the token is retried like any replayable request.
+        if (status === 401 && target.route.refusals.refused(token, attempt) === 'retry') {
+          phase = 'retry'
+          return true
+        }
+        if (status !== 401) target.route.refusals.accepted(token)
+        // Refused: answered as the upstream answered.
+        phase = 'answered'
         socket.write(`${statusLine(status)}${headerLines(raw, DROPPED_RESPONSE)}connection: close\r\n\r\n`)
         log(status)
         return true
       },
       onData (chunk: Buffer) {
-        return socket.write(chunk)
+        return phase === 'retry' || socket.write(chunk)
       },
       onComplete () {
-        socket.end()
+        if (phase === 'retry') retry()
+        else socket.end()
       },
       onUpgrade (status: number, raw: Buffer[], upstream: Duplex) {
-        answered = true
+        phase = 'answered'
+        target.route.refusals.accepted(token)
         socket.write(`${statusLine(status)}${headerLines(raw, new Set())}\r\n`)
         if (head.length > 0) upstream.write(head)
         upstream.pipe(socket).pipe(upstream)
@@ -127,7 +144,8 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
         log(status)
       },
       onError (error: Error) {
-        if (answered) socket.destroy()
+        if (phase === 'retry') retry()
+        else if (phase === 'answered') socket.destroy()
         else refuse(socket, upstreamError(target.route, error, options.timeout))
       }
     } as unknown as Dispatcher.DispatchHandler)

@@ -99,6 +99,41 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
   t.ok(code >= 1000, `the client was closed too (${code})`)
 })
 
+t.test('WebSocket: an upgrade meeting a revoked token is retried with a new one', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 300 })
+  const api = await startApiOf(t, idp)
+  const verify = bearerVerifier({ jwks: idp.jwks, issuer: idp.issuer, audience: API_AUDIENCE }, api.revoked)
+  const tried: Array<string | undefined> = []
+  const wss = new WebSocketServer({
+    server: api.server,
+    verifyClient: (info, done) => {
+      verify(info.req.headers.authorization).then((claims) => {
+        tried.push(claims?.jti as string | undefined)
+        done(claims !== undefined, 401, 'Unauthorized')
+      }, () => done(false, 500))
+    }
+  })
+  wss.on('connection', (socket) => socket.on('message', (data) => socket.send(`echo ${String(data)}`)))
+  t.teardown(() => { wss.close() })
+  const { url } = await startTestProxy(t, baseEnv(idp, api))
+  await (await request(`${url}/warm`)).body.dump()
+  api.revoked.add(api.seen[0]?.jti as string)
+  for (let i = 0; i < 2; i++) {
+    const client = new WebSocket(`${url.replace('http', 'ws')}/socket`)
+    await once(client, 'open')
+    client.send('after revocation')
+    const [message] = await once(client, 'message') as [Buffer]
+    t.equal(String(message), 'echo after revocation')
+    client.close()
+    await once(client, 'close')
+    // The next upgrade meets a freshly revoked token again, at once.
+    api.revoked.add(tried.at(-1) as string)
+  }
+  t.equal(tried.length, 4, 'each upgrade refused once, then accepted')
+  t.same(tried.map((jti) => jti === undefined), [true, false, true, false])
+  t.equal(idp.tokenRequests, 3, 'one token request per revocation')
+})
+
 t.test('WebSocket: a refused upgrade is answered as the upstream answered; guard and unknown clusters apply', async (t) => {
   const idp = await startIdentity(t)
   const api = await startApiOf(t, idp)

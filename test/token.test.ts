@@ -7,6 +7,8 @@ import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { startIdp } from '../src/demo/idp.js'
+import { Secret } from '../src/secret.js'
+import { checkBearer } from '../src/token/manager.js'
 import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, waitFor } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 
@@ -80,15 +82,17 @@ t.test('the form carries grant, client, scope, audience and TOKEN_PARAMS; basic 
   t.notOk('client_secret' in (endpoint.calls[1]?.fields ?? {}))
 })
 
-t.test('expiry comes from expires_in, else the JWT exp, else 300 s', async (t) => {
+t.test('expiry is the earlier of expires_in and the JWT exp, else 300 s', async (t) => {
   const withExp = await jwt(40)
   const answers = [
     { access_token: withExp, expires_in: 100 },
+    { access_token: withExp, expires_in: 20 },
     { access_token: withExp },
+    { access_token: 'not-a-jwt', expires_in: 100 },
     { access_token: 'not-a-jwt' }
   ]
   const endpoint = await startTokenEndpoint(t, () => ({ body: answers[endpoint.calls.length - 1] }))
-  const expected = [100, 40, 300]
+  const expected = [40, 20, 40, 100, 300]
   for (const seconds of expected) {
     const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`))
     const token = await tokens.get()
@@ -216,4 +220,61 @@ t.test('discovery from an issuer with a path, and the Keycloak URL derived from 
   const token = await derived.tokens.get()
   t.equal(decodeJwt(token.authorization.slice(7)).iss, keycloak.issuer)
   t.equal(keycloak.tokenRequests, 1, 'asked at <UPSTREAM>/auth/realms/runai/protocol/openid-connect/token')
+})
+
+t.test('a lifetime of a year is honoured with a renewal timer of at most 24 h, from expires_in or a JWT exp', async (t) => {
+  const year = 365 * 24 * 3600
+  const answers = [{ access_token: 'long-lived', expires_in: year }, { access_token: await jwt(year) }]
+  for (const answer of answers) {
+    const endpoint = await startTokenEndpoint(t, () => ({ body: answer }))
+    const echo = createServer((req, res) => res.end(req.headers.authorization))
+    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { echo.closeAllConnections(); echo.close() })
+    const { url, proxy } = await startTestProxy(t, {
+      ...oidcEnv(`${endpoint.url}/token`),
+      BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(echo.address() as AddressInfo).port}`,
+      BEARER_PROXY_PORT: '0'
+    })
+    const token = await proxy.tokens.get()
+    t.ok(Math.abs(token.expiresAt - token.obtainedAt - year * 1000) < 1500, 'a year')
+    t.equal(token.renewAt - token.obtainedAt, 24 * 3600_000, 'renewed within a day')
+    for (let i = 0; i < 5; i++) t.equal((await request(`${url}/x`)).statusCode, 200)
+    const ready = await request(`${url}/-/ready`)
+    t.equal(ready.statusCode, 200)
+    t.equal((await ready.body.json() as { tokenExpiresAt: string }).tokenExpiresAt, new Date(token.expiresAt).toISOString())
+    t.equal(endpoint.calls.length, 1, 'no renewal storm')
+  }
+})
+
+t.test('absurd lifetimes and tokens that cannot be sent as a bearer are failed token requests', async (t) => {
+  const unusable: Array<[unknown, RegExp]> = [
+    [{ access_token: 'x', expires_in: 1e12 }, /more than the 10 years accepted/],
+    [{ access_token: 'x', expires_in: 1e300 }, /more than the 10 years accepted/],
+    [{ access_token: await jwt(20 * 365 * 24 * 3600) }, /more than the 10 years accepted/],
+    [{ access_token: 'x', expires_in: -5 }, /invalid expires_in/],
+    ...['two words', 'line\r\nx-injected: 1', 'nul\u0000byte', 'tökén', 'tab\there', 'pad=ding', '=leading', 'quote"d', 'semi;colon', 'comma,'].map(
+      (value): [unknown, RegExp] => [{ access_token: value, expires_in: 60 }, /characters a bearer token cannot carry \(RFC 6750\)/])
+  ]
+  for (const [body, message] of unusable) {
+    const endpoint = await startTokenEndpoint(t, () => ({ body }))
+    const upstream = createServer((_req, res) => res.end('reached'))
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { upstream.closeAllConnections(); upstream.close() })
+    let reached = 0
+    upstream.on('request', () => { reached++ })
+    const { url, proxy } = await startTestProxy(t, {
+      ...oidcEnv(`${endpoint.url}/token`),
+      BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      BEARER_PROXY_PORT: '0'
+    })
+    await t.rejects(proxy.tokens.get(), { code: 'token_unavailable', message })
+    const response = await request(`${url}/x`)
+    t.equal(response.statusCode, 503)
+    t.match(await response.body.json(), { error: 'token_unavailable', message })
+    const ready = await request(`${url}/-/ready`)
+    t.equal(ready.statusCode, 503)
+    t.match(await ready.body.json(), { ready: false, reason: message })
+    t.equal(reached, 0, 'nothing reached the upstream')
+  }
+  t.ok(checkBearer(new Secret('abc-._~+/xyz==')), 'every b64token character is accepted')
 })

@@ -16,8 +16,12 @@ const DIALECTS: Record<Flavour, Dialect> = { oidc, runai, 'runai-apptoken': runa
 const DEFAULT_LIFETIME_MS = 300_000
 const RENEW_AT = 0.8
 const MAX_SKEW_SHARE = 0.1
-/** A token fetched because its predecessor was rejected is not itself discarded sooner than this. */
-const REJECTION_COOLDOWN_MS = 5_000
+/** The background renewal comes at least this often, however long a token lasts (and a timer cannot wait longer than 2^31-1 ms). */
+const MAX_RENEW_DELAY_MS = 24 * 3600_000
+/** A longer lifetime is a broken token endpoint, not a policy: refused. */
+const MAX_LIFETIME_S = 10 * 365 * 24 * 3600
+/** RFC 6750 §2.1 `b64token`: what can follow `Bearer ` in a header. */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
 const MAX_BODY = 1024 * 1024
 
 /** A bearer token that cannot print itself. */
@@ -29,20 +33,18 @@ export class AccessToken {
   readonly staleAt: number
   readonly renewAt: number
   readonly subject: string | undefined
-  readonly replacedRejected: boolean
 
   /** The grant that produced it: the configured one, or `refresh_token` from the previous response. */
   readonly grant: string
 
-  constructor (value: Secret, details: { obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, replacedRejected: boolean, grant: string }) {
+  constructor (value: Secret, details: { obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, grant: string }) {
     const { obtainedAt, lifetimeMs } = details
     this.#authorization = `Bearer ${value.reveal()}`
     this.obtainedAt = obtainedAt
     this.expiresAt = obtainedAt + lifetimeMs
     this.staleAt = this.expiresAt - Math.min(details.skewMs, lifetimeMs * MAX_SKEW_SHARE)
-    this.renewAt = obtainedAt + lifetimeMs * RENEW_AT
+    this.renewAt = obtainedAt + Math.min(lifetimeMs * RENEW_AT, MAX_RENEW_DELAY_MS)
     this.subject = details.subject
-    this.replacedRejected = details.replacedRejected
     this.grant = details.grant
   }
 
@@ -60,9 +62,12 @@ export interface TokenStatus {
 
 /** What the proxy needs of tokens; it knows nothing of how they are obtained. */
 export interface TokenSource {
+  /** The held token while it is valid; never starts a request. */
   current (): AccessToken | undefined
+  /** A valid token: the held one, the one being fetched, or a new one. */
   get (): Promise<AccessToken>
-  invalidate (authorization: string): void
+  /** An upstream refused `token` for itself: if it is still held, the next caller gets a new one. */
+  drop (token: AccessToken): void
 }
 
 export interface TokenManagerOptions {
@@ -97,7 +102,6 @@ export class TokenManager extends EventEmitter implements TokenSource {
   #failures = 0
   #retryAt = 0
   #lastError: ProxyError | undefined
-  #rejected = false
   #closed = false
 
   constructor (settings: TokenSettings, options: TokenManagerOptions) {
@@ -151,14 +155,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     return this.#fetch()
   }
 
-  /** An upstream rejected `authorization`: if it is the held token, drop it so the next caller gets a new one. */
-  invalidate (authorization: string): void {
-    const token = this.#token
-    if (token === undefined || token.authorization !== authorization) return
-    if (token.replacedRejected && Date.now() - token.obtainedAt < REJECTION_COOLDOWN_MS) return
+  drop (token: AccessToken): void {
+    if (this.#token !== token) return
     this.#log.info({ event: 'token_rejected' }, 'upstream rejected the token; getting a new one')
     this.#token = undefined
-    this.#rejected = true
   }
 
   #renew (): void {
@@ -221,8 +221,6 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   async #obtain (): Promise<AccessToken> {
     const endpoint = this.#endpoint ?? await this.#discover()
-    const replacedRejected = this.#rejected
-    this.#rejected = false
     let grant: Grant | undefined
     let used: string = this.#settings.grant
     const refresh = this.#refresh
@@ -241,12 +239,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
     const obtainedAt = Date.now()
     const claims = readClaims(grant.accessToken)
-    let lifetime = DEFAULT_LIFETIME_MS
-    if (grant.expiresIn !== undefined) lifetime = grant.expiresIn * 1000
-    else if (claims.exp !== undefined) lifetime = claims.exp * 1000 - obtainedAt
-    if (lifetime <= 0) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
+    const lifetime = lifetimeOf(grant.expiresIn, claims.exp, obtainedAt)
     return new AccessToken(grant.accessToken, {
-      obtainedAt, lifetimeMs: lifetime, skewMs: this.#settings.refreshSkew * 1000, subject: claims.sub, replacedRejected, grant: used
+      obtainedAt, lifetimeMs: lifetime, skewMs: this.#settings.refreshSkew * 1000, subject: claims.sub, grant: used
     })
   }
 
@@ -263,7 +258,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#log.trace({ event: 'token_response', status, fields: Object.keys(asObject(body)) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
-    return this.#dialect.readResponse(body)
+    const grant = this.#dialect.readResponse(body)
+    checkBearer(grant.accessToken)
+    return grant
   }
 
   async #discover (): Promise<URL> {
@@ -351,6 +348,31 @@ class EndpointError extends Error {
   constructor (readonly status: number, readonly summary: string | undefined, readonly url?: URL) {
     super(`answered ${status}`)
   }
+}
+
+/**
+ * How long a granted token may be used, in ms: the earlier of `expires_in` (counted
+ * from the response's arrival) and the JWT `exp` (whole seconds of the issuer's
+ * clock, so `expires_in` alone can be up to a second late), else 300 s.
+ */
+export function lifetimeOf (expiresIn: number | undefined, exp: number | undefined, now: number): number {
+  const candidates: number[] = []
+  if (expiresIn !== undefined) candidates.push(expiresIn * 1000)
+  if (exp !== undefined) candidates.push(exp * 1000 - now)
+  const lifetime = candidates.length === 0 ? DEFAULT_LIFETIME_MS : Math.min(...candidates)
+  if (lifetime <= 0) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
+  if (lifetime > MAX_LIFETIME_S * 1000) {
+    throw new TokenResponseError(`the token it granted lasts ${Math.round(lifetime / 86_400_000)} days, more than the 10 years accepted`)
+  }
+  return lifetime
+}
+
+/** The access token as granted, if it can be sent as `Authorization: Bearer <token>` (RFC 6750 \`b64token\`). */
+export function checkBearer (token: Secret): Secret {
+  if (!B64TOKEN.test(token.reveal())) {
+    throw new TokenResponseError('the access token it granted has characters a bearer token cannot carry (RFC 6750)')
+  }
+  return token
 }
 
 function readClaims (token: Secret): { exp: number | undefined, sub: string | undefined } {
