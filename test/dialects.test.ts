@@ -104,7 +104,7 @@ t.test('runai-apptoken: {id, name, secret} to the deprecated endpoint; name from
   assertNoSecret(t, named.logs.text + unnamed.logs.text)
 })
 
-t.test('API Connect password grant: the body of the IBM sample; expires_in wins over the JWT exp', async (t) => {
+t.test('API Connect password grant: the body of the IBM sample; the JWT exp, earlier than expires_in, counts', async (t) => {
   const apic = await startApiConnect(t, { expiresIn: 100 })
   const { url, proxy, logs } = await startTestProxy(t, apicEnv(apic))
   const response = await request(`${url}/api/orgs`)
@@ -115,7 +115,7 @@ t.test('API Connect password grant: the body of the IBM sample; expires_in wins 
     client_id: APIC.client.id, client_secret: APIC.client.secret, grant_type: 'password'
   })
   const token = proxy.tokens.current()
-  t.ok(Math.abs((token?.expiresAt ?? 0) - (token?.obtainedAt ?? 0) - 100_000) < 100, 'lifetime from expires_in (the JWT says 60 s)')
+  t.ok(Math.abs((token?.expiresAt ?? 0) - (token?.obtainedAt ?? 0) - 60_000) < 1200, 'lifetime from the JWT (expires_in says 100 s)')
   assertNoSecret(t, logs.text)
 })
 
