@@ -53,6 +53,7 @@ const SETTINGS: Record<string, object> = {
   DENY_PATHS: str,
   CA_FILE: str,
   INSECURE_SKIP_VERIFY: bool,
+  ALLOW_HTTP_TOKEN_ENDPOINT: bool,
   REFRESH_SKEW: { type: 'number', minimum: 0, default: 30 },
   TIMEOUT: { type: 'number', exclusiveMinimum: 0, default: 30 },
   LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' }
@@ -90,6 +91,8 @@ export interface TokenSettings {
   readonly refreshSkew: number
   /** Seconds to wait for the token endpoint. */
   readonly timeout: number
+  /** An https issuer may name a plain http token endpoint (credentials then travel unencrypted). */
+  readonly allowHttpTokenEndpoint: boolean
 }
 
 export interface Config {
@@ -311,7 +314,8 @@ function interpret (raw: Record<string, unknown>, forwarding: boolean, problems:
       params,
       appName: get('APP_NAME') ?? clientId,
       refreshSkew: number('REFRESH_SKEW'),
-      timeout
+      timeout,
+      allowHttpTokenEndpoint: flag('ALLOW_HTTP_TOKEN_ENDPOINT')
     },
     upstream,
     clusters,

@@ -1,12 +1,16 @@
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
 import type { FastifyReply } from 'fastify'
 
 /** Every error the proxy answers itself: status and code, declared once (DESIGN.md §5). */
 export const PROXY_ERRORS = {
   bad_request: 400,
   forbidden: 403,
+  headers_too_large: 431,
   not_found: 404,
   unknown_cluster: 404,
   method_not_allowed: 405,
+  request_timeout: 408,
   payload_too_large: 413,
   internal_error: 500,
   upstream_unreachable: 502,
@@ -31,13 +35,32 @@ export class ProxyError extends Error {
   }
 }
 
+const CONTENT_TYPE = 'application/json; charset=utf-8'
+
+function errorBody (error: ProxyError, requestId: string): string {
+  return JSON.stringify({ error: error.code, message: error.message, requestId })
+}
+
+/** The proxy's own answer through Fastify (DESIGN.md §5). */
 export function sendProxyError (reply: FastifyReply, error: ProxyError): FastifyReply {
   if (error.retryAfter !== undefined) reply.header('retry-after', String(error.retryAfter))
   return reply
     .code(error.status)
-    .header('content-type', 'application/json; charset=utf-8')
+    .header('content-type', CONTENT_TYPE)
     .header('cache-control', 'no-store')
-    .send(JSON.stringify({ error: error.code, message: error.message, requestId: reply.request.id }))
+    .send(errorBody(error, String(reply.request.id)))
+}
+
+/**
+ * The same answer as a whole HTTP/1.1 response, for sockets the proxy answers
+ * without Fastify (parser refusals, CONNECT, WebSocket upgrades); the connection
+ * is closed after it.
+ */
+export function rawErrorResponse (error: ProxyError, requestId: string = randomUUID()): string {
+  const body = errorBody(error, requestId)
+  const retry = error.retryAfter === undefined ? '' : `retry-after: ${error.retryAfter}\r\n`
+  return `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}\r\ncontent-type: ${CONTENT_TYPE}\r\ncache-control: no-store\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\n${retry}connection: close\r\n\r\n${body}`
 }
 
 /** A URL as it may appear in a message: no user info, query or fragment. */

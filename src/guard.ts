@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
 import type { onRequestHookHandler } from 'fastify'
 import type { Config } from './config.js'
 import { ProxyError, sendProxyError } from './errors.js'
@@ -23,17 +24,24 @@ export function hostName (host: string): string {
 }
 
 /**
- * The request path decoded once and checked: a path that could mean something else
- * to the upstream than to the proxy's router (backslashes, encoded `/`, `\` or `.`,
- * dot segments, double encoding, control characters, encoded route prefixes) is
- * refused. Returns the decoded path, or why it was refused.
+ * The request path decoded once and checked. Whatever could make the upstream (or a
+ * server behind it) read another path than the one judged here is refused, never
+ * rewritten, so the path judged is exactly the path forwarded: backslashes, encoded
+ * `/` or `\\`, dot segments, double encoding, control characters, encoded route
+ * prefixes, empty segments (`//`, which nginx and Tomcat merge), path parameters
+ * (`;`, which Tomcat, Jetty and Spring strip from a segment) and an encoded `#`, `?`
+ * or `;` (which a server that decodes before it splits reads as a delimiter).
+ * Returns the decoded path, or why it was refused.
  */
 export function checkPath (raw: string): string | ProxyError {
+  const bad = (why: string): ProxyError => new ProxyError('bad_request', `the path ${why}`)
+  if (raw.includes('//')) return bad('has an empty segment (//)')
+  if (raw.includes(';')) return bad('has a path parameter (;)')
   // Fast path: nothing encoded, no backslash, no dot segment.
   if (!raw.includes('%') && !raw.includes('\\') && !raw.includes('/.')) return raw
-  const bad = (why: string): ProxyError => new ProxyError('bad_request', `the path ${why}`)
   if (raw.includes('\\')) return bad('contains a backslash')
   if (/%2f|%5c/i.test(raw)) return bad('contains an encoded / or \\')
+  if (/%23|%3f|%3b/i.test(raw)) return bad('contains an encoded #, ? or ;')
   let decoded: string
   try {
     decoded = decodeURIComponent(raw)
@@ -43,8 +51,7 @@ export function checkPath (raw: string): string | ProxyError {
   if (/%(2e|2f|5c|25)/i.test(decoded)) return bad('is encoded twice')
   if (/[\u0000-\u001f\u007f\\]/.test(decoded)) return bad('contains a control character')
   for (const segment of decoded.split('/')) {
-    const bare = segment.split(';')[0]
-    if (bare === '.' || bare === '..') return bad('contains a . or .. segment')
+    if (segment === '.' || segment === '..') return bad('contains a . or .. segment')
   }
   // The route prefix must be spelled literally, so that routing and prefix removal agree.
   const [, first = '', second = ''] = raw.split('/')
@@ -55,11 +62,47 @@ export function checkPath (raw: string): string | ProxyError {
   return decoded
 }
 
+/** `host[:port]` as RFC 9110 allows it: a registered name, an IPv4 address or a bracketed IPv6 one. */
+const HOST_VALUE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,=]+)(?::\d{0,5})?$/
+
+/** The one `Host` of a request, or why it cannot be trusted (RFC 9112 §3.2): none on HTTP/1.1, two, or a malformed one. */
+export function checkHost (request: InboundRequest): string | undefined | ProxyError {
+  let host: string | undefined
+  const raw = request.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string
+    if (name.length !== 4 || name.toLowerCase() !== 'host') continue
+    if (host !== undefined) return new ProxyError('bad_request', 'the request has more than one Host header')
+    host = raw[i + 1] as string
+  }
+  if (host === undefined) {
+    return request.httpVersion === '1.0' ? undefined : new ProxyError('bad_request', 'the request has no Host header (HTTP/1.1 requires one)')
+  }
+  if (!HOST_VALUE.test(host)) return new ProxyError('bad_request', 'the request\'s Host header is not a valid host[:port]')
+  return host
+}
+
+/** Headers by which a GET asks the upstream to act as another method (any mix of `-` and `_`, as CGI-style servers read them). */
+const METHOD_OVERRIDES = new Set(['xhttpmethodoverride', 'xhttpmethod', 'xmethodoverride'])
+const METHOD_PARAMETER = /(?:^|&)(?:_|%5f)method=/i
+
+/** Whether a request asks to be treated as another method: an override header, or a `_method` query parameter. */
+function overridesMethod (headers: Headers, query: string): boolean {
+  for (const name in headers) {
+    if (name.startsWith('x') && METHOD_OVERRIDES.has(name.replace(/[-_]/g, ''))) return true
+  }
+  return query !== '' && METHOD_PARAMETER.test(query)
+}
+
 /** Whole-segment prefix match: `/api/v1` matches `/api/v1` and `/api/v1/x`, not `/api/v10`. */
 function prefixMatcher (prefixes: readonly string[]): ((path: string) => boolean) | undefined {
   if (prefixes.length === 0) return undefined
-  const clean = prefixes.map((prefix) => `/${prefix.replace(/^\/+|\/+$/g, '')}`)
-  return (path) => clean.some((prefix) => prefix === '/' || path === prefix || path.startsWith(`${prefix}/`))
+  // Case-insensitive: an upstream on a case-insensitive file system must not be reached by `/API/V1/ADMIN`.
+  const clean = prefixes.map((prefix) => `/${prefix.replace(/^\/+|\/+$/g, '')}`.toLowerCase())
+  return (path) => {
+    const lower = path.toLowerCase()
+    return clean.some((prefix) => prefix === '/' || lower === prefix || lower.startsWith(`${prefix}/`))
+  }
 }
 
 export type Headers = Record<string, string | string[] | undefined>
@@ -67,7 +110,10 @@ export type Headers = Record<string, string | string[] | undefined>
 /** What a request that passed the guard carries on: its decoded path, and the allowed browser origin, if any. */
 export interface Admitted { readonly path: string, readonly origin: string | undefined }
 
-export type Guard = (method: string, url: string, headers: Headers) => Admitted | ProxyError
+/** What the guard reads of a request: Node's own message, for HTTP and WebSocket upgrades alike. */
+export type InboundRequest = Pick<IncomingMessage, 'method' | 'url' | 'headers' | 'rawHeaders' | 'httpVersion'>
+
+export type Guard = (request: InboundRequest) => Admitted | ProxyError
 
 /**
  * The inbound checks, for requests and WebSocket upgrades alike (DESIGN.md §2, §4):
@@ -84,16 +130,27 @@ export function createGuard (config: Config): Guard {
   const denied = prefixMatcher(config.denyPaths)
   const forbidden = (message: string): ProxyError => new ProxyError('forbidden', message)
 
-  return (method, url, headers) => {
+  return (request) => {
+    const url = request.url ?? ''
+    const method = request.method ?? 'GET'
+    const headers = request.headers
     // `GET http://other/` (absolute form) or `*` would make this an open proxy.
     if (url[0] !== '/' || url[1] === '/') return new ProxyError('bad_request', 'the request target must be a path starting with a single /')
+    // A fragment is never sent by a client; it would be judged here and dropped on the way.
+    if (url.includes('#')) return new ProxyError('bad_request', 'the request target has a #fragment')
     const query = url.indexOf('?')
     const path = checkPath(query === -1 ? url : url.slice(0, query))
     if (path instanceof ProxyError) return path
+    const host = checkHost(request)
+    if (host instanceof ProxyError) return host
+    // Node decodes only `chunked`: any other coding would reach the upstream undeclared.
+    const coding = headers['transfer-encoding']
+    if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
+      return new ProxyError('bad_request', 'the request has a Transfer-Encoding other than chunked')
+    }
     if (PROBES.has(path)) return { path, origin: undefined }
 
-    const host = headers.host
-    if (!anyHost && typeof host === 'string' && !hosts.has(hostName(host))) {
+    if (!anyHost && host !== undefined && !hosts.has(hostName(host))) {
       return forbidden('this Host is not accepted (add it to BEARER_PROXY_ALLOWED_HOSTS)')
     }
     const origin = headers.origin
@@ -110,7 +167,14 @@ export function createGuard (config: Config): Guard {
       }
     }
     if (!path.startsWith('/-/')) {
-      if (config.readOnly && !SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: BEARER_PROXY_READ_ONLY is on`)
+      if (config.readOnly) {
+        if (!SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: BEARER_PROXY_READ_ONLY is on`)
+        if (overridesMethod(headers, query === -1 ? '' : url.slice(query + 1))) {
+          return forbidden('a method override (X-HTTP-Method-Override, _method…) is not forwarded: BEARER_PROXY_READ_ONLY is on')
+        }
+        // A tunnel carries writes as well as reads (exec, attach).
+        if (headers.upgrade !== undefined) return forbidden('WebSocket upgrades are not forwarded: BEARER_PROXY_READ_ONLY is on')
+      }
       if (denied?.(path) === true || (allowed !== undefined && !allowed(path))) {
         return forbidden('this path is not forwarded (BEARER_PROXY_ALLOW_PATHS / DENY_PATHS)')
       }
@@ -126,8 +190,10 @@ export function createGuard (config: Config): Guard {
 export function guardHook (guard: Guard, config: Config): onRequestHookHandler {
   const methods = config.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE'
   return (request, reply, done) => {
-    const verdict = guard(request.method, request.raw.url ?? '', request.headers)
+    const verdict = guard(request.raw)
     if (verdict instanceof ProxyError) {
+      // A malformed request may be framed wrongly too: nothing more is read from that connection.
+      if (verdict.status === 400) reply.header('connection', 'close')
       sendProxyError(reply, verdict)
       return
     }

@@ -34,6 +34,30 @@ export const DROPPED_REQUEST_HEADERS = [
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'
 ]
 export const DROPPED_RESPONSE_HEADERS = ['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'trailer', 'te']
+/** The dropped names without separators: a name that only differs from one of them by `_` and `-` is dropped too. */
+const LOOK_ALIKES = new Set(DROPPED_REQUEST_HEADERS.map((name) => name.replace(/-/g, '')))
+
+/**
+ * Removes from request headers, in place, what the upstream must not see: the
+ * client's credentials and hop-by-hop headers, the headers its `Connection` lists,
+ * and names that differ from a dropped one only by `_` or `-` (`Proxy_Authorization`,
+ * `Authorization_`), which CGI-style servers read as the real header, as nginx and
+ * Envoy drop them.
+ */
+export function dropRequestHeaders (headers: Record<string, unknown>): void {
+  const listed = headers.connection
+  if (typeof listed === 'string') {
+    for (const name of listed.split(',')) {
+      const clean = name.trim().toLowerCase()
+      if (clean !== '' && clean !== 'host') delete headers[clean]
+    }
+  }
+  // Deleted, not set to undefined: undici's ProxyAgent refuses a request with a proxy-authorization key at all.
+  for (const name of DROPPED_REQUEST_HEADERS) if (name in headers) delete headers[name]
+  for (const name in headers) {
+    if (name.includes('_') && LOOK_ALIKES.has(name.replace(/[-_]/g, ''))) delete headers[name]
+  }
+}
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -65,8 +89,7 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
         retryDelay: () => null,
         queryString: rawQuery,
         rewriteRequestHeaders: (_request: FastifyRequest, headers: IncomingHttpHeaders) => {
-          // Deleted, not set to undefined: undici's ProxyAgent refuses a request with a proxy-authorization key at all.
-          for (const name of DROPPED_REQUEST_HEADERS) if (name in headers) delete headers[name]
+          dropRequestHeaders(headers)
           return headers
         },
         rewriteHeaders: (headers: IncomingHttpHeaders) => {

@@ -6,7 +6,7 @@ import type { Dispatcher } from 'undici'
 import type { Config } from './config.js'
 import { createDispatcher } from './outbound.js'
 import { RequestLogger } from './log.js'
-import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, sendProxyError } from './errors.js'
+import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
 import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { proxyRoutes, type Route } from './proxy.js'
@@ -14,9 +14,17 @@ import { TokenManager } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
 import { websocketTunnel } from './websocket.js'
 
-const CONNECT_BODY = '{"error":"method_not_allowed","message":"CONNECT is not supported: this is not a forward proxy"}'
-const CONNECT_REFUSED = 'HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nconnection: close\r\n' +
-  `content-length: ${Buffer.byteLength(CONNECT_BODY)}\r\n\r\n${CONNECT_BODY}`
+const CONNECT_REFUSED = new ProxyError('method_not_allowed', 'CONNECT is not supported: this is not a forward proxy')
+
+/** What Node's HTTP parser refused, in the proxy's words; the connection is closed, its framing cannot be trusted. */
+function clientError (error: NodeJS.ErrnoException & { reason?: unknown }): ProxyError {
+  const code = error.code ?? ''
+  if (code === 'HPE_HEADER_OVERFLOW') return new ProxyError('headers_too_large', 'the request headers are larger than this proxy accepts')
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return new ProxyError('request_timeout', 'the request was not received in time')
+  // llhttp's own fixed wording ("Content-Length can't be present with Transfer-Encoding"), never the client's bytes.
+  const reason = typeof error.reason === 'string' ? error.reason.replace(/[^\w '.,-]/g, '').slice(0, 100) : 'malformed request'
+  return new ProxyError('bad_request', `the HTTP parser refused the request: ${reason}${code === '' ? '' : ` (${code})`}`)
+}
 
 export interface ServerParts {
   readonly config: Config
@@ -46,11 +54,18 @@ function createApp (log: Logger): FastifyInstance {
     // Keep-alive sockets with no request in flight close at once on shutdown.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
+    // A missing Host is judged by the guard, so that its answer has the proxy's error shape.
+    http: { requireHostHeader: false },
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket) => {
+      if (error.code === 'ECONNRESET' || socket.destroyed) return
+      if (socket.writable) socket.write(rawErrorResponse(clientError(error)))
+      socket.destroy()
+    },
     // Targets Fastify cannot parse get the same JSON errors as everything else.
     frameworkErrors: (error, _request, reply) => sendProxyError(reply, new ProxyError('bad_request', `the request target is malformed (${error.code})`))
   })
   app.server.on('connect', (_request, socket) => {
-    socket.end(CONNECT_REFUSED)
+    socket.end(rawErrorResponse(CONNECT_REFUSED))
   })
   app.setErrorHandler((error: FastifyError, request, reply) => {
     if (error instanceof ProxyError) return sendProxyError(reply, error)

@@ -2,9 +2,9 @@ import { type IncomingMessage, type Server, STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
-import { ProxyError } from './errors.js'
+import { ProxyError, rawErrorResponse } from './errors.js'
 import type { Guard } from './guard.js'
-import { DROPPED_REQUEST_HEADERS, DROPPED_RESPONSE_HEADERS, type ServedRoute, upstreamError } from './proxy.js'
+import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError } from './proxy.js'
 import type { AccessToken, TokenSource } from './token/manager.js'
 
 export interface TunnelOptions {
@@ -17,8 +17,6 @@ export interface TunnelOptions {
   readonly timeout: number
 }
 
-/** Not copied to the upstream: what HTTP requests drop, and `host` (undici sets its own `upgrade` and `host`). */
-const DROPPED = new Set([...DROPPED_REQUEST_HEADERS, 'host'])
 const DROPPED_RESPONSE = new Set(DROPPED_RESPONSE_HEADERS)
 
 interface Target { readonly route: ServedRoute, readonly path: string }
@@ -28,10 +26,7 @@ function statusLine (status: number): string {
 }
 
 function refuse (socket: Duplex, error: ProxyError): void {
-  const body = JSON.stringify({ error: error.code, message: error.message })
-  const retry = error.retryAfter === undefined ? '' : `retry-after: ${error.retryAfter}\r\n`
-  socket.end(`${statusLine(error.status)}content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-    `${retry}connection: close\r\n\r\n${body}`)
+  socket.end(rawErrorResponse(error))
 }
 
 /** `[name, value, …]` raw headers as lines, without hop-by-hop ones (for a non-101 answer). */
@@ -72,7 +67,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
   server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy())
     const url = request.url ?? ''
-    const verdict = options.guard(request.method ?? 'GET', url, request.headers)
+    const verdict = options.guard(request)
     if (verdict instanceof ProxyError) return refuse(socket, verdict)
     const target = resolve(url)
     if (target instanceof ProxyError) return refuse(socket, target)
@@ -85,10 +80,10 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
 
   function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target, token: AccessToken, attempt = 0): void {
     if (socket.destroyed) return
-    const headers: Record<string, string | string[]> = {}
-    for (const [name, value] of Object.entries(request.headers)) {
-      if (value !== undefined && !DROPPED.has(name)) headers[name] = value
-    }
+    // The same header policy as HTTP requests; undici sets its own `host` and `upgrade`.
+    const headers: Record<string, string | string[] | undefined> = { ...request.headers }
+    dropRequestHeaders(headers)
+    delete headers.host
     headers.authorization = token.authorization
     const path = target.path.split('?')[0] as string
     // waiting for the upstream; answered (its answer is being relayed); retry (a 401 about the token, being drained)

@@ -1,5 +1,6 @@
 import type { TokenSettings } from '../config.js'
 import { Secret } from '../secret.js'
+import { errorCode, prose } from './redact.js'
 
 /** One request to a token endpoint, ready to send. */
 export interface TokenRequest {
@@ -60,20 +61,27 @@ export function asObject (body: unknown): Record<string, unknown> {
 }
 
 /**
- * An error body reduced to its code and message: OAuth `{error, error_description}`,
- * Run:ai `{code, message}`, API Connect `{status, message: [...]}`. Nothing else is kept.
+ * An error body reduced to its code and a short description in prose: OAuth
+ * `{error, error_description}`, Run:ai `{code, message}`, API Connect
+ * `{status, message: [...]}`. Nothing else is kept, and nothing that does not read
+ * as prose (see `redact.ts`); known secrets are removed before this is called.
  */
 export function summariseError (body: unknown, status?: number): string | undefined {
   const object = asObject(body)
   const text = (value: unknown): string | undefined => {
-    if (typeof value === 'string' && value !== '') return value.slice(0, 200)
-    if (typeof value === 'number') return String(value)
+    if (typeof value === 'string' && value !== '') return value
     if (Array.isArray(value)) return text(value.filter((item) => typeof item === 'string').join('; '))
     return undefined
   }
   // Run:ai repeats the HTTP status as `code`: say it once.
-  const code = text(object.error) ?? (object.code === status ? undefined : text(object.code))
-  const message = text(object.error_description) ?? text(object.message)
-  if (code !== undefined && message !== undefined) return `${code} (${message})`
-  return code ?? message
+  const code = errorCode(object.error) ?? (object.code === status ? undefined : errorCode(object.code))
+  const description = text(object.error_description) ?? text(object.message)
+  const message = description === undefined ? undefined : prose(description)
+  if (code !== undefined && message !== undefined && message !== '') return `${code} (${message})`
+  return code ?? (message === '' ? undefined : message)
+}
+
+/** The field names of a response, for a trace line: only names that look like field names. */
+export function fieldNames (body: unknown): string[] {
+  return Object.keys(asObject(body)).slice(0, 20).map((name) => /^[A-Za-z_]{1,40}$/.test(name) ? name : '[…]')
 }

@@ -6,7 +6,8 @@ import type { Flavour, TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { apiconnect } from './apiconnect.js'
-import { asObject, type Dialect, type Grant, summariseError, TokenResponseError } from './dialect.js'
+import { type Dialect, fieldNames, type Grant, summariseError, TokenResponseError } from './dialect.js'
+import { scrubSecrets } from './redact.js'
 import { discoveryUrl, oidc, readDiscovery } from './oidc.js'
 import { runai, runaiAppToken } from './runai.js'
 
@@ -255,7 +256,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.grant : 'refresh_token' },
       'sending token request')
     const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
-    this.#log.trace({ event: 'token_response', status, fields: Object.keys(asObject(body)) }, 'token endpoint answered')
+    this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
     const grant = this.#dialect.readResponse(body)
@@ -269,7 +270,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const url = discoveryUrl(endpoint.issuer)
     const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
     if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
-    this.#endpoint = readDiscovery(endpoint.issuer, body)
+    this.#endpoint = readDiscovery(endpoint.issuer, body, this.#settings.allowHttpTokenEndpoint)
     this.#log.info({ event: 'token_endpoint_discovered', endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
     return this.#endpoint
   }
@@ -295,9 +296,12 @@ export class TokenManager extends EventEmitter implements TokenSource {
       }
       chunks.push(chunk as Buffer)
     }
+    let text = Buffer.concat(chunks).toString('utf8')
+    // An error may echo the request: every spelling of a secret goes before anything reads it.
+    if (response.statusCode < 200 || response.statusCode > 299) text = this.#scrub(text)
     let parsed: unknown
     try {
-      parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+      parsed = JSON.parse(text)
     } catch {}
     return { status: response.statusCode, body: parsed }
   }
@@ -324,17 +328,16 @@ export class TokenManager extends EventEmitter implements TokenSource {
     return new ProxyError('token_unavailable', this.#scrub(message))
   }
 
-  /** Removes any configured secret an endpoint may have echoed back. */
-  #scrub (message: string): string {
-    let clean = message
+  /** Removes every configured secret, and the refresh token in use, in any spelling an endpoint may echo. */
+  #scrub (text: string): string {
+    const values: string[] = []
     for (const source of this.#secrets) {
-      let value = ''
       try {
-        value = readSecret(source).reveal()
+        values.push(readSecret(source).reveal())
       } catch {}
-      if (value.length >= 4) clean = clean.split(value).join('[redacted]')
     }
-    return clean
+    if (this.#refresh !== undefined) values.push(this.#refresh.reveal())
+    return scrubSecrets(text, values, this.#settings.clientId)
   }
 }
 

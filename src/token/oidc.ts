@@ -1,4 +1,5 @@
 import type { TokenSettings } from '../config.js'
+import { displayUrl } from '../errors.js'
 import { readSecret, Secret } from '../secret.js'
 import { type Dialect, type Grant, type TokenRequest, optionalSecret, optionalSeconds, requireString, TokenResponseError, asObject } from './dialect.js'
 
@@ -40,7 +41,8 @@ export const oidc: Dialect = {
   readResponse (body: unknown): Grant {
     const type = asObject(body).token_type
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
-      throw new TokenResponseError(`response has token_type ${String(type).slice(0, 20)}, not Bearer`)
+      const named = typeof type === 'string' && /^[A-Za-z_-]{1,20}$/.test(type) ? ` ${type}` : ' of another kind'
+      throw new TokenResponseError(`response has token_type${named}, not Bearer`)
     }
     return {
       accessToken: new Secret(requireString(body, 'access_token')),
@@ -62,11 +64,12 @@ export function discoveryUrl (issuer: URL): URL {
   return url
 }
 
-export function readDiscovery (issuer: URL, body: unknown): URL {
+/** The token endpoint a discovery document names, refused when it would downgrade an https issuer to plain http. */
+export function readDiscovery (issuer: URL, body: unknown, allowHttp: boolean): URL {
   const document = asObject(body)
   const said = typeof document.issuer === 'string' ? document.issuer.replace(/\/+$/, '') : undefined
   if (said !== issuer.href.replace(/\/+$/, '')) {
-    throw new TokenResponseError(`discovery document names issuer ${String(said).slice(0, 100)}, not ${issuer.href}`)
+    throw new TokenResponseError(`discovery document names another issuer than ${displayUrl(issuer)}`)
   }
   const endpoint = document.token_endpoint
   let url: URL | undefined
@@ -75,6 +78,10 @@ export function readDiscovery (issuer: URL, body: unknown): URL {
   } catch {}
   if (url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
     throw new TokenResponseError('discovery document has no usable token_endpoint')
+  }
+  if (issuer.protocol === 'https:' && url.protocol === 'http:' && !allowHttp) {
+    throw new TokenResponseError(`discovery document names a plain http token endpoint (${displayUrl(url)}) for an https issuer: ` +
+      'the credentials would travel unencrypted, so none were sent (BEARER_PROXY_ALLOW_HTTP_TOKEN_ENDPOINT=true allows it)')
   }
   return url
 }
