@@ -48,7 +48,8 @@ export function checkPath (raw: string): string | ProxyError {
   } catch {
     return bad('has malformed percent-encoding')
   }
-  if (/%(2e|2f|5c|25)/i.test(decoded)) return bad('is encoded twice')
+  // Any escape left after one decoding: an upstream that decodes twice would read another path.
+  if (/%[0-9a-f]{2}/i.test(decoded)) return bad('is encoded twice')
   if (/[\u0000-\u001f\u007f\\]/.test(decoded)) return bad('contains a control character')
   for (const segment of decoded.split('/')) {
     if (segment === '.' || segment === '..') return bad('contains a . or .. segment')

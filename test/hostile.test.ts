@@ -38,7 +38,8 @@ t.test('one path, judged and forwarded: fragments, path parameters, empty segmen
   const refused = [
     '/api/v1/admin#x', '/api/v1/admin#x?y=1', '/api/v1/admin?x=1#y', '/api/v1/ok#frag', '/clusters/a/x#', '/api/v1/admin%23x',
     '/api/v1/admin;x/users', '/api/v1/admin;/users', '/api/v1;x/admin', '/api/v1/admin;', '/clusters/a;x/y', '/api/v1/admin%3bx/users', '/api/v1/admin%3B',
-    '/api/v1//admin', '/api//v1/admin', '/api/v1/admin//', '/clusters//a/x', '/clusters/a//x', '/api/v1/admin%3fx', '/api/v1/admin%3F'
+    '/api/v1//admin', '/api//v1/admin', '/api/v1/admin//', '/clusters//a/x', '/clusters/a//x', '/api/v1/admin%3fx', '/api/v1/admin%3F',
+    '/api/v1/admin%253bx/users', '/api/v1/admin%2523x', '/api/v1/%2561dmin', '/api/v1/admin%252F..'
   ]
   for (const target of refused) {
     assertRefusal(t, await rawHttp(s.url, get(target)), 400, 'bad_request', target)
