@@ -46,7 +46,8 @@ const LOOK_ALIKES = new Set(DROPPED_REQUEST_HEADERS.map((name) => name.replace(/
  */
 export function dropRequestHeaders (headers: Record<string, unknown>): void {
   const listed = headers.connection
-  if (typeof listed === 'string') {
+  // Most clients send only `keep-alive` or `close`: nothing listed to remove, nothing to split.
+  if (typeof listed === 'string' && listed !== 'keep-alive' && listed !== 'close') {
     for (const name of listed.split(',')) {
       const clean = name.trim().toLowerCase()
       if (clean !== '' && clean !== 'host') delete headers[clean]
