@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { STATUS_CODES } from 'node:http'
-import type { FastifyReply } from 'fastify'
+import type { FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify'
 
 /** Every error the proxy answers itself: status and code, declared once (DESIGN.md §5). */
 export const PROXY_ERRORS = {
@@ -42,9 +42,9 @@ function errorBody (error: ProxyError, requestId: string): string {
 }
 
 /** The proxy's own answer through Fastify (DESIGN.md §5). */
-export function sendProxyError (reply: FastifyReply, error: ProxyError): FastifyReply {
+export function sendProxyError (reply: FastifyReply<RouteGenericInterface, RawServerBase>, error: ProxyError): void {
   if (error.retryAfter !== undefined) reply.header('retry-after', String(error.retryAfter))
-  return reply
+  reply
     .code(error.status)
     .header('content-type', CONTENT_TYPE)
     .header('cache-control', 'no-store')

@@ -3,10 +3,10 @@ import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
-import { AuthorizingDispatcher, readBody } from './authorize.js'
+import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { networkReason, type TokenSource } from './token/manager.js'
-import type { RouteRefusals } from './token/refusals.js'
+import { RouteRefusals } from './token/refusals.js'
 
 /** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
 export interface Route {
@@ -15,15 +15,19 @@ export interface Route {
   readonly upstream: URL
 }
 
-/** A route being served: what its 401s have taught it about the token, shared by HTTP and WebSocket. */
+/** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
-  readonly refusals: RouteRefusals
+  readonly dispatcher: Dispatcher
+}
+
+/** A route with its own credential: the shared agent composed with the bearer interceptor. */
+export function serveRoute (route: Route, agent: Dispatcher, tokens: TokenSource, log: Logger): ServedRoute {
+  const credential = { tokens, refusals: new RouteRefusals(tokens) }
+  return { ...route, dispatcher: agent.compose(bearerInterceptor(credential, log)) }
 }
 
 export interface ProxyOptions {
   readonly routes: readonly ServedRoute[]
-  readonly tokens: TokenSource
-  readonly dispatcher: Dispatcher
   /** Seconds to wait for upstream response headers. */
   readonly timeout: number
 }
@@ -71,17 +75,14 @@ declare module 'fastify' {
 export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions): Promise<void> {
   // Bodies are passed through as streams, whatever their type (never parsed, never capped).
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', (request, payload, done) => {
-    readBody(payload, request.headers['content-length']).then((body) => done(null, body), done)
-  })
+  app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
   for (const route of options.routes) {
-    const upstreamDispatcher = new AuthorizingDispatcher(options.dispatcher, options.tokens, route.refusals, app.log as unknown as Logger)
     const rewriteLocation = locationRewriter(route)
-    await app.register(httpProxy as unknown as FastifyPluginAsync<Record<string, unknown>>, {
+    await app.register(httpProxy, {
       upstream: route.upstream.href,
       prefix: route.prefix,
-      undici: upstreamDispatcher as unknown as Dispatcher,
+      undici: route.dispatcher,
       proxyPayloads: false,
       internalRewriteLocationHeader: false,
       disableRequestLogging: true,
@@ -89,17 +90,18 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
       replyOptions: {
         retryDelay: () => null,
         queryString: rawQuery,
-        rewriteRequestHeaders: (_request: FastifyRequest, headers: IncomingHttpHeaders) => {
+        rewriteRequestHeaders: (_request, headers) => {
           dropRequestHeaders(headers)
           return headers
         },
-        rewriteHeaders: (headers: IncomingHttpHeaders) => {
+        rewriteHeaders: (headers) => {
           for (const name of DROPPED_RESPONSE_HEADERS) if (name in headers) delete headers[name]
-          if (headers.location !== undefined) headers.location = rewriteLocation(headers.location)
-          if (headers['content-location'] !== undefined) headers['content-location'] = rewriteLocation(headers['content-location'])
+          const { location, 'content-location': contentLocation } = headers
+          if (typeof location === 'string') headers.location = rewriteLocation(location)
+          if (typeof contentLocation === 'string') headers['content-location'] = rewriteLocation(contentLocation)
           return headers
         },
-        onError: (reply: FastifyReply, { error }: { error: Error }) => {
+        onError: (reply, { error }) => {
           sendProxyError(reply, upstreamError(route, error, options.timeout))
         }
       }
@@ -108,7 +110,7 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
 }
 
 /** The query string exactly as the client sent it (http-proxy would parse and re-encode it). */
-function rawQuery (_search: string, url: string): string {
+function rawQuery (_search: string | undefined, url: string): string {
   const at = url.indexOf('?')
   return at === -1 ? '' : url.slice(at + 1)
 }

@@ -9,9 +9,8 @@ import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
 import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
-import { proxyRoutes, type Route } from './proxy.js'
+import { proxyRoutes, type Route, serveRoute } from './proxy.js'
 import { TokenManager } from './token/manager.js'
-import { RouteRefusals } from './token/refusals.js'
 import { websocketTunnel } from './websocket.js'
 
 const CONNECT_REFUSED = new ProxyError('method_not_allowed', 'CONNECT is not supported: this is not a forward proxy')
@@ -138,14 +137,10 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     return sendProxyError(reply, new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`))
   })
 
-  const routes = routesOf(config).map((route) => ({ ...route, refusals: new RouteRefusals(parts.tokens) }))
-  websocketTunnel(app.server, { routes, tokens: parts.tokens, dispatcher: parts.dispatcher, guard, log: parts.log, timeout: config.timeout })
-  await app.register(proxyRoutes, {
-    routes,
-    tokens: parts.tokens,
-    dispatcher: parts.dispatcher,
-    timeout: config.timeout
-  })
+  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
+  const routes = routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log))
+  websocketTunnel(app.server, { routes, guard, log: parts.log, timeout: config.timeout })
+  await app.register(proxyRoutes, { routes, timeout: config.timeout })
   return app
 }
 

@@ -1,23 +1,17 @@
-import { type IncomingMessage, type Server, STATUS_CODES } from 'node:http'
+import { type IncomingHttpHeaders, type IncomingMessage, type Server, STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
-import type { Dispatcher } from 'undici'
 import { ProxyError, rawErrorResponse } from './errors.js'
 import type { Guard } from './guard.js'
 import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError } from './proxy.js'
-import type { AccessToken, TokenSource } from './token/manager.js'
 
 export interface TunnelOptions {
   readonly routes: readonly ServedRoute[]
-  readonly tokens: TokenSource
-  readonly dispatcher: Dispatcher
   readonly guard: Guard
   readonly log: Logger
   /** Seconds to wait for the upstream's answer to the upgrade. */
   readonly timeout: number
 }
-
-const DROPPED_RESPONSE = new Set(DROPPED_RESPONSE_HEADERS)
 
 interface Target { readonly route: ServedRoute, readonly path: string }
 
@@ -29,12 +23,15 @@ function refuse (socket: Duplex, error: ProxyError): void {
   socket.end(rawErrorResponse(error))
 }
 
-/** `[name, value, …]` raw headers as lines, without hop-by-hop ones (for a non-101 answer). */
-function headerLines (raw: Buffer[], drop: ReadonlySet<string>): string {
+const DROPPED_RESPONSE: ReadonlySet<string> = new Set(DROPPED_RESPONSE_HEADERS)
+const NOTHING: ReadonlySet<string> = new Set()
+
+/** Response headers as lines, without the ones in `drop` (hop-by-hop ones, for a non-101 answer). */
+function headerLines (headers: IncomingHttpHeaders, drop: ReadonlySet<string>): string {
   let lines = ''
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]?.toString('latin1') ?? ''
-    if (!drop.has(name.toLowerCase())) lines += `${name}: ${raw[i + 1]?.toString('latin1') ?? ''}\r\n`
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || drop.has(name)) continue
+    for (const one of Array.isArray(value) ? value : [value]) lines += `${name}: ${one}\r\n`
   }
   return lines
 }
@@ -66,37 +63,25 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
 
   server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy())
-    const url = request.url ?? ''
     const verdict = options.guard(request)
     if (verdict instanceof ProxyError) return refuse(socket, verdict)
-    const target = resolve(url)
+    const target = resolve(request.url ?? '')
     if (target instanceof ProxyError) return refuse(socket, target)
-    const current = options.tokens.current()
-    if (current !== undefined) return open(request, socket, head, target, current)
-    options.tokens.get().then((token) => open(request, socket, head, target, token), (error: unknown) => {
-      refuse(socket, error instanceof ProxyError ? error : new ProxyError('token_unavailable', 'no token'))
-    })
+    open(request, socket, head, target)
   })
 
-  function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target, token: AccessToken, attempt = 0): void {
-    if (socket.destroyed) return
+  /** The upgrade sent through the route's dispatcher, which adds the token (and retries a 401 about it). */
+  function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target): void {
     // The same header policy as HTTP requests; undici sets its own `host` and `upgrade`.
     const headers: Record<string, string | string[] | undefined> = { ...request.headers }
     dropRequestHeaders(headers)
     delete headers.host
-    headers.authorization = token.authorization
     const path = target.path.split('?')[0] as string
-    // waiting for the upstream; answered (its answer is being relayed); retry (a 401 about the token, being drained)
-    let phase: 'waiting' | 'answered' | 'retry' = 'waiting'
+    let answered = false
     const log = (status: number): void => {
       options.log.info({ event: 'websocket', path, upstream: target.route.name, status }, 'websocket')
     }
-    const retry = (): void => {
-      options.tokens.get().then((fresh) => open(request, socket, head, target, fresh, attempt + 1), (error: unknown) => {
-        refuse(socket, error instanceof ProxyError ? error : new ProxyError('token_unavailable', 'no token'))
-      })
-    }
-    options.dispatcher.dispatch({
+    target.route.dispatcher.dispatch({
       origin: target.route.upstream.origin,
       path: target.path,
       method: 'GET',
@@ -104,33 +89,24 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
       upgrade: 'websocket',
       headersTimeout: options.timeout * 1000
     }, {
-      onConnect (abort: (error?: Error) => void) {
-        socket.once('close', () => { if (phase === 'waiting') abort(new Error('client went away')) })
+      onRequestStart (controller) {
+        socket.once('close', () => { if (!answered) controller.abort(new Error('client went away')) })
       },
-      onHeaders (status: number, raw: Buffer[]) {
-        // An upgrade has no body: a 401 about the token is retried like any replayable request.
-        if (status === 401 && target.route.refusals.refused(token, attempt) === 'retry') {
-          phase = 'retry'
-          return true
-        }
-        if (status !== 401) target.route.refusals.accepted(token)
+      onResponseStart (_controller, status, responseHeaders) {
         // Refused: answered as the upstream answered.
-        phase = 'answered'
-        socket.write(`${statusLine(status)}${headerLines(raw, DROPPED_RESPONSE)}connection: close\r\n\r\n`)
+        answered = true
+        socket.write(`${statusLine(status)}${headerLines(responseHeaders, DROPPED_RESPONSE)}connection: close\r\n\r\n`)
         log(status)
-        return true
       },
-      onData (chunk: Buffer) {
-        return phase === 'retry' || socket.write(chunk)
+      onResponseData (_controller, chunk) {
+        socket.write(chunk)
       },
-      onComplete () {
-        if (phase === 'retry') retry()
-        else socket.end()
+      onResponseEnd () {
+        socket.end()
       },
-      onUpgrade (status: number, raw: Buffer[], upstream: Duplex) {
-        phase = 'answered'
-        target.route.refusals.accepted(token)
-        socket.write(`${statusLine(status)}${headerLines(raw, new Set())}\r\n`)
+      onRequestUpgrade (_controller, status, responseHeaders, upstream) {
+        answered = true
+        socket.write(`${statusLine(status)}${headerLines(responseHeaders, NOTHING)}\r\n`)
         if (head.length > 0) upstream.write(head)
         upstream.pipe(socket).pipe(upstream)
         upstream.on('error', () => socket.destroy())
@@ -138,11 +114,10 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
         socket.on('close', () => upstream.destroy())
         log(status)
       },
-      onError (error: Error) {
-        if (phase === 'retry') retry()
-        else if (phase === 'answered') socket.destroy()
+      onResponseError (_controller, error) {
+        if (answered) socket.destroy()
         else refuse(socket, upstreamError(target.route, error, options.timeout))
       }
-    } as unknown as Dispatcher.DispatchHandler)
+    })
   }
 }
