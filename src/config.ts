@@ -326,7 +326,7 @@ function interpret (raw: Record<string, unknown>, forwarding: boolean, problems:
     allowAnonymous,
     allowedHosts: list(get('ALLOWED_HOSTS')),
     allowedOrigins: list(get('ALLOWED_ORIGINS')),
-    adminAddress: parseAddress(get('ADMIN_ADDRESS'), problems),
+    adminAddress: adminAddress(get('ADMIN_ADDRESS'), problems),
     readOnly: flag('READ_ONLY'),
     allowPaths: list(get('ALLOW_PATHS')),
     denyPaths: list(get('DENY_PATHS')),
@@ -335,6 +335,14 @@ function interpret (raw: Record<string, unknown>, forwarding: boolean, problems:
     timeout,
     logLevel: get('LOG_LEVEL') as string
   }
+}
+
+function adminAddress (value: string | undefined, problems: string[]): { host: string, port: number } | undefined {
+  if (value === undefined) return undefined
+  const address = parseAddress(value)
+  if (typeof address === 'object') return address
+  problems.push(`${PREFIX}ADMIN_ADDRESS: ${address}`)
+  return undefined
 }
 
 function tokenEndpoint (flavour: Flavour, tokenUrl: URL | undefined, issuer: URL | undefined, upstream: URL | undefined,
@@ -409,15 +417,12 @@ function parseClusters (value: string | undefined, problems: string[]): Map<stri
 }
 
 /** `host:port`, `[v6]:port`, `:port` or `port` (host 127.0.0.1). */
-function parseAddress (value: string | undefined, problems: string[]): { host: string, port: number } | undefined {
-  if (value === undefined) return undefined
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]*)):?(\d+)$/.exec(value) ?? /^()()(\d+)$/.exec(value)
-  const port = Number(match?.[3])
-  if (match === null || !Number.isInteger(port) || port > 65535) {
-    problems.push(`${PREFIX}ADMIN_ADDRESS: expected host:port, e.g. 0.0.0.0:9090`)
-    return undefined
-  }
-  return { host: match[1] ?? (match[2] === '' || match[2] === undefined ? '127.0.0.1' : match[2]), port }
+/** `host:port`, `[v6]:port`, or a bare port meaning `127.0.0.1:<port>`; a string says what is wrong. */
+export function parseAddress (value: string): { host: string, port: number } | string {
+  const match = /^(\d+)$/.exec(value) ?? /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d+)$/.exec(value)
+  const port = Number(match?.at(-1))
+  if (match === null || !Number.isInteger(port) || port > 65535) return 'expected host:port, [v6]:port or a port, e.g. 0.0.0.0:9090 or 9090'
+  return { host: match.length === 2 ? '127.0.0.1' : (match[1] ?? match[2] as string), port }
 }
 
 function list (value: string | undefined): string[] {

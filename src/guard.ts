@@ -3,6 +3,7 @@ import type { IncomingMessage } from 'node:http'
 import type { onRequestHookHandler } from 'fastify'
 import type { Config } from './config.js'
 import { ProxyError, sendProxyError } from './errors.js'
+import { ROUTE_SEGMENTS } from './routes.js'
 import { readSecret } from './secret.js'
 
 /** Probes that orchestrators call by pod address and without credentials. */
@@ -57,7 +58,7 @@ export function checkPath (raw: string): string | ProxyError {
   // The route prefix must be spelled literally, so that routing and prefix removal agree.
   const [, first = '', second = ''] = raw.split('/')
   const [, decodedFirst = ''] = decoded.split('/')
-  if ((first.includes('%') && (decodedFirst === 'clusters' || decodedFirst === '-')) || (decodedFirst === 'clusters' && second.includes('%'))) {
+  if (ROUTE_SEGMENTS.has(decodedFirst) && (first.includes('%') || (decodedFirst !== '-' && second.includes('%')))) {
     return bad('encodes its /clusters/<name> or /-/ prefix')
   }
   return decoded

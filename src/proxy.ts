@@ -7,13 +7,7 @@ import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
-
-/** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
-export interface Route {
-  readonly name: string
-  readonly prefix: string
-  readonly upstream: URL
-}
+import { locationRewriter, type Route } from './routes.js'
 
 /** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
@@ -113,18 +107,6 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
 function rawQuery (_search: string | undefined, url: string): string {
   const at = url.indexOf('?')
   return at === -1 ? '' : url.slice(at + 1)
-}
-
-/** Maps an absolute `Location` on the upstream back to the proxy's own route; anything else is left alone. */
-function locationRewriter (route: Route): (location: string) => string {
-  const base = route.upstream.origin + route.upstream.pathname.replace(/\/+$/, '')
-  const prefix = route.prefix === '/' ? '' : route.prefix
-  return (location) => {
-    if (!location.startsWith(base)) return location
-    const rest = location.slice(base.length)
-    if (rest !== '' && !'/?#'.includes(rest[0] as string)) return location
-    return prefix + (rest.startsWith('/') ? rest : `/${rest}`)
-  }
 }
 
 /** An upstream failure as the proxy's error: 504 when no headers came in time, else 502. */

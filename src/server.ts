@@ -9,7 +9,8 @@ import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
 import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
-import { proxyRoutes, type Route, serveRoute } from './proxy.js'
+import { proxyRoutes, serveRoute } from './proxy.js'
+import { CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
 import { TokenManager } from './token/manager.js'
 import { websocketTunnel } from './websocket.js'
 
@@ -31,13 +32,6 @@ export interface ServerParts {
   readonly metrics: Metrics
   readonly dispatcher: Dispatcher
   readonly log: Logger
-}
-
-/** The routes of a configuration: the admin API at `/`, each cluster at `/clusters/<name>`. */
-export function routesOf (config: Config): Route[] {
-  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `/clusters/${name}`, upstream }))
-  if (config.upstream !== undefined) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream })
-  return routes
 }
 
 const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
@@ -131,16 +125,18 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 
   ownEndpoints(app, parts)
 
+  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
+  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log)))
+
   // A cluster that is not configured must never fall through to the admin API.
-  app.all('/clusters/*', async (request, reply) => {
-    const name = (request.params as { '*': string })['*'].split('/')[0] ?? ''
-    return sendProxyError(reply, new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`))
+  app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
+    const resolved = table.resolve(request.raw.url ?? '')
+    sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(''))
   })
 
-  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
-  const routes = routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log))
-  websocketTunnel(app.server, { routes, guard, log: parts.log, timeout: config.timeout })
-  await app.register(proxyRoutes, { routes, timeout: config.timeout })
+  const tunnels = websocketTunnel(app.server, { table, guard, log: parts.log, timeout: config.timeout })
+  app.addHook('preClose', async () => { tunnels.closeAll() })
+  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout })
   return app
 }
 
@@ -188,6 +184,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     throw error
   }
   const address = addressOf(app, config.socket)
+  let closing: Promise<void> | undefined
   log.info({
     event: 'listening',
     address,
@@ -199,10 +196,14 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     admin,
     tokens,
     address,
-    close: async () => {
-      tokens.close()
-      await Promise.all([app.close(), admin?.close()])
-      await dispatcher.close()
+    // Once, however often it is called (a second signal, a test's teardown).
+    close: () => {
+      closing ??= (async () => {
+        tokens.close()
+        await Promise.all([app.close(), admin?.close()])
+        await dispatcher.close()
+      })()
+      return closing
     }
   }
 }

@@ -3,17 +3,18 @@ import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { ProxyError, rawErrorResponse } from './errors.js'
 import type { Guard } from './guard.js'
+import type { Resolved, RouteTable } from './routes.js'
 import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError } from './proxy.js'
 
 export interface TunnelOptions {
-  readonly routes: readonly ServedRoute[]
+  readonly table: RouteTable<ServedRoute>
   readonly guard: Guard
   readonly log: Logger
   /** Seconds to wait for the upstream's answer to the upgrade. */
   readonly timeout: number
 }
 
-interface Target { readonly route: ServedRoute, readonly path: string }
+type Target = Resolved<ServedRoute>
 
 function statusLine (status: number): string {
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`
@@ -42,36 +43,22 @@ function headerLines (headers: IncomingHttpHeaders, drop: ReadonlySet<string>): 
  * switched (both sockets piped, either closing closes the other) or answered
  * exactly as the upstream answered.
  */
-export function websocketTunnel (server: Server, options: TunnelOptions): void {
-  const clusters = new Map(options.routes.filter((route) => route.prefix !== '/').map((route) => [route.name, route]))
-  const admin = options.routes.find((route) => route.prefix === '/')
-
-  const resolve = (url: string): Target | ProxyError => {
-    let route = admin
-    let rest = url
-    if (url.startsWith('/clusters/')) {
-      const end = url.slice(10).search(/[/?]/)
-      const name = end === -1 ? url.slice(10) : url.slice(10, 10 + end)
-      route = clusters.get(name)
-      if (route === undefined) return new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured`)
-      rest = end === -1 ? '/' : url.slice(10 + end)
-      if (rest.startsWith('?')) rest = `/${rest}`
-    }
-    if (route === undefined || url.startsWith('/-/')) return new ProxyError('not_found', 'nothing is served at this path')
-    return { route, path: route.upstream.pathname.replace(/\/+$/, '') + rest }
-  }
-
+export function websocketTunnel (server: Server, options: TunnelOptions): { closeAll: () => void } {
+  // Upgraded sockets are no longer the HTTP server's to close: tracked here, so that shutdown ends them.
+  const open = new Set<Duplex>()
   server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    open.add(socket)
+    socket.once('close', () => open.delete(socket))
     socket.on('error', () => socket.destroy())
     const verdict = options.guard(request)
     if (verdict instanceof ProxyError) return refuse(socket, verdict)
-    const target = resolve(request.url ?? '')
+    const target = options.table.resolve(request.url ?? '')
     if (target instanceof ProxyError) return refuse(socket, target)
-    open(request, socket, head, target)
+    tunnel(request, socket, head, target)
   })
 
   /** The upgrade sent through the route's dispatcher, which adds the token (and retries a 401 about it). */
-  function open (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target): void {
+  function tunnel (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target): void {
     // The same header policy as HTTP requests; undici sets its own `host` and `upgrade`.
     const headers: Record<string, string | string[] | undefined> = { ...request.headers }
     dropRequestHeaders(headers)
@@ -119,5 +106,11 @@ export function websocketTunnel (server: Server, options: TunnelOptions): void {
         else refuse(socket, upstreamError(target.route, error, options.timeout))
       }
     })
+  }
+
+  return {
+    closeAll: () => {
+      for (const socket of open) socket.destroy()
+    }
   }
 }

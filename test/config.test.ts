@@ -96,7 +96,7 @@ t.test('an env file is read; real environment variables win over it', async (t) 
   t.equal(secret?.kind === 'value' ? secret.secret.reveal() : undefined, 'quoted secret')
   writeFileSync(join(dir, 'other.env'), 'BEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=other\nBEARER_PROXY_CLIENT_SECRET=s\nBEARER_PROXY_UPSTREAM=https://api.example\n')
   t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).token.clientId, 'other')
-  t.throws(() => loadConfig({ env: {}, envFile: join(dir, 'missing.env') }), { problems: [/--env-file .*missing.env: cannot read it \(ENOENT\)/] })
+  t.throws(() => loadConfig({ env: {}, envFile: join(dir, 'missing.env') }), { name: 'ConfigError', message: /--env-file .*missing.env: cannot read it \(ENOENT\)/ })
 })
 
 t.test('the CLI: no configuration at all exits 2 with directions, no stack trace', async (t) => {

@@ -1,10 +1,10 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { APIC, type Emulator, RUNAI, startApiConnect as startApic, startRunai as startRunaiEmulator } from './helpers/emulators.js'
 import { runCli, startTestProxy, startTokenManager, waitFor } from './helpers/stack.js'
 
-const startRunai = async (t: Tap.Test): Promise<Emulator> => remember(await startRunaiEmulator(t))
-const startApiConnect = async (t: Tap.Test, options: { expiresIn?: number | undefined }): Promise<Emulator> => remember(await startApic(t, options))
+const startRunai = async (t: Test): Promise<Emulator> => remember(await startRunaiEmulator(t))
+const startApiConnect = async (t: Test, options: { expiresIn?: number | undefined }): Promise<Emulator> => remember(await startApic(t, options))
 function remember (emulator: Emulator): Emulator {
   emulators.push(emulator)
   return emulator
@@ -23,7 +23,7 @@ const ALL_SECRETS = [RUNAI.client.secret, RUNAI.user.password, RUNAI.app.secret,
 const emulators: Emulator[] = []
 
 /** Configured secrets, and every token the emulators issued (whole, and a JWT's payload and signature parts). */
-function assertNoSecret (t: Tap.Test, text: string, extra: string[] = []): void {
+function assertNoSecret (t: Test, text: string, extra: string[] = []): void {
   const tokens = emulators.flatMap((emulator) => emulator.issued).flatMap((token) => [token, ...token.split('.').slice(1)])
   const leaked = [...ALL_SECRETS, ...extra, ...tokens].filter((secret) => secret.length >= 8 && text.includes(secret))
   t.same(leaked.map((secret) => `${secret.slice(0, 5)}…`), [], 'no secret or token in the output')

@@ -1,6 +1,6 @@
 import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import type { Upstream } from './helpers/upstream.js'
 import { baseEnv, CLIENT, rawHttp, startApiOf, startIdentity, startTestProxy, type Teardown, USER } from './helpers/stack.js'
@@ -24,7 +24,7 @@ const status = (answer: string): number => Number(answer.slice(9, 12))
 const body = (answer: string): Record<string, unknown> => JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>
 
 /** The proxy's own refusal: the errors table's JSON, not cached, the connection closed. */
-function assertRefusal (t: Tap.Test, answer: string, expected: number, code: string, what: string): void {
+function assertRefusal (t: Test, answer: string, expected: number, code: string, what: string): void {
   t.equal(status(answer), expected, `${what}: ${expected}`)
   const head = answer.slice(0, answer.indexOf('\r\n\r\n')).toLowerCase()
   t.match(head, /content-type: application\/json/, `${what}: JSON`)
@@ -182,9 +182,12 @@ t.test('no secret in any form: a token endpoint echoing the request never gets a
   for (const setup of setups) {
     for (let i = 0; i < 8; i++) {
       const endpoint = await startTokenEndpoint(t, (call) => echoes(call)[i] as { status: number, body: unknown })
-      const env = { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${endpoint.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace', ...setup }
-      if (setup.BEARER_PROXY_AUTH === 'apiconnect') delete (env as Record<string, string>).BEARER_PROXY_TOKEN_URL
-      if (setup.BEARER_PROXY_AUTH === 'apiconnect') env.BEARER_PROXY_UPSTREAM = endpoint.url
+      const env: Record<string, string> = { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${endpoint.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace', ...setup }
+      if (setup.BEARER_PROXY_AUTH === 'apiconnect') {
+        // API Connect's endpoint is derived from UPSTREAM: the echoing endpoint plays the platform.
+        delete env.BEARER_PROXY_TOKEN_URL
+        env.BEARER_PROXY_UPSTREAM = endpoint.url
+      }
       const { url, logs } = await startTestProxy(t, env, { backoffMs: 5 })
       const answer = await request(`${url}/x`)
       t.equal(answer.statusCode, 503, `setup ${setups.indexOf(setup)}, echo ${i}`)

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, waitFor } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
@@ -17,7 +17,7 @@ function fragments (values: Iterable<string>): string[] {
   return [...out].filter((value) => value.length >= 8)
 }
 
-function assertClean (t: Tap.Test, where: string, text: string, secrets: string[]): void {
+function assertClean (t: Test, where: string, text: string, secrets: string[]): void {
   const leaked = secrets.filter((secret) => text.includes(secret))
   t.same(leaked.map((secret) => `${secret.slice(0, 6)}…`), [], `${where}: no secret or token`)
 }

@@ -99,6 +99,25 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
   t.ok(code >= 1000, `the client was closed too (${code})`)
 })
 
+t.test('WebSocket: shutting down with a tunnel open ends the tunnel and resolves at once', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const wss = new WebSocketServer({ server: api.server })
+  const upstreamClosed = new Promise<void>((resolve) => { wss.on('connection', (socket) => socket.on('close', () => resolve())) })
+  t.teardown(() => { wss.close() })
+  const { url, proxy } = await startTestProxy(t, baseEnv(idp, api))
+  const client = new WebSocket(`${url.replace('http', 'ws')}/socket`)
+  await once(client, 'open')
+  const clientClosed = once(client, 'close')
+  // Bounded: without the tunnels being ended, close() waits for the socket forever.
+  const closed = await Promise.race([proxy.close().then(() => 'closed'), new Promise((resolve) => setTimeout(resolve, 3000, 'still open'))])
+  t.equal(closed, 'closed')
+  const [code] = await clientClosed as [number]
+  t.equal(code, 1006, 'the client sees the connection end (no close frame: the proxy tunnels bytes, it does not speak WebSocket)')
+  await upstreamClosed
+  t.pass('the upstream side was closed too')
+})
+
 t.test('WebSocket: an upgrade meeting a revoked token is retried with a new one', async (t) => {
   const idp = await startIdentity(t, { accessTokenTtl: 300 })
   const api = await startApiOf(t, idp)

@@ -25,10 +25,16 @@ export interface Dialect {
   readResponse (body: unknown): Grant
 }
 
+/** Why a response cannot be used: its body is unreadable, or it reads as a grant that cannot be trusted. */
+export type TokenResponseProblem = 'unreadable_body' | 'unusable_grant'
+
 export class TokenResponseError extends Error {
-  constructor (message: string) {
+  readonly code: TokenResponseProblem
+
+  constructor (message: string, code: TokenResponseProblem = 'unusable_grant') {
     super(message)
     this.name = 'TokenResponseError'
+    this.code = code
   }
 }
 

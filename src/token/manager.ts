@@ -258,7 +258,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
     this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
-    if (body === undefined) throw new TokenResponseError('answered with a body that is not JSON')
+    if (body === undefined) throw new TokenResponseError('with a body that is not JSON', 'unreadable_body')
     const grant = this.#dialect.readResponse(body)
     checkBearer(grant.accessToken)
     return grant
@@ -292,7 +292,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       size += (chunk as Buffer).length
       if (size > MAX_BODY) {
         response.body.destroy()
-        throw new TokenResponseError('answered with a body larger than 1 MiB')
+        throw new TokenResponseError('with a body larger than 1 MiB', 'unreadable_body')
       }
       chunks.push(chunk as Buffer)
     }
@@ -321,7 +321,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     } else if (error instanceof SecretFileError) {
       message = error.message
     } else if (error instanceof TokenResponseError) {
-      message = `${where} ${error.message.startsWith('answered') ? '' : 'answered with an unusable response: '}${error.message}`
+      message = `${where} answered ${error.code === 'unreadable_body' ? '' : 'with an unusable response: '}${error.message}`
     } else {
       message = `${where} is unreachable: ${networkReason(error)}`
     }

@@ -1,0 +1,80 @@
+import type { Config } from './config.js'
+import { ProxyError } from './errors.js'
+
+/** Where clusters are served: `/clusters/<name>/…`. */
+export const CLUSTERS_PREFIX = '/clusters/'
+/** The first path segments the router gives a meaning to; the guard refuses them encoded. */
+export const ROUTE_SEGMENTS: ReadonlySet<string> = new Set(['clusters', '-'])
+
+/** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
+export interface Route {
+  readonly name: string
+  readonly prefix: string
+  readonly upstream: URL
+}
+
+/** The routes of a configuration: the admin API at `/`, each cluster at `/clusters/<name>`. */
+export function routesOf (config: Pick<Config, 'clusters' | 'upstream'>): Route[] {
+  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream }))
+  if (config.upstream !== undefined) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream })
+  return routes
+}
+
+/** A route and the path its upstream is asked for: the upstream's base path, the rest of the target, the query as sent. */
+export interface Resolved<R extends Route> { readonly route: R, readonly path: string }
+
+/**
+ * The one answer to "which route serves this raw request target, and what is the
+ * upstream path", built once at start-up, for every part that needs it: the
+ * WebSocket tunnel, the unknown-cluster answer, `Location` rewriting. (HTTP
+ * requests are routed by Fastify on the same prefixes, one registration per route.)
+ */
+export class RouteTable<R extends Route> {
+  readonly routes: readonly R[]
+  readonly #clusters: ReadonlyMap<string, R>
+  readonly #admin: R | undefined
+  readonly #known: string
+
+  constructor (routes: readonly R[]) {
+    this.routes = routes
+    this.#clusters = new Map(routes.filter((route) => route.prefix !== '/').map((route) => [route.name, route]))
+    this.#admin = routes.find((route) => route.prefix === '/')
+    this.#known = this.#clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...this.#clusters.keys()].join(', ')}`
+  }
+
+  resolve (target: string): Resolved<R> | ProxyError {
+    if (target.startsWith('/-/')) return new ProxyError('not_found', 'the proxy has no such endpoint')
+    if (target.startsWith(CLUSTERS_PREFIX)) {
+      const rest = target.slice(CLUSTERS_PREFIX.length)
+      const end = rest.search(/[/?]/)
+      const name = end === -1 ? rest : rest.slice(0, end)
+      const route = this.#clusters.get(name)
+      if (route === undefined) return this.unknownCluster(name)
+      const tail = end === -1 ? '/' : rest.slice(end)
+      return { route, path: basePath(route) + (tail.startsWith('?') ? `/${tail}` : tail) }
+    }
+    if (this.#admin === undefined) return new ProxyError('not_found', 'nothing is served at this path (no UPSTREAM is configured)')
+    return { route: this.#admin, path: basePath(this.#admin) + target }
+  }
+
+  /** The answer to a `/clusters/<name>/…` that no route serves: never the admin API. */
+  unknownCluster (name: string): ProxyError {
+    return new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured (${this.#known})`)
+  }
+}
+
+function basePath (route: Route): string {
+  return route.upstream.pathname.replace(/\/+$/, '')
+}
+
+/** Maps an absolute `Location` on the route's upstream back to the proxy's own route; anything else is left alone. */
+export function locationRewriter (route: Route): (location: string) => string {
+  const base = route.upstream.origin + basePath(route)
+  const prefix = route.prefix === '/' ? '' : route.prefix
+  return (location) => {
+    if (!location.startsWith(base)) return location
+    const rest = location.slice(base.length)
+    if (rest !== '' && !'/?#'.includes(rest[0] as string)) return location
+    return prefix + (rest.startsWith('/') ? rest : `/${rest}`)
+  }
+}

@@ -1,0 +1,60 @@
+import t from 'tap'
+import { parseAddress } from '../src/config.js'
+import { ProxyError } from '../src/errors.js'
+import { checkPath } from '../src/guard.js'
+import { locationRewriter, RouteTable, routesOf } from '../src/routes.js'
+
+t.test('parseAddress: host:port, [v6]:port, a bare port on loopback; nothing else', async (t) => {
+  t.same(parseAddress('9090'), { host: '127.0.0.1', port: 9090 }, 'a bare port is 127.0.0.1:<port>')
+  t.same(parseAddress('0.0.0.0:9090'), { host: '0.0.0.0', port: 9090 })
+  t.same(parseAddress('[::]:9090'), { host: '::', port: 9090 })
+  t.same(parseAddress('metrics.local:0'), { host: 'metrics.local', port: 0 })
+  for (const bad of ['', ':9090', 'host:', 'host', '9090x', '70000', 'host:70000', '[::1]9090', 'a b:1', '1.2.3.4:5:6']) {
+    t.type(parseAddress(bad), 'string', JSON.stringify(bad))
+  }
+})
+
+t.test('checkPath: what is judged is what is forwarded', async (t) => {
+  t.equal(checkPath('/api/v1/jobs'), '/api/v1/jobs')
+  t.equal(checkPath('/api/v1/%41bc'), '/api/v1/Abc', 'decoded once')
+  t.equal(checkPath('/clusters/a/.hidden'), '/clusters/a/.hidden')
+  for (const bad of ['/a//b', '/a;b', '/a%3bb', '/a%23b', '/a%3Fb', '/a/../b', '/a/%2e%2e/b', '/a%2fb', '/a\\b', '/a%252e', '/a%00b', '/%zz', '/%63lusters/a', '/clusters/%61/x', '/%2d/ready']) {
+    t.ok(checkPath(bad) instanceof ProxyError, bad)
+  }
+})
+
+t.test('the route table: one answer for every part that needs a route', async (t) => {
+  const table = new RouteTable(routesOf({
+    upstream: new URL('https://admin.example/base/'),
+    clusters: new Map([['gpu', new URL('https://gpu.example/researcher')], ['cpu', new URL('https://cpu.example')]])
+  }))
+  const resolve = (target: string): string => {
+    const resolved = table.resolve(target)
+    return resolved instanceof ProxyError ? `${resolved.code}: ${resolved.message}` : `${resolved.route.name} ${resolved.path}`
+  }
+  t.equal(resolve('/api/v1/x?y=1'), 'admin /base/api/v1/x?y=1')
+  t.equal(resolve('/clusters/gpu/api/v1/jobs'), 'gpu /researcher/api/v1/jobs')
+  t.equal(resolve('/clusters/gpu'), 'gpu /researcher/')
+  t.equal(resolve('/clusters/gpu?watch=1'), 'gpu /researcher/?watch=1')
+  t.equal(resolve('/clusters/cpu/x'), 'cpu /x')
+  t.equal(resolve('/clusters/tpu/x'), 'unknown_cluster: no cluster named "tpu" is configured (configured: gpu, cpu)')
+  t.equal(resolve('/clusters'), 'admin /base/clusters', 'no trailing slash: the admin API\'s own path')
+  t.match(resolve('/-/ready'), /^not_found/)
+  t.match(resolve('/x'), /^admin/)
+  const none = new RouteTable(routesOf({ upstream: undefined, clusters: new Map() }))
+  t.match(none.resolve('/x'), { code: 'not_found' })
+  t.match(none.resolve('/clusters/a/x'), { code: 'unknown_cluster', message: /no clusters are configured/ })
+})
+
+t.test('Location rewriting: the route\'s own upstream back to the proxy, anything else untouched', async (t) => {
+  const [gpu, admin] = routesOf({ upstream: new URL('https://admin.example'), clusters: new Map([['gpu', new URL('https://gpu.example/base/')]]) })
+  const onGpu = locationRewriter(gpu!)
+  t.equal(onGpu('https://gpu.example/base/jobs/1?x=1'), '/clusters/gpu/jobs/1?x=1')
+  t.equal(onGpu('https://gpu.example/base'), '/clusters/gpu/')
+  t.equal(onGpu('https://gpu.example/base?x'), '/clusters/gpu/?x')
+  t.equal(onGpu('https://gpu.example/basement'), 'https://gpu.example/basement', 'a longer segment is another path')
+  t.equal(onGpu('https://gpu.example/other'), 'https://gpu.example/other', 'outside the base path')
+  t.equal(onGpu('https://elsewhere.example/base/x'), 'https://elsewhere.example/base/x')
+  t.equal(onGpu('/relative'), '/relative')
+  t.equal(locationRewriter(admin!)('https://admin.example/next'), '/next')
+})
