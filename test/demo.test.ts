@@ -6,7 +6,7 @@ import { request } from 'undici'
 import { waitForLine } from './helpers/stack.js'
 
 t.test('npm run demo: identity provider, API and proxy; the printed curl line works; Ctrl-C stops it', async (t) => {
-  const demo = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, fileURLToPath(new URL('../dist/demo.js', import.meta.url))], {
+  const demo = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, fileURLToPath(new URL('../build/demo/main.js', import.meta.url))], {
     env: { ...process.env, BEARER_PROXY_PORT: '0' },
     stdio: ['ignore', 'pipe', 'pipe']
   })

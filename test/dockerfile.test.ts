@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -35,6 +35,18 @@ t.test('the build stage\'s steps, run in a temporary directory, give a dist/cli.
     t.equal(result.status, 0, `${command}\n${result.stderr.slice(-2000)}`)
   }
   t.ok(existsSync(join(dir, 'dist/cli.js')), 'built')
+  // What ships is the product: no file in dist/ imports a package the image does not install (the demo lives outside it).
+  const { dependencies } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> }
+  const imported = new Set<string>()
+  for (const file of readdirSync(join(dir, 'dist'), { recursive: true, encoding: 'utf8' }).filter((name) => name.endsWith('.js'))) {
+    const text = readFileSync(join(dir, 'dist', file), 'utf8')
+    for (const [, specifier = ''] of text.matchAll(/(?:from|import)\s*\(?\s*'([^'.][^']*)'/g)) {
+      if (!specifier.startsWith('node:')) imported.add(specifier.startsWith('@') ? specifier.split('/').slice(0, 2).join('/') : specifier.split('/')[0] as string)
+    }
+  }
+  t.ok(imported.size >= 5, `dist imports ${[...imported].join(', ')}`)
+  t.same([...imported].filter((name) => !(name in dependencies)), [], 'only production dependencies')
+  t.notOk(existsSync(join(dir, 'dist/demo.js')) || existsSync(join(dir, 'dist/demo')), 'no demo in dist')
   for (const dev of ['typescript', 'tap', 'oidc-provider']) t.notOk(existsSync(join(dir, 'node_modules', dev)), `${dev} pruned`)
   // The runtime stage links the bin onto PATH and runs it as ENTRYPOINT and HEALTHCHECK:
   // by its own shebang, so dist/cli.js must be executable.

@@ -1,26 +1,8 @@
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { request } from 'undici'
 import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, waitFor } from './helpers/stack.js'
+import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
-
-/** Each secret, and for JWTs each of their payload and signature parts, which identify them as well. */
-function fragments (values: Iterable<string>): string[] {
-  const out = new Set<string>()
-  for (const value of values) {
-    out.add(value)
-    const parts = value.split('.')
-    if (parts.length === 3) {
-      out.add(parts[1] as string)
-      out.add(parts[2] as string)
-    }
-  }
-  return [...out].filter((value) => value.length >= 8)
-}
-
-function assertClean (t: Test, where: string, text: string, secrets: string[]): void {
-  const leaked = secrets.filter((secret) => text.includes(secret))
-  t.same(leaked.map((secret) => `${secret.slice(0, 6)}…`), [], `${where}: no secret or token`)
-}
 
 t.test('at trace level, through every path, no secret or token reaches the logs, error bodies or /-/ready', async (t) => {
   const idp = await startIdentity(t, { accessTokenTtl: 2 })
@@ -89,11 +71,11 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   const logText = [logs.text, bad.logs.text, echo.logs.text, knownProxy.logs.text].join('\n')
   t.ok(logText.split('\n').length > 50, 'trace produced plenty of output')
   t.match(logText, /"level":10/, 'trace lines are there')
-  assertClean(t, 'proxy logs', logText, secrets)
+  assertNoSecret(t, 'proxy logs', logText, secrets)
   t.ok(bodies.some((body) => body.includes('bearer_proxy_requests_total')), 'the metrics were scanned')
-  assertClean(t, 'error bodies, /-/ready and /-/metrics', bodies.join('\n'), secrets)
-  assertClean(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
-  assertClean(t, 'token stderr', token.stderr, secrets)
+  assertNoSecret(t, 'error bodies, /-/ready and /-/metrics', bodies.join('\n'), secrets)
+  assertNoSecret(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
+  assertNoSecret(t, 'token stderr', token.stderr, secrets)
   t.match(echo.logs.text, /bad \[redacted\]/, 'a secret echoed by the endpoint is scrubbed')
   t.equal(check.code, 0)
   t.equal(badCheck.code, 1)

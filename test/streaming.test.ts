@@ -3,8 +3,8 @@ import { request as httpRequest } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
-import { API_AUDIENCE } from '../src/demo/idp.js'
-import { bearerVerifier } from '../src/demo/api.js'
+import { API_AUDIENCE } from '../demo/idp.js'
+import { bearerVerifier } from '../demo/api.js'
 import { baseEnv, rawHttp, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
 
 t.test('chunked responses and server-sent events reach the client as each chunk is written', async (t) => {

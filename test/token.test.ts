@@ -1,16 +1,15 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import { startIdp } from '../src/demo/idp.js'
+import { startIdp } from '../demo/idp.js'
 import { Secret } from '../src/secret.js'
 import { checkBearer } from '../src/token/manager.js'
 import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, waitFor } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
+import { startEcho } from './helpers/upstream.js'
 
 const oidcEnv = (tokenUrl: string, extra: Record<string, string> = {}): Record<string, string> => ({
   BEARER_PROXY_TOKEN_URL: tokenUrl,
@@ -162,12 +161,10 @@ t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async 
 
 t.test('a failed renewal keeps the still-valid token in use', async (t) => {
   const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'tok-1', expires_in: 2 } }))
-  const echo = createServer((req, res) => res.end(req.headers.authorization))
-  await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { echo.closeAllConnections(); echo.close() })
+  const echo = await startEcho(t)
   const { url, proxy, logs } = await startTestProxy(t, {
     ...oidcEnv(`${endpoint.url}/token`),
-    BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(echo.address() as AddressInfo).port}`,
+    BEARER_PROXY_UPSTREAM: echo.url,
     BEARER_PROXY_PORT: '0'
   }, { backoffMs: 100 })
   await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the first token')
@@ -227,12 +224,10 @@ t.test('a lifetime of a year is honoured with a renewal timer of at most 24 h, f
   const answers = [{ access_token: 'long-lived', expires_in: year }, { access_token: await jwt(year) }]
   for (const answer of answers) {
     const endpoint = await startTokenEndpoint(t, () => ({ body: answer }))
-    const echo = createServer((req, res) => res.end(req.headers.authorization))
-    await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve))
-    t.teardown(() => { echo.closeAllConnections(); echo.close() })
+    const echo = await startEcho(t)
     const { url, proxy } = await startTestProxy(t, {
       ...oidcEnv(`${endpoint.url}/token`),
-      BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(echo.address() as AddressInfo).port}`,
+      BEARER_PROXY_UPSTREAM: echo.url,
       BEARER_PROXY_PORT: '0'
     })
     const token = await proxy.tokens.get()
@@ -257,14 +252,10 @@ t.test('absurd lifetimes and tokens that cannot be sent as a bearer are failed t
   ]
   for (const [body, message] of unusable) {
     const endpoint = await startTokenEndpoint(t, () => ({ body }))
-    const upstream = createServer((_req, res) => res.end('reached'))
-    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
-    t.teardown(() => { upstream.closeAllConnections(); upstream.close() })
-    let reached = 0
-    upstream.on('request', () => { reached++ })
+    const upstream = await startEcho(t)
     const { url, proxy } = await startTestProxy(t, {
       ...oidcEnv(`${endpoint.url}/token`),
-      BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`,
+      BEARER_PROXY_UPSTREAM: upstream.url,
       BEARER_PROXY_PORT: '0'
     })
     await t.rejects(proxy.tokens.get(), { code: 'token_unavailable', message })
@@ -274,7 +265,7 @@ t.test('absurd lifetimes and tokens that cannot be sent as a bearer are failed t
     const ready = await request(`${url}/-/ready`)
     t.equal(ready.statusCode, 503)
     t.match(await ready.body.json(), { ready: false, reason: message })
-    t.equal(reached, 0, 'nothing reached the upstream')
+    t.equal(upstream.requests(), 0, 'nothing reached the upstream')
   }
   t.ok(checkBearer(new Secret('abc-._~+/xyz==')), 'every b64token character is accepted')
 })

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { JSONWebKeySet } from 'jose'
-import { bearerVerifier } from '../../src/demo/api.js'
+import { bearerVerifier } from '../../demo/api.js'
 
 export interface SeenRequest {
   readonly method: string
@@ -98,4 +98,23 @@ export async function startUpstream (options: UpstreamOptions): Promise<Upstream
   server.on('connection', () => { upstream.connections++ })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   return Object.assign(upstream, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
+}
+
+export interface Echo {
+  readonly url: string
+  /** Requests received so far. */
+  readonly requests: () => number
+}
+
+/** An upstream that trusts anything and answers with the `Authorization` it received, for tests of the token itself. */
+export async function startEcho (t: { teardown: (fn: () => unknown) => void }): Promise<Echo> {
+  let requests = 0
+  const server = createServer((req, res) => {
+    requests++
+    req.resume()
+    res.end(req.headers.authorization)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests: () => requests }
 }

@@ -2,11 +2,11 @@
  * `npm run demo`: a local OpenID Connect provider, a sample API that accepts only
  * its tokens, and bearer-proxy in front of the API, all on 127.0.0.1.
  */
-import { loadConfig } from './config.js'
-import { API_AUDIENCE, startIdp } from './demo/idp.js'
-import { startApi } from './demo/api.js'
-import { createLogger } from './log.js'
-import { startProxy } from './server.js'
+import { loadConfig } from '../src/config.js'
+import { API_AUDIENCE, startIdp } from './idp.js'
+import { startApi } from './api.js'
+import { createLogger } from '../src/log.js'
+import { startProxy } from '../src/server.js'
 
 const CLIENT = { clientId: 'demo-client', clientSecret: 'demo-secret-not-for-production' }
 /** Short-lived tokens, so that a renewal shows in the log within a minute. */
