@@ -25,7 +25,7 @@ type SecretName = typeof SECRETS[number]
 const str = { type: 'string', minLength: 1 }
 const bool = { type: 'boolean', default: false }
 
-/** The environment variables of DESIGN.md §2, without their prefix. */
+/** The environment variables (README, "Configuration"), without their prefix. */
 const SETTINGS: Record<string, object> = {
   AUTH: { type: 'string', enum: FLAVOURS, default: 'oidc' },
   GRANT: { type: 'string', enum: GRANTS },
@@ -416,7 +416,6 @@ function parseClusters (value: string | undefined, problems: string[]): Map<stri
   return clusters
 }
 
-/** `host:port`, `[v6]:port`, `:port` or `port` (host 127.0.0.1). */
 /** `host:port`, `[v6]:port`, or a bare port meaning `127.0.0.1:<port>`; a string says what is wrong. */
 export function parseAddress (value: string): { host: string, port: number } | string {
   const match = /^(\d+)$/.exec(value) ?? /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d+)$/.exec(value)

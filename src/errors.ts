@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { STATUS_CODES } from 'node:http'
 import type { FastifyReply, RawServerBase, RouteGenericInterface } from 'fastify'
 
-/** Every error the proxy answers itself: status and code, declared once (DESIGN.md §5). */
+/** Every error the proxy answers itself: status and code, declared once. */
 export const PROXY_ERRORS = {
   bad_request: 400,
   forbidden: 403,
@@ -41,7 +41,7 @@ function errorBody (error: ProxyError, requestId: string): string {
   return JSON.stringify({ error: error.code, message: error.message, requestId })
 }
 
-/** The proxy's own answer through Fastify (DESIGN.md §5). */
+/** The proxy's own answer through Fastify. */
 export function sendProxyError (reply: FastifyReply<RouteGenericInterface, RawServerBase>, error: ProxyError): void {
   if (error.retryAfter !== undefined) reply.header('retry-after', String(error.retryAfter))
   reply

@@ -118,7 +118,7 @@ export type InboundRequest = Pick<IncomingMessage, 'method' | 'url' | 'headers' 
 export type Guard = (request: InboundRequest) => Admitted | ProxyError
 
 /**
- * The inbound checks, for requests and WebSocket upgrades alike (DESIGN.md §2, §4):
+ * The inbound checks, for requests and WebSocket upgrades alike:
  * origin-form targets only, paths decoded and checked once, the Host (DNS
  * rebinding) and Origin (cross-site requests) of browsers, the inbound key, then
  * method and path policy.

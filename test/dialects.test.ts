@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { APIC, type Emulator, RUNAI, startApiConnect as startApic, startRunai as startRunaiEmulator } from './helpers/emulators.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
-import { runCli, startTestProxy, startTokenManager, waitFor } from './helpers/stack.js'
+import { runCli, startTestProxy, startTokenManager, afterFetch } from './helpers/stack.js'
 
 const startRunai = async (t: Test): Promise<Emulator> => remember(await startRunaiEmulator(t))
 const startApiConnect = async (t: Test, options: { expiresIn?: number | undefined }): Promise<Emulator> => remember(await startApic(t, options))
@@ -69,13 +69,13 @@ t.test('Run:ai: expiry from the JWT exp, renewal with the refreshToken, fallback
   const first = await tokens.get()
   t.ok(Math.abs(first.expiresAt - Date.now() - 3000) < 1200, 'a 3 s token, from its exp')
   tokens.start()
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'renewal before expiry')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 1, 5000, 'renewal before expiry')
   t.equal(logs.events('token_renewed')[0]?.grant, 'refresh_token')
   t.match(runai.calls[1]?.body, { grantType: 'refresh_token', refreshToken: /^runai-refresh-1/ })
   t.ok(Date.now() < first.expiresAt, 'renewed in time')
 
   runai.refuseRefresh = true
-  await waitFor(() => logs.events('token_renewed').length >= 2, 5000, 'a second renewal')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 2, 5000, 'a second renewal')
   t.same(runai.calls.slice(2).map((call) => call.body.grantType), ['refresh_token', 'client_credentials'], 'refused refresh, then the configured grant')
   t.match(logs.events('token_refresh_failed')[0], { error: /answered 401 invalid credentials/ })
   t.same(logs.events('token_failed'), [])

@@ -2,7 +2,7 @@ import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, CLIENT, httpRequest, rawHttp, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
+import { baseEnv, CLIENT, httpRequest, rawHttp, startApiOf, startIdentity, startTestProxy, afterFetch } from './helpers/stack.js'
 
 t.test('a request through the proxy reaches the API with the token added and the client credentials removed', async (t) => {
   const idp = await startIdentity(t)
@@ -118,7 +118,7 @@ t.test('/-/ready is 503 until a token is held, then 200 with its expiry and neve
   t.equal(api.seen.length, 0, 'nothing is forwarded without a token')
 
   idp.mode = 'normal'
-  await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the token endpoint to recover')
+  await afterFetch(proxy.tokens, () => proxy.tokens.current() !== undefined, 5000, 'the token endpoint to recover')
   const ready = await request(`${url}/-/ready`)
   t.equal(ready.statusCode, 200)
   const body = await ready.body.json() as { ready: boolean, tokenExpiresAt: string }

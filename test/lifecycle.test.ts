@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
+import { baseEnv, startApiOf, startIdentity, startTestProxy, afterFetch } from './helpers/stack.js'
 
 t.test('200 concurrent cold requests make exactly one token request and all succeed', async (t) => {
   const idp = await startIdentity(t)
@@ -23,7 +23,7 @@ t.test('renewal under load and while idle: no request fails', async (t) => {
   const idp = await startIdentity(t, { accessTokenTtl: 2 })
   const api = await startApiOf(t, idp)
   const { url, proxy, logs } = await startTestProxy(t, baseEnv(idp, api))
-  await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the first token')
+  await afterFetch(proxy.tokens, () => proxy.tokens.current() !== undefined, 5000, 'the first token')
   const failures: number[] = []
   let sent = 0
   const until = Date.now() + 3500
@@ -42,7 +42,7 @@ t.test('renewal under load and while idle: no request fails', async (t) => {
   t.equal(api.seen.filter((seen) => seen.authorized).length, sent, 'every request reached the API with a valid token')
 
   const renewals = logs.events('token_renewed').length
-  await waitFor(() => logs.events('token_renewed').length > renewals, 5000, 'a renewal while idle')
+  await afterFetch(proxy.tokens, () => logs.events('token_renewed').length > renewals, 5000, 'a renewal while idle')
   const after = await request(`${url}/after-idle`)
   t.equal(after.statusCode, 200)
   await after.body.dump()

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, waitFor } from './helpers/stack.js'
+import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 
@@ -36,7 +36,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   await pass(await request(`${url}/reject`, { headers: key }))
   await keep(await request(`${url}/clusters/dead/x`, { headers: key }))
   await keep(await request(`${url}/clusters/nope/x`, { headers: key }))
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the refresh token')
+  await afterFetch(proxy.tokens, () => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the refresh token')
   await keep(await request(`${url}/-/ready`))
   await keep(await request(`${url}/-/metrics`, { headers: key }))
 
@@ -52,7 +52,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   const idToken = await jwt(60, { sub: 'id' })
   const known = await startTokenEndpoint(t, () => ({ body: { access_token: 'OpaqueAccess-777777', refresh_token: 'KnownRefresh-888888', id_token: idToken, expires_in: 1 } }))
   const knownProxy = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${known.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' })
-  await waitFor(() => known.calls.length >= 2, 5000, 'a refresh')
+  await afterFetch(knownProxy.proxy.tokens, () => known.calls.length >= 2, 5000, 'a refresh')
   await pass(await request(`${knownProxy.url}/x`))
 
   // The CLI's check and token commands at trace level (token prints the token on stdout only).

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import type { Upstream } from './helpers/upstream.js'
-import { baseEnv, rawHttp, startApiOf, startIdentity, startTestProxy, type Teardown, waitFor } from './helpers/stack.js'
+import { baseEnv, rawHttp, startApiOf, startIdentity, startTestProxy, type Teardown, afterFetch } from './helpers/stack.js'
 import { makePki } from './helpers/tls.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 
@@ -136,7 +136,7 @@ t.test('ADMIN_ADDRESS: a second listener serving only /-/', async (t) => {
   const s = await stack(t, { BEARER_PROXY_ADMIN_ADDRESS: '127.0.0.1:0', BEARER_PROXY_INBOUND_KEY: 'main-Listener-Key-7' })
   const bound = s.proxy.admin?.server.address() as AddressInfo
   const admin = `http://127.0.0.1:${bound.port}`
-  await waitFor(() => s.proxy.tokens.current() !== undefined)
+  await afterFetch(s.proxy.tokens, () => s.proxy.tokens.current() !== undefined)
   t.equal((await request(`${admin}/-/ready`)).statusCode, 200)
   const metrics = await request(`${admin}/-/metrics`, { headers: { host: '10.0.0.9:9090' } })
   t.equal(metrics.statusCode, 200, 'Prometheus scrapes without the inbound key, by pod address')
@@ -189,7 +189,7 @@ t.test('outbound TLS: untrusted certificates are refused; CA_FILE trusts them; I
   const env = { BEARER_PROXY_TOKEN_URL: `${origin}/token`, BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: origin, BEARER_PROXY_PORT: '0' }
 
   const noCa = await startTestProxy(t, env)
-  await waitFor(() => noCa.logs.events('token_failed').length > 0)
+  await afterFetch(noCa.proxy.tokens, () => noCa.logs.events('token_failed').length > 0)
   t.match(noCa.logs.events('token_failed')[0], { error: /unreachable: (SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE|DEPTH_ZERO_SELF_SIGNED_CERT)/ })
 
   const withCa = await startTestProxy(t, { ...env, BEARER_PROXY_CA_FILE: pki.caFile })

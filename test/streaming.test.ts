@@ -5,7 +5,7 @@ import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { API_AUDIENCE } from '../demo/idp.js'
 import { bearerVerifier } from '../demo/api.js'
-import { baseEnv, rawHttp, startApiOf, startIdentity, startTestProxy, waitFor } from './helpers/stack.js'
+import { baseEnv, bounded, rawHttp, startApiOf, startIdentity, startTestProxy } from './helpers/stack.js'
 
 t.test('chunked responses and server-sent events reach the client as each chunk is written', async (t) => {
   const idp = await startIdentity(t)
@@ -30,13 +30,13 @@ t.test('chunked responses and server-sent events reach the client as each chunk 
   const { url } = await startTestProxy(t, baseEnv(idp, api))
 
   const logs = await request(`${url}/logs`)
-  const received: string[] = []
+  const received: Buffer[] = []
   for await (const chunk of logs.body) {
-    received.push((chunk as Buffer).toString())
+    received.push(chunk as Buffer)
     // The next chunk is written only once this one has arrived: no buffering in between.
-    if (received.join('').split('\n').length <= 3) sendNext()
+    if (Buffer.concat(received).toString('latin1').split('\n').length <= 3) sendNext()
   }
-  t.equal(received.join(''), 'line 1\nline 2\nline 3\n')
+  t.same(Buffer.concat(received), Buffer.from('line 1\nline 2\nline 3\n'), 'the bytes as written')
   t.ok(received.length >= 3, 'arrived chunk by chunk')
   t.notOk(logs.headers['content-encoding'], 'no compression added')
 
@@ -59,6 +59,8 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
   const upgrades: string[] = []
   const serverSockets: WebSocket[] = []
   let closedUpstream = 0
+  let bothClosed: () => void = () => {}
+  const upstreamSidesClosed = new Promise<void>((resolve) => { bothClosed = resolve })
   for (const upstream of [api, cluster]) {
     const wss = new WebSocketServer({
       server: upstream.server,
@@ -70,7 +72,7 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
     wss.on('connection', (socket, req) => {
       serverSockets.push(socket)
       socket.on('message', (data) => socket.send(`echo ${String(data)} via ${req.url}`))
-      socket.on('close', () => { closedUpstream++ })
+      socket.on('close', () => { if (++closedUpstream === 2) bothClosed() })
     })
     t.teardown(() => { wss.close() })
   }
@@ -87,7 +89,7 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
     await once(client, 'close')
   }
   t.same(upgrades, ['/stream?x=1', '/ws-base/watch'])
-  await waitFor(() => closedUpstream === 2, 5000, 'the upstream side to close')
+  await bounded(upstreamSidesClosed, 5000, 'the upstream side to close')
 
   // The upstream closing closes the client.
   const client = new WebSocket(`${wsUrl}/stream`)
@@ -96,7 +98,7 @@ t.test('WebSocket: the token replaces the client\'s Authorization, messages flow
   await once(client, 'message')
   for (const socket of serverSockets) socket.terminate()
   const [code] = await once(client, 'close') as [number]
-  t.ok(code >= 1000, `the client was closed too (${code})`)
+  t.equal(code, 1006, 'the client was closed too, abnormally: the proxy tunnels bytes and sends no close frame of its own')
 })
 
 t.test('WebSocket: shutting down with a tunnel open ends the tunnel and resolves at once', async (t) => {
@@ -227,11 +229,12 @@ t.test('upstream faults: reset before the response is 502, reset mid-body cuts t
 t.test('a client that goes away releases the upstream request; keep-alive reuses upstream connections', async (t) => {
   const idp = await startIdentity(t)
   const api = await startApiOf(t, idp)
-  let upstreamClosed = false
+  let upstreamClosed: () => void = () => {}
+  const closed = new Promise<void>((resolve) => { upstreamClosed = resolve })
   api.routes.set('/endless', (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' })
     const timer = setInterval(() => res.write('tick\n'), 5)
-    res.on('close', () => { clearInterval(timer); upstreamClosed = true })
+    res.on('close', () => { clearInterval(timer); upstreamClosed() })
   })
   const { url } = await startTestProxy(t, baseEnv(idp, api))
   await new Promise<void>((resolve, reject) => {
@@ -241,10 +244,13 @@ t.test('a client that goes away releases the upstream request; keep-alive reuses
     req.on('error', (error) => { if (!req.destroyed) reject(error) })
     req.end()
   })
-  await waitFor(() => upstreamClosed, 5000, 'the upstream response to be closed')
+  await bounded(closed, 5000, 'the upstream response to be closed')
   t.pass('the upstream saw the client go away')
 
+  // The aborted request's connection is gone; the first request after it connects anew (undici may open and drop a
+  // connection while it clears the aborted one), and from then on one connection is kept alive.
+  await (await request(`${url}/again`)).body.dump()
   const before = api.connections
   for (let i = 0; i < 50; i++) await (await request(`${url}/again`)).body.dump()
-  t.ok(api.connections - before <= 1, `50 sequential requests used ${api.connections - before} new upstream connection(s)`)
+  t.equal(api.connections - before, 0, '50 sequential requests on the kept-alive connection')
 })

@@ -7,7 +7,7 @@ import { request } from 'undici'
 import { startIdp } from '../demo/idp.js'
 import { Secret } from '../src/secret.js'
 import { checkBearer } from '../src/token/manager.js'
-import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, waitFor } from './helpers/stack.js'
+import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, afterFetch } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 import { startEcho } from './helpers/upstream.js'
 
@@ -38,7 +38,7 @@ t.test('password grant, then renewal with the refresh token from the response', 
   t.equal(first.subject, USER.username)
   t.equal(first.grant, 'password')
   tokens.start()
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
   t.equal(logs.events('token_renewed')[0]?.grant, 'refresh_token', 'renewed with the refresh token, not the password')
   t.equal(tokens.current()?.subject, USER.username)
 })
@@ -55,7 +55,7 @@ t.test('GRANT=refresh_token starts from a configured refresh token and keeps the
   t.equal((await tokens.get()).subject, USER.username)
   tokens.start()
   // oidc-provider rotates refresh tokens: a second renewal only works with the rotated one.
-  await waitFor(() => logs.events('token_renewed').length >= 2, 8000, 'two renewals')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 2, 8000, 'two renewals')
   t.same(logs.events('token_failed'), [], 'no renewal failed')
 })
 
@@ -124,7 +124,7 @@ t.test('a refresh token that is refused falls back to the configured grant', asy
   })
   const { tokens, logs } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`))
   tokens.start()
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 1, 5000, 'a renewal')
   t.same(endpoint.calls.map((call) => call.fields.grant_type), ['client_credentials', 'refresh_token', 'client_credentials'])
   t.equal(endpoint.calls[1]?.fields.refresh_token, 'rt-1')
   t.match(logs.events('token_refresh_failed')[0], { error: /answered 400 invalid_grant \(refresh token expired\)/ })
@@ -139,23 +139,23 @@ t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async 
   t.equal(endpoint.calls.length, 1, 'no request during back-off')
 
   endpoint.answer = () => ({ body: '<html>oops</html>', contentType: 'text/html' })
-  await waitFor(() => endpoint.calls.length >= 2, 2000, 'the retry')
-  await waitFor(() => logs.events('token_failed').length >= 2, 2000, 'the second failure')
+  await afterFetch(tokens, () => endpoint.calls.length >= 2, 2000, 'the retry')
+  await afterFetch(tokens, () => logs.events('token_failed').length >= 2, 2000, 'the second failure')
   t.match(logs.events('token_failed')[1], { error: /answered with a body that is not JSON/ })
 
   endpoint.answer = () => ({ body: { token_type: 'bearer' } })
-  await waitFor(() => logs.events('token_failed').length >= 3, 2000, 'the third failure')
+  await afterFetch(tokens, () => logs.events('token_failed').length >= 3, 2000, 'the third failure')
   t.match(logs.events('token_failed')[2], { error: /unusable response: response has no access_token/ })
 
   endpoint.answer = () => ({ body: { access_token: 'late' }, delayMs: 1000 })
-  await waitFor(() => logs.events('token_failed').length >= 4, 3000, 'the fourth failure')
+  await afterFetch(tokens, () => logs.events('token_failed').length >= 4, 3000, 'the fourth failure')
   t.match(logs.events('token_failed')[3], { error: /no answer in time/ })
 
   const delays = logs.events('token_failed').map((entry) => entry.retryInMs as number)
   t.ok(delays.every((delay, i) => delay >= 10 * 2 ** i && delay <= 20 * 2 ** i), `back-off doubles with jitter: ${delays.join(', ')}`)
 
   endpoint.answer = () => ({ body: { access_token: 'finally', expires_in: 60 } })
-  await waitFor(() => tokens.current() !== undefined, 3000, 'recovery')
+  await afterFetch(tokens, () => tokens.current() !== undefined, 3000, 'recovery')
   t.equal(tokens.lastError(), undefined)
 })
 
@@ -167,16 +167,16 @@ t.test('a failed renewal keeps the still-valid token in use', async (t) => {
     BEARER_PROXY_UPSTREAM: echo.url,
     BEARER_PROXY_PORT: '0'
   }, { backoffMs: 100 })
-  await waitFor(() => proxy.tokens.current() !== undefined, 5000, 'the first token')
+  await afterFetch(proxy.tokens, () => proxy.tokens.current() !== undefined, 5000, 'the first token')
   endpoint.answer = () => ({ status: 503, body: 'maintenance', contentType: 'text/plain' })
-  await waitFor(() => logs.events('token_failed').length >= 1, 5000, 'a failed renewal at 80% of the lifetime')
+  await afterFetch(proxy.tokens, () => logs.events('token_failed').length >= 1, 5000, 'a failed renewal at 80% of the lifetime')
   t.match(logs.events('token_failed')[0], { error: /answered 503$/ })
   const response = await request(`${url}/still-works`)
   t.equal(response.statusCode, 200)
   t.equal(await response.body.text(), 'Bearer tok-1', 'the old token is still used')
   t.equal((await request(`${url}/-/ready`)).statusCode, 200)
   endpoint.answer = () => ({ body: { access_token: 'tok-2', expires_in: 60 } })
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'the renewal to succeed')
+  await afterFetch(proxy.tokens, () => logs.events('token_renewed').length >= 1, 5000, 'the renewal to succeed')
   t.equal(await (await request(`${url}/again`)).body.text(), 'Bearer tok-2')
 })
 
@@ -191,12 +191,12 @@ t.test('a rotated secret file is read at the next token request, without a resta
     BEARER_PROXY_CLIENT_SECRET_FILE: file
   }, { backoffMs: 20 })
   tokens.start()
-  await waitFor(() => tokens.current() !== undefined, 5000, 'a token with the secret from the file (trailing newline trimmed)')
+  await afterFetch(tokens, () => tokens.current() !== undefined, 5000, 'a token with the secret from the file (trailing newline trimmed)')
   writeFileSync(file, 'revoked-secret')
-  await waitFor(() => logs.events('token_failed').length >= 1, 5000, 'the renewal with the wrong secret to fail')
+  await afterFetch(tokens, () => logs.events('token_failed').length >= 1, 5000, 'the renewal with the wrong secret to fail')
   t.match(logs.events('token_failed')[0], { error: /answered 401 invalid_client/ })
   writeFileSync(file, CLIENT.clientSecret)
-  await waitFor(() => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the rotated secret')
+  await afterFetch(tokens, () => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the rotated secret')
   t.pass('renewed after the secret file changed')
 })
 

@@ -17,7 +17,7 @@ export interface Grant {
   readonly refreshToken: Secret | undefined
 }
 
-/** A token flavour: data plus two functions (DESIGN.md §3). */
+/** A token flavour: data plus two functions. */
 export interface Dialect {
   /** `refresh` is the refresh token of the last response, when the next request should use it. */
   buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest

@@ -13,7 +13,7 @@ import { runai, runaiAppToken } from './runai.js'
 
 const DIALECTS: Record<Flavour, Dialect> = { oidc, runai, 'runai-apptoken': runaiAppToken, apiconnect }
 
-/** Assumed lifetime when neither `expires_in` nor a JWT `exp` says (DESIGN.md §3). */
+/** Assumed lifetime when neither `expires_in` nor a JWT `exp` says. */
 const DEFAULT_LIFETIME_MS = 300_000
 const RENEW_AT = 0.8
 const MAX_SKEW_SHARE = 0.1
@@ -182,9 +182,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
       this.#lastError = failure
       const delay = this.#backoff()
       this.#retryAt = Date.now() + delay
-      this.emit('fetch', { result: 'failure' })
       this.#log.warn({ event: 'token_failed', endpoint: this.#endpointName(), error: failure.message, retryInMs: delay },
         'token request failed')
+      this.emit('fetch', { result: 'failure' })
       this.#schedule(delay)
       const held = this.current()
       if (held !== undefined) return held
@@ -194,7 +194,6 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#failures = 0
     this.#retryAt = 0
     this.#lastError = undefined
-    this.emit('fetch', { result: 'success' })
     this.#log.info({
       event: renewing ? 'token_renewed' : 'token_fetched',
       grant: token.grant,
@@ -202,6 +201,8 @@ export class TokenManager extends EventEmitter implements TokenSource {
       expiresAt: new Date(token.expiresAt).toISOString(),
       expiresInSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000)
     }, renewing ? 'token renewed' : 'token fetched')
+    // After the log line: a listener sees the state and the line of this fetch.
+    this.emit('fetch', { result: 'success' })
     this.#schedule(token.renewAt - Date.now())
     return token
   }

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process'
-import { once } from 'node:events'
+import { type EventEmitter, once } from 'node:events'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from 'pino'
@@ -88,12 +88,37 @@ export function startTokenManager (t: Teardown, env: Record<string, string>, opt
   return { tokens, logs, log }
 }
 
-/** Polls `predicate` every 10 ms until it holds; fails after `timeoutMs`. */
-export async function waitFor (predicate: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
+/**
+ * Resolves once `predicate` holds, checked now and at each token request's end
+ * (the token manager's `fetch` event, emitted after its log line); fails after `timeoutMs`.
+ */
+export async function afterFetch (tokens: EventEmitter, predicate: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  if (predicate()) return
+  await new Promise<void>((resolve, reject) => {
+    const check = (): void => {
+      if (!predicate()) return
+      clearTimeout(timer)
+      tokens.off('fetch', check)
+      resolve()
+    }
+    const timer = setTimeout(() => {
+      tokens.off('fetch', check)
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`))
+    }, timeoutMs)
+    tokens.on('fetch', check)
+  })
+}
+
+/** `promise`, or a failure naming `what` after `timeoutMs`. */
+export async function bounded<T> (promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
   }
 }
 
