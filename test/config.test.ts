@@ -26,7 +26,7 @@ t.test('defaults', async (t) => {
   const config = loadConfig({ env: minimal, envFile: '/dev/null' })
   t.match(config, {
     host: '127.0.0.1', port: 8080, readOnly: false, timeout: 30, logLevel: 'info',
-    token: { flavour: 'oidc', grant: 'client_credentials', clientAuth: 'client_secret_post', refreshSkew: 30 }
+    token: { flavour: 'oidc', credentials: { grant: 'client_credentials', client: { id: 'client' } }, clientAuth: 'client_secret_post', refreshSkew: 30 }
   })
   t.equal(config.upstream?.href, 'https://api.example/base')
   t.equal(JSON.stringify(config).includes('Sup3r-Secret-Value'), false, 'the secret cannot be serialised')
@@ -75,6 +75,30 @@ t.test('missing and conflicting settings', async (t) => {
   t.same(problems({ ...minimal, BEARER_PROXY_REFRESH_SKEW: '0' }), [], 'REFRESH_SKEW accepts 0')
 })
 
+t.test('one table says what each flavour and grant needs; the first-setup message names those settings', async (t) => {
+  const { NEEDS } = await import('../src/config/settings.js')
+  const values: Record<string, string> = {
+    CLIENT_ID: 'id', CLIENT_SECRET: 'secret-1', USERNAME: 'u', PASSWORD: 'secret-2', REFRESH_TOKEN: 'secret-3', API_KEY: 'secret-4'
+  }
+  for (const [flavour, grants] of Object.entries(NEEDS)) {
+    for (const [grant, needed] of Object.entries(grants)) {
+      const env: Record<string, string> = { BEARER_PROXY_AUTH: flavour, BEARER_PROXY_GRANT: grant, BEARER_PROXY_UPSTREAM: 'https://api.example', BEARER_PROXY_TOKEN_URL: 'https://idp.example/t' }
+      for (const name of needed) env[`BEARER_PROXY_${name}`] = values[name] as string
+      t.same(problems(env), [], `${flavour} ${grant} with ${needed.join(', ')}`)
+      for (const name of needed) {
+        const without = { ...env }
+        delete without[`BEARER_PROXY_${name}`]
+        t.match(problems(without), [new RegExp(`^BEARER_PROXY_${name}: required.*AUTH=${flavour} GRANT=${grant}`)], `${flavour} ${grant} without ${name}`)
+      }
+    }
+  }
+  t.same(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }).length, 1, 'a secret set twice is one line, at its cause')
+  const first = await runCli(['check'], {}, { cwd: mkdtempSync(join(tmpdir(), 'bearer-proxy-empty-')) })
+  t.equal(first.code, 2)
+  t.match(first.stderr, /BEARER_PROXY_UPSTREAM.*BEARER_PROXY_TOKEN_URL or BEARER_PROXY_ISSUER.*BEARER_PROXY_CLIENT_ID, BEARER_PROXY_CLIENT_SECRET/)
+  t.match(first.stderr, /GRANT=password needs BEARER_PROXY_CLIENT_ID, BEARER_PROXY_USERNAME, BEARER_PROXY_PASSWORD/)
+})
+
 t.test('derived token endpoints', async (t) => {
   const base = { BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: 'https://runai.example/' }
   const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).token.endpoint
@@ -90,12 +114,12 @@ t.test('an env file is read; real environment variables win over it', async (t) 
   writeFileSync(join(dir, '.env'), '# comment\nBEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=from-file\n' +
     'BEARER_PROXY_CLIENT_SECRET="quoted secret"\nBEARER_PROXY_UPSTREAM=https://api.example\nBEARER_PROXY_PORT=9000\n')
   const config = loadConfig({ env: { BEARER_PROXY_PORT: '9001' }, cwd: dir })
-  t.equal(config.token.clientId, 'from-file')
+  t.equal(config.token.credentials.client?.id, 'from-file')
   t.equal(config.port, 9001, 'the environment wins')
-  const secret = config.token.clientSecret
+  const secret = config.token.credentials.client?.secret
   t.equal(secret?.kind === 'value' ? secret.secret.reveal() : undefined, 'quoted secret')
   writeFileSync(join(dir, 'other.env'), 'BEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=other\nBEARER_PROXY_CLIENT_SECRET=s\nBEARER_PROXY_UPSTREAM=https://api.example\n')
-  t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).token.clientId, 'other')
+  t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).token.credentials.client?.id, 'other')
   t.throws(() => loadConfig({ env: {}, envFile: join(dir, 'missing.env') }), { name: 'ConfigError', message: /--env-file .*missing.env: cannot read it \(ENOENT\)/ })
 })
 

@@ -1,7 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs'
 import { createServer as createHttpServer, get as httpGet } from 'node:http'
-import { createServer as createHttpsServer } from 'node:https'
 import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,7 +8,7 @@ import t from 'tap'
 import { request } from 'undici'
 import type { Upstream } from './helpers/upstream.js'
 import { baseEnv, rawHttp, startApiOf, startIdentity, startTestProxy, type Teardown, afterFetch } from './helpers/stack.js'
-import { makePki } from './helpers/tls.js'
+import { makePki, startTlsService } from './helpers/tls.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 
 interface Stack { url: string, admin: Upstream, a: Upstream, b: Upstream, reached: () => number }
@@ -173,19 +172,8 @@ t.test('/-/metrics: requests by route and status, latency, token fetches and exp
 
 t.test('outbound TLS: untrusted certificates are refused; CA_FILE trusts them; INSECURE_SKIP_VERIFY warns', async (t) => {
   const pki = makePki()
-  let upstreamRequests = 0
-  const tlsServer = createHttpsServer({ key: pki.key, cert: pki.cert }, (req, res) => {
-    upstreamRequests++
-    if (req.method === 'POST' && req.url === '/token') {
-      req.resume()
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"tls-token","expires_in":60}')
-      return
-    }
-    res.end(`upstream saw ${req.headers.authorization}`)
-  })
-  await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { tlsServer.closeAllConnections(); tlsServer.close() })
-  const origin = `https://127.0.0.1:${(tlsServer.address() as AddressInfo).port}`
+  const service = await startTlsService(t, pki, 'tls-token')
+  const origin = service.origin
   const env = { BEARER_PROXY_TOKEN_URL: `${origin}/token`, BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: origin, BEARER_PROXY_PORT: '0' }
 
   const noCa = await startTestProxy(t, env)
@@ -209,17 +197,12 @@ t.test('outbound TLS: untrusted certificates are refused; CA_FILE trusts them; I
   const bad = await request(`${mixed.url}/x`)
   t.equal(bad.statusCode, 502)
   t.match(await bad.body.json(), { error: 'upstream_unreachable', message: /presented a TLS certificate that is not trusted/ })
-  t.equal(upstreamRequests, 4, 'only the two token requests and the two calls with a trusted or ignored certificate reached it')
+  t.equal(service.requests(), 4, 'only the two token requests and the two calls with a trusted or ignored certificate reached it')
 })
 
 t.test('HTTPS_PROXY: every outbound call goes through the proxy in the environment', async (t) => {
   const pki = makePki()
-  const tlsServer = createHttpsServer({ key: pki.key, cert: pki.cert }, (req, res) => {
-    req.resume()
-    if (req.url === '/token') res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"via-proxy","expires_in":60}')
-    else res.end(`upstream saw ${req.headers.authorization}`)
-  })
-  await new Promise<void>((resolve) => tlsServer.listen(0, '127.0.0.1', resolve))
+  const { origin } = await startTlsService(t, pki, 'via-proxy')
   const tunnels: string[] = []
   const outbound = createHttpServer()
   outbound.on('connect', (req, client) => {
@@ -233,8 +216,7 @@ t.test('HTTPS_PROXY: every outbound call goes through the proxy in the environme
     client.on('error', () => target.destroy())
   })
   await new Promise<void>((resolve) => outbound.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { tlsServer.closeAllConnections(); tlsServer.close(); outbound.close() })
-  const origin = `https://127.0.0.1:${(tlsServer.address() as AddressInfo).port}`
+  t.teardown(() => { outbound.close() })
 
   process.env.HTTPS_PROXY = `http://127.0.0.1:${(outbound.address() as AddressInfo).port}`
   t.teardown(() => { delete process.env.HTTPS_PROXY })

@@ -1,16 +1,19 @@
 import type { TokenSettings } from '../config.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, optionalSeconds, requireString } from './dialect.js'
+import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, optionalSeconds, requireString, UnsupportedGrant } from './dialect.js'
 
 /** IBM API Connect platform REST interface, `POST /api/token`. */
 export const apiconnect: Dialect = {
   buildRequest (settings: TokenSettings, endpoint: URL) {
-    const body: Record<string, string> = settings.grant === 'api_key'
-      ? { api_key: readSecret(settings.apiKey!).reveal(), grant_type: 'api_key' }
-      : { username: settings.username ?? '', password: readSecret(settings.password!).reveal(), grant_type: 'password' }
+    const credentials = settings.credentials
+    let body: Record<string, string>
+    if (credentials.grant === 'api_key') body = { api_key: readSecret(credentials.apiKey).reveal(), grant_type: 'api_key' }
+    else if (credentials.grant === 'password') body = { username: credentials.username, password: readSecret(credentials.password).reveal(), grant_type: 'password' }
+    else throw new UnsupportedGrant('apiconnect', credentials.grant)
     if (settings.realm !== undefined) body.realm = settings.realm
-    if (settings.clientId !== undefined) body.client_id = settings.clientId
-    if (settings.clientSecret !== undefined) body.client_secret = readSecret(settings.clientSecret).reveal()
+    const client = credentials.client
+    if (client !== undefined) body.client_id = client.id
+    if (client?.secret !== undefined) body.client_secret = readSecret(client.secret).reveal()
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
 

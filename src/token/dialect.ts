@@ -25,6 +25,14 @@ export interface Dialect {
   readResponse (body: unknown): Grant
 }
 
+/** A grant the flavour does not speak; the configuration's table never lets one through. */
+export class UnsupportedGrant extends Error {
+  constructor (flavour: string, grant: string) {
+    super(`AUTH=${flavour} has no grant ${grant}`)
+    this.name = 'UnsupportedGrant'
+  }
+}
+
 /** Why a response cannot be used: its body is unreadable, or it reads as a grant that cannot be trusted. */
 export type TokenResponseProblem = 'unreadable_body' | 'unusable_grant'
 

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
 import { type Dispatcher, request } from 'undici'
-import type { Flavour, TokenSettings } from '../config.js'
+import { type Flavour, secretsOf, type TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { apiconnect } from './apiconnect.js'
@@ -113,8 +113,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#log = options.log
     this.#backoffMs = options.backoffMs ?? 1000
     this.#maxBackoffMs = options.maxBackoffMs ?? 60_000
-    this.#secrets = [settings.clientSecret, settings.password, settings.refreshToken, settings.apiKey]
-      .filter((source): source is SecretSource => source !== undefined)
+    this.#secrets = secretsOf(settings.credentials)
     if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.url
   }
 
@@ -224,7 +223,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
   async #obtain (): Promise<AccessToken> {
     const endpoint = this.#endpoint ?? await this.#discover()
     let grant: Grant | undefined
-    let used: string = this.#settings.grant
+    let used: string = this.#settings.credentials.grant
     const refresh = this.#refresh
     if (refresh !== undefined) {
       try {
@@ -254,7 +253,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     } catch (error) {
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
-    this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.grant : 'refresh_token' },
+    this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' },
       'sending token request')
     const { status, body } = await this.#call(built.url, 'POST', built.headers, built.body)
     this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
@@ -338,7 +337,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       } catch {}
     }
     if (this.#refresh !== undefined) values.push(this.#refresh.reveal())
-    return scrubSecrets(text, values, this.#settings.clientId)
+    return scrubSecrets(text, values, this.#settings.credentials.client?.id)
   }
 }
 

@@ -1,35 +1,40 @@
 import type { TokenSettings } from '../config.js'
 import { displayUrl } from '../errors.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, type TokenRequest, optionalSecret, optionalSeconds, requireString, TokenResponseError, asObject } from './dialect.js'
+import { asObject, type Dialect, type Grant, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
 
 /** OAuth 2.0 token endpoint, RFC 6749 grants, form-encoded. */
 export const oidc: Dialect = {
   buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest {
+    const credentials = settings.credentials
     const form = new URLSearchParams()
     if (refresh !== undefined) {
       form.set('grant_type', 'refresh_token')
       form.set('refresh_token', refresh.reveal())
+    } else if (credentials.grant === 'password') {
+      form.set('grant_type', 'password')
+      form.set('username', credentials.username)
+      form.set('password', readSecret(credentials.password).reveal())
+    } else if (credentials.grant === 'refresh_token') {
+      form.set('grant_type', 'refresh_token')
+      form.set('refresh_token', readSecret(credentials.refreshToken).reveal())
+    } else if (credentials.grant === 'client_credentials') {
+      form.set('grant_type', 'client_credentials')
     } else {
-      form.set('grant_type', settings.grant)
-      if (settings.grant === 'password') {
-        form.set('username', settings.username ?? '')
-        form.set('password', readSecret(settings.password!).reveal())
-      } else if (settings.grant === 'refresh_token') {
-        form.set('refresh_token', readSecret(settings.refreshToken!).reveal())
-      }
+      throw new UnsupportedGrant('oidc', credentials.grant)
     }
     const headers: Record<string, string> = {
       'content-type': 'application/x-www-form-urlencoded',
       accept: 'application/json'
     }
-    const secret = settings.clientSecret === undefined ? undefined : readSecret(settings.clientSecret).reveal()
-    if (settings.clientAuth === 'client_secret_basic' && secret !== undefined) {
+    const client = credentials.client
+    const secret = client?.secret === undefined ? undefined : readSecret(client.secret).reveal()
+    if (client !== undefined && settings.clientAuth === 'client_secret_basic' && secret !== undefined) {
       // RFC 6749 §2.3.1: both parts form-encoded before base64.
-      const pair = `${formEncode(settings.clientId ?? '')}:${formEncode(secret)}`
+      const pair = `${formEncode(client.id)}:${formEncode(secret)}`
       headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`
-    } else {
-      form.set('client_id', settings.clientId ?? '')
+    } else if (client !== undefined) {
+      form.set('client_id', client.id)
       if (secret !== undefined) form.set('client_secret', secret)
     }
     if (settings.scope !== undefined) form.set('scope', settings.scope)

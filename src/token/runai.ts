@@ -1,21 +1,24 @@
 import type { TokenSettings } from '../config.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString } from './dialect.js'
+import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString, UnsupportedGrant } from './dialect.js'
 
 /** Run:ai control plane `POST /api/v1/token` (OpenAPI 2.22, TokenRequest / TokenResponse). */
 export const runai: Dialect = {
   buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined) {
+    const credentials = settings.credentials
     let body: Record<string, string>
     if (refresh !== undefined) {
       body = { grantType: 'refresh_token', refreshToken: refresh.reveal() }
-    } else if (settings.grant === 'password') {
-      body = { grantType: 'password', username: settings.username ?? '', password: readSecret(settings.password!).reveal() }
-    } else if (settings.grant === 'refresh_token') {
-      body = { grantType: 'refresh_token', refreshToken: readSecret(settings.refreshToken!).reveal() }
-    } else if (settings.grant === 'app_token') {
-      body = { grantType: 'app_token', appID: settings.clientId ?? '', appSecret: readSecret(settings.clientSecret!).reveal() }
+    } else if (credentials.grant === 'password') {
+      body = { grantType: 'password', username: credentials.username, password: readSecret(credentials.password).reveal() }
+    } else if (credentials.grant === 'refresh_token') {
+      body = { grantType: 'refresh_token', refreshToken: readSecret(credentials.refreshToken).reveal() }
+    } else if (credentials.grant === 'app_token') {
+      body = { grantType: 'app_token', appID: credentials.client.id, appSecret: readSecret(credentials.client.secret).reveal() }
+    } else if (credentials.grant === 'client_credentials') {
+      body = { grantType: 'client_credentials', clientID: credentials.client.id, clientSecret: readSecret(credentials.client.secret).reveal() }
     } else {
-      body = { grantType: 'client_credentials', clientID: settings.clientId ?? '', clientSecret: readSecret(settings.clientSecret!).reveal() }
+      throw new UnsupportedGrant('runai', credentials.grant)
     }
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
@@ -29,7 +32,10 @@ export const runai: Dialect = {
 /** Run:ai's deprecated `POST /v1/k8s/auth/oauth/apptoken` (AppTokenRequest / AppTokenResponse), for old control planes. */
 export const runaiAppToken: Dialect = {
   buildRequest (settings: TokenSettings, endpoint: URL) {
-    const body = { id: settings.clientId ?? '', name: settings.appName ?? settings.clientId ?? '', secret: readSecret(settings.clientSecret!).reveal() }
+    const credentials = settings.credentials
+    if (credentials.grant !== 'app_token') throw new UnsupportedGrant('runai-apptoken', credentials.grant)
+    const { id, secret } = credentials.client
+    const body = { id, name: settings.appName ?? id, secret: readSecret(secret).reveal() }
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
 

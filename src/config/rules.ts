@@ -1,0 +1,187 @@
+import { accessSync, constants } from 'node:fs'
+import { Secret, type SecretSource } from '../secret.js'
+import type { Client, Config, Credentials, TokenEndpoint, TokenSettings } from '../config.js'
+import { type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
+import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
+
+/** The token endpoint path each non-OIDC flavour has on `UPSTREAM`. */
+const DERIVED_PATHS: Readonly<Record<Exclude<Flavour, 'oidc'>, string>> = {
+  runai: '/api/v1/token',
+  'runai-apptoken': '/v1/k8s/auth/oauth/apptoken',
+  apiconnect: '/api/token'
+}
+
+/**
+ * The cross-field rules: validated values (env-schema's output) become a `Config`,
+ * and every problem found is added to `problems`, one line each. Returns nothing
+ * when a problem leaves no usable configuration.
+ */
+export function interpret (raw: Record<string, unknown>, forwarding: boolean, problems: string[]): Config | undefined {
+  const get = (name: string): string | undefined => raw[PREFIX + name] as string | undefined
+  const flag = (name: string): boolean => raw[PREFIX + name] === true
+  const number = (name: string): number => raw[PREFIX + name] as number
+  const url = (name: string): URL | undefined => {
+    const value = get(name)
+    return value === undefined ? undefined : parseHttpUrl(value, `${PREFIX}${name}`, problems)
+  }
+  const secret = (name: SecretName): SecretSource | undefined => secretSource(name, get(name), get(`${name}_FILE`), problems)
+
+  const flavour = get('AUTH') as Flavour
+  const grants = grantsOf(flavour)
+  const grant = (get('GRANT') as Grant | undefined) ?? grants[0] as Grant
+  if (!grants.includes(grant)) problems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
+
+  const upstream = url('UPSTREAM')
+  const clusters = parseClusters(get('CLUSTERS'), problems)
+  if (forwarding && upstream === undefined && clusters.size === 0) {
+    problems.push(`${PREFIX}UPSTREAM: required (the API to forward to), or ${PREFIX}CLUSTERS`)
+  }
+
+  const values: Record<Needed, string | SecretSource | undefined> = {
+    CLIENT_ID: get('CLIENT_ID'),
+    CLIENT_SECRET: secret('CLIENT_SECRET'),
+    USERNAME: get('USERNAME'),
+    PASSWORD: secret('PASSWORD'),
+    REFRESH_TOKEN: secret('REFRESH_TOKEN'),
+    API_KEY: secret('API_KEY')
+  }
+  for (const name of NEEDS[flavour][grant] ?? []) {
+    if (values[name] !== undefined) continue
+    const file = name === 'CLIENT_ID' || name === 'USERNAME' ? '' : ` (or ${PREFIX}${name}_FILE)`
+    problems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}`)
+  }
+  const credentials = credentialsOf(grant, values)
+  const endpoint = tokenEndpoint(flavour, url('TOKEN_URL'), url('ISSUER'), upstream, get('REALM'), problems)
+  const params = tokenParams(get('TOKEN_PARAMS'), problems)
+
+  const host = get('HOST') as string
+  if (host.includes('/') || /\s/.test(host)) problems.push(`${PREFIX}HOST: not a host name or address`)
+  const inboundKey = secret('INBOUND_KEY')
+  const allowAnonymous = flag('ALLOW_ANONYMOUS')
+  if (get('SOCKET') === undefined && !isLoopback(host) && inboundKey === undefined && !allowAnonymous) {
+    problems.push(`${PREFIX}HOST: ${host} is not a loopback address; anyone who reaches it could use your credentials. ` +
+      `Set ${PREFIX}INBOUND_KEY (clients then send Proxy-Authorization: Bearer <key>) or ${PREFIX}ALLOW_ANONYMOUS=true`)
+  }
+  const caFile = get('CA_FILE')
+  if (caFile !== undefined) readable(caFile, `${PREFIX}CA_FILE`, problems)
+
+  if (credentials === undefined || endpoint === undefined) return undefined
+  const timeout = number('TIMEOUT')
+  const token: TokenSettings = {
+    flavour,
+    credentials,
+    endpoint,
+    clientAuth: get('CLIENT_AUTH') as TokenSettings['clientAuth'],
+    realm: get('REALM'),
+    scope: get('SCOPE'),
+    audience: get('AUDIENCE'),
+    params,
+    appName: get('APP_NAME'),
+    refreshSkew: number('REFRESH_SKEW'),
+    timeout,
+    allowHttpTokenEndpoint: flag('ALLOW_HTTP_TOKEN_ENDPOINT')
+  }
+  return {
+    token,
+    upstream,
+    clusters,
+    host,
+    port: number('PORT'),
+    socket: get('SOCKET'),
+    inboundKey,
+    allowAnonymous,
+    allowedHosts: list(get('ALLOWED_HOSTS')),
+    allowedOrigins: list(get('ALLOWED_ORIGINS')),
+    adminAddress: adminAddress(get('ADMIN_ADDRESS'), problems),
+    readOnly: flag('READ_ONLY'),
+    allowPaths: list(get('ALLOW_PATHS')),
+    denyPaths: list(get('DENY_PATHS')),
+    caFile,
+    insecureSkipVerify: flag('INSECURE_SKIP_VERIFY'),
+    timeout,
+    logLevel: get('LOG_LEVEL') as string
+  }
+}
+
+/** The credentials of `grant`, when the table's required settings are all there. */
+function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSource | undefined>): Credentials | undefined {
+  const text = (name: Needed): string | undefined => typeof values[name] === 'string' ? values[name] : undefined
+  const source = (name: Needed): SecretSource | undefined => typeof values[name] === 'object' ? values[name] : undefined
+  const id = text('CLIENT_ID')
+  const clientSecret = source('CLIENT_SECRET')
+  const client: Client | undefined = id === undefined ? undefined : { id, secret: clientSecret }
+  const username = text('USERNAME')
+  const password = source('PASSWORD')
+  const refreshToken = source('REFRESH_TOKEN')
+  const apiKey = source('API_KEY')
+  switch (grant) {
+    case 'client_credentials':
+    case 'app_token':
+      return id === undefined || clientSecret === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
+    case 'password':
+      return username === undefined || password === undefined ? undefined : { grant, username, password, client }
+    case 'refresh_token':
+      return refreshToken === undefined ? undefined : { grant, refreshToken, client }
+    case 'api_key':
+      return apiKey === undefined ? undefined : { grant, apiKey, client }
+  }
+}
+
+function secretSource (name: SecretName, value: string | undefined, file: string | undefined, problems: string[]): SecretSource | undefined {
+  if (value !== undefined && file !== undefined) {
+    // Reported once, here: the setting is there, just twice.
+    problems.push(`${PREFIX}${name} and ${PREFIX}${name}_FILE: set one of them, not both`)
+    return { kind: 'value', secret: new Secret(value) }
+  }
+  if (file !== undefined) {
+    readable(file, `${PREFIX}${name}_FILE`, problems)
+    return { kind: 'file', path: file }
+  }
+  return value === undefined ? undefined : { kind: 'value', secret: new Secret(value) }
+}
+
+function readable (path: string, name: string, problems: string[]): void {
+  try {
+    accessSync(path, constants.R_OK)
+  } catch (error) {
+    problems.push(`${name}: cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+}
+
+function tokenParams (value: string | undefined, problems: string[]): Array<[string, string]> {
+  const params: Array<[string, string]> = []
+  for (const [key, param] of new URLSearchParams(value ?? '')) {
+    if (key === '') problems.push(`${PREFIX}TOKEN_PARAMS: expected k=v&k2=v2`)
+    else params.push([key, param])
+  }
+  return params
+}
+
+function adminAddress (value: string | undefined, problems: string[]): { host: string, port: number } | undefined {
+  if (value === undefined) return undefined
+  const address = parseAddress(value)
+  if (typeof address === 'object') return address
+  problems.push(`${PREFIX}ADMIN_ADDRESS: ${address}`)
+  return undefined
+}
+
+function tokenEndpoint (flavour: Flavour, tokenUrl: URL | undefined, issuer: URL | undefined, upstream: URL | undefined,
+  realm: string | undefined, problems: string[]): TokenEndpoint | undefined {
+  if (tokenUrl !== undefined) return { kind: 'url', url: tokenUrl }
+  if (flavour === 'oidc') {
+    const base = issuer ?? upstream
+    if (realm !== undefined && base !== undefined) {
+      // Keycloak as Run:ai ships it: <base>/auth/realms/<realm>/protocol/openid-connect/token
+      return { kind: 'url', url: joinPath(base, `/auth/realms/${encodeURIComponent(realm)}/protocol/openid-connect/token`) }
+    }
+    if (issuer !== undefined) return { kind: 'issuer', issuer }
+    problems.push(`${PREFIX}TOKEN_URL: required for AUTH=oidc, or ${PREFIX}ISSUER (discovery), or ${PREFIX}REALM with ${PREFIX}UPSTREAM (Keycloak)`)
+    return undefined
+  }
+  const path = DERIVED_PATHS[flavour]
+  if (upstream === undefined) {
+    problems.push(`${PREFIX}TOKEN_URL: required for AUTH=${flavour} when ${PREFIX}UPSTREAM is not set (it is derived as <UPSTREAM>${path})`)
+    return undefined
+  }
+  return { kind: 'url', url: joinPath(upstream, path) }
+}

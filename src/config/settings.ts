@@ -1,0 +1,107 @@
+/** The settings: their names, value rules (for env-schema), and what each flavour × grant needs. */
+
+export const PREFIX = 'BEARER_PROXY_'
+
+export const FLAVOURS = ['oidc', 'runai', 'runai-apptoken', 'apiconnect'] as const
+export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key'] as const
+export type Flavour = typeof FLAVOURS[number]
+export type Grant = typeof GRANTS[number]
+
+/** Secrets: each also has a `_FILE` form. */
+export const SECRETS = ['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'INBOUND_KEY'] as const
+export type SecretName = typeof SECRETS[number]
+
+/** The credential settings a grant can need. */
+export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY'
+
+/**
+ * The one table of what each flavour × grant needs: the grants a flavour speaks
+ * (the first is its default) and the settings each requires. Validation and the
+ * "no configuration" message both read it.
+ */
+export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, readonly Needed[]>>> } = {
+  oidc: {
+    client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
+    password: ['CLIENT_ID', 'USERNAME', 'PASSWORD'],
+    refresh_token: ['CLIENT_ID', 'REFRESH_TOKEN']
+  },
+  runai: {
+    client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
+    password: ['USERNAME', 'PASSWORD'],
+    refresh_token: ['REFRESH_TOKEN'],
+    app_token: ['CLIENT_ID', 'CLIENT_SECRET']
+  },
+  'runai-apptoken': {
+    app_token: ['CLIENT_ID', 'CLIENT_SECRET']
+  },
+  apiconnect: {
+    password: ['USERNAME', 'PASSWORD'],
+    api_key: ['API_KEY']
+  }
+}
+
+/** The grants of a flavour, its default first. */
+export function grantsOf (flavour: Flavour): Grant[] {
+  return Object.keys(NEEDS[flavour]) as Grant[]
+}
+
+const str = { type: 'string', minLength: 1 }
+const bool = { type: 'boolean', default: false }
+
+/** Every environment variable, without its prefix, with its value rule (README, "Configuration"). */
+export const SETTINGS: Record<string, object> = {
+  AUTH: { type: 'string', enum: FLAVOURS, default: 'oidc' },
+  GRANT: { type: 'string', enum: GRANTS },
+  TOKEN_URL: str,
+  ISSUER: str,
+  REALM: str,
+  CLIENT_ID: str,
+  CLIENT_AUTH: { type: 'string', enum: ['client_secret_post', 'client_secret_basic'], default: 'client_secret_post' },
+  USERNAME: str,
+  SCOPE: str,
+  AUDIENCE: str,
+  TOKEN_PARAMS: str,
+  APP_NAME: str,
+  UPSTREAM: str,
+  CLUSTERS: str,
+  HOST: { type: 'string', minLength: 1, default: '127.0.0.1' },
+  PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 8080 },
+  SOCKET: str,
+  ALLOW_ANONYMOUS: bool,
+  ALLOWED_HOSTS: str,
+  ALLOWED_ORIGINS: str,
+  ADMIN_ADDRESS: str,
+  READ_ONLY: bool,
+  ALLOW_PATHS: str,
+  DENY_PATHS: str,
+  CA_FILE: str,
+  INSECURE_SKIP_VERIFY: bool,
+  ALLOW_HTTP_TOKEN_ENDPOINT: bool,
+  REFRESH_SKEW: { type: 'number', minimum: 0, default: 30 },
+  TIMEOUT: { type: 'number', exclusiveMinimum: 0, default: 30 },
+  LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' }
+}
+for (const name of SECRETS) {
+  SETTINGS[name] = str
+  SETTINGS[`${name}_FILE`] = str
+}
+
+export const SCHEMA = {
+  type: 'object',
+  properties: Object.fromEntries(Object.entries(SETTINGS).map(([name, rule]) => [PREFIX + name, rule]))
+}
+
+/** What `npm start` with no configuration says: the settings a first setup needs, from the table. */
+export function firstSetup (): string[] {
+  const [grant = 'client_credentials', ...others] = grantsOf('oidc')
+  const named = (names: readonly Needed[] = []): string => names.map((name) => PREFIX + name).join(', ')
+  return [
+    `no configuration found: set ${PREFIX}* environment variables or write them to .env (or pass --env-file PATH).`,
+    `A first setup needs ${PREFIX}UPSTREAM (the API), ${PREFIX}TOKEN_URL or ${PREFIX}ISSUER (where tokens come from), ` +
+      `and for GRANT=${grant} (the default) ${named(NEEDS.oidc[grant])}.`,
+    `Other grants: ${others.map((other) => `GRANT=${other} needs ${named(NEEDS.oidc[other])}`).join('; ')}. ` +
+      `With ${PREFIX}AUTH=runai, runai-apptoken or apiconnect the token endpoint is derived from ${PREFIX}UPSTREAM.`,
+    'Examples to copy: config/keycloak.env, config/runai.env, config/runai-keycloak.env, config/apiconnect.env.',
+    'To see the proxy work first: npm run demo'
+  ]
+}

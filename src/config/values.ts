@@ -1,0 +1,73 @@
+import { isIP } from 'node:net'
+import { PREFIX } from './settings.js'
+
+/** Single values: each parser says what is wrong in `problems`, naming the variable, never echoing a secret. */
+
+/** `base` with `path` appended to its own path (base paths are kept). */
+export function joinPath (base: URL, path: string): URL {
+  const url = new URL(base.href)
+  url.pathname = base.pathname.replace(/\/+$/, '') + path
+  url.search = ''
+  url.hash = ''
+  return url
+}
+
+export function parseHttpUrl (value: string, name: string, problems: string[]): URL | undefined {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    problems.push(`${name}: not a URL (expected http://… or https://…)`)
+    return undefined
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    problems.push(`${name}: must be an http:// or https:// URL`)
+    return undefined
+  }
+  if (url.username !== '' || url.password !== '') {
+    problems.push(`${name}: must not carry a user name or password; use the credential settings`)
+    return undefined
+  }
+  return url
+}
+
+const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+
+export function parseClusters (value: string | undefined, problems: string[]): Map<string, URL> {
+  const clusters = new Map<string, URL>()
+  if (value === undefined) return clusters
+  for (const entry of value.split(',').map((part) => part.trim()).filter(Boolean)) {
+    const at = entry.indexOf('=')
+    const name = at > 0 ? entry.slice(0, at).trim() : ''
+    if (!CLUSTER_NAME.test(name)) {
+      problems.push(`${PREFIX}CLUSTERS: expected name=url,name=url with names of letters, digits, '.', '_' or '-'`)
+      continue
+    }
+    if (clusters.has(name)) {
+      problems.push(`${PREFIX}CLUSTERS: cluster ${name} is listed twice`)
+      continue
+    }
+    const url = parseHttpUrl(entry.slice(at + 1).trim(), `${PREFIX}CLUSTERS (${name})`, problems)
+    if (url !== undefined) clusters.set(name, url)
+  }
+  return clusters
+}
+
+/** `host:port`, `[v6]:port`, or a bare port meaning `127.0.0.1:<port>`; a string says what is wrong. */
+export function parseAddress (value: string): { host: string, port: number } | string {
+  const match = /^(\d+)$/.exec(value) ?? /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):(\d+)$/.exec(value)
+  const port = Number(match?.at(-1))
+  if (match === null || !Number.isInteger(port) || port > 65535) return 'expected host:port, [v6]:port or a port, e.g. 0.0.0.0:9090 or 9090'
+  return { host: match.length === 2 ? '127.0.0.1' : (match[1] ?? match[2] as string), port }
+}
+
+export function list (value: string | undefined): string[] {
+  return value === undefined ? [] : value.split(',').map((part) => part.trim()).filter(Boolean)
+}
+
+export function isLoopback (host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, '')
+  if (bare === 'localhost') return true
+  if (isIP(bare) === 4) return bare.startsWith('127.')
+  return bare === '::1'
+}
