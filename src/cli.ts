@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=4
+#!/usr/bin/env -S node --max-semi-space-size=4 --
 import { readFileSync } from 'node:fs'
 import { setFlagsFromString } from 'node:v8'
 import { request } from 'node:http'

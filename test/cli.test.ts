@@ -18,6 +18,26 @@ t.test('--help and --version', async (t) => {
   t.match(bad.stderr, /unknown argument "frobnicate"/)
 })
 
+t.test('--env-file is the tool\'s own on every Node: a missing file is its message and exit 2, a good one is read', async (t) => {
+  // Node 20 takes --env-file for itself even after the script name (exit 9, "node: missing.env: not found")
+  // unless the shebang ends node's options with `--`.
+  const { mkdtempSync, writeFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-envfile-'))
+  for (const args of [['check', '--env-file', 'missing.env'], ['check', '--env-file=missing.env'], ['token', '--env-file', 'missing.env'], ['--env-file', 'missing.env']]) {
+    const result = await runCli(args, {}, { cwd: dir })
+    t.equal(result.code, 2, args.join(' '))
+    t.match(result.stderr, /--env-file missing\.env: cannot read it \(ENOENT\)/)
+    t.notMatch(result.stderr, /^node:/m, 'not Node\'s own message')
+  }
+  const idp = await startIdentity(t, { accessTokenTtl: 600 })
+  writeFileSync(join(dir, 'good.env'), `BEARER_PROXY_TOKEN_URL=${idp.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\n`)
+  const good = await runCli(['check', '--env-file', 'good.env'], {}, { cwd: dir })
+  t.equal(good.code, 0, good.stderr)
+  t.match(good.stdout, new RegExp(`subject: ${CLIENT.clientId}`))
+})
+
 t.test('check prints the subject and expiry; token prints the token alone on stdout', async (t) => {
   const idp = await startIdentity(t, { accessTokenTtl: 600 })
   const env = { BEARER_PROXY_TOKEN_URL: idp.tokenUrl, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret }
