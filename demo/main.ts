@@ -6,7 +6,7 @@ import { loadConfig } from '../src/config.js'
 import { API_AUDIENCE, startIdp } from './idp.js'
 import { startApi } from './api.js'
 import { createLogger } from '../src/log.js'
-import { startProxy } from '../src/server.js'
+import { ListenError, type RunningProxy, startProxy } from '../src/server.js'
 
 const CLIENT = { clientId: 'demo-client', clientSecret: 'demo-secret-not-for-production' }
 /** Short-lived tokens, so that a renewal shows in the log within a minute. */
@@ -25,7 +25,15 @@ const config = loadConfig({
   },
   envFile: '/dev/null'
 })
-const proxy = await startProxy(config, createLogger(config.logLevel))
+let proxy: RunningProxy
+try {
+  proxy = await startProxy(config, createLogger(config.logLevel))
+} catch (error) {
+  if (!(error instanceof ListenError)) throw error
+  process.stderr.write(`bearer-proxy demo: ${error.message}, e.g. BEARER_PROXY_PORT=9000 npm run demo\n`)
+  await Promise.all([idp.close(), api.close()])
+  process.exit(2)
+}
 
 process.stderr.write(`
   bearer-proxy demo

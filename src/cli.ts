@@ -5,7 +5,7 @@ import { request } from 'node:http'
 import { type Config, ConfigError, loadConfig } from './config.js'
 import { createLogger } from './log.js'
 import { createDispatcher } from './outbound.js'
-import { startProxy } from './server.js'
+import { ListenError, type RunningProxy, startProxy } from './server.js'
 import { TokenManager } from './token/manager.js'
 
 const USAGE = `Usage: bearer-proxy [command] [--env-file PATH]
@@ -99,7 +99,15 @@ async function main (): Promise<number> {
 
 async function serve (config: Config): Promise<number> {
   const log = createLogger(config.logLevel)
-  const proxy = await startProxy(config, log)
+  let proxy: RunningProxy
+  try {
+    proxy = await startProxy(config, log)
+  } catch (error) {
+    if (!(error instanceof ListenError)) throw error
+    log.flush()
+    process.stderr.write(`bearer-proxy: ${error.message}\n`)
+    return 2
+  }
   let stopping = false
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
-import { networkReason, type TokenSource } from './token/manager.js'
+import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
 import { locationRewriter, type Route } from './routes.js'
 
@@ -124,8 +124,10 @@ export function upstreamError (route: Route, error: Error, timeout: number): Pro
     ENOTFOUND: 'has a host name that does not resolve',
     UND_ERR_CONNECT_TIMEOUT: 'did not accept the connection in time'
   }
-  const reason = reasons[code] ?? (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code)
-    ? `presented a TLS certificate that is not trusted (${code})`
-    : `failed: ${networkReason(cause)}`)
+  const reason = reasons[code] ?? (answeredPlainHttp(code)
+    ? 'did not answer TLS; is the URL http://?'
+    : /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code)
+      ? `presented a TLS certificate that is not trusted (${code})`
+      : `failed: ${networkReason(cause)}`)
   return new ProxyError('upstream_unreachable', `${name} ${reason}`)
 }

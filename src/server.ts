@@ -169,7 +169,6 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   const metrics = new Metrics(tokens)
   const app = await buildServer({ config, tokens, metrics, dispatcher, log })
   const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log })
-  tokens.start()
   try {
     if (config.socket === undefined) {
       await app.listen({ host: config.host, port: config.port })
@@ -178,11 +177,12 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     }
     if (admin !== undefined && config.adminAddress !== undefined) await admin.listen(config.adminAddress)
   } catch (error) {
-    tokens.close()
     await Promise.all([app.close(), admin?.close()])
     await dispatcher.close()
-    throw error
+    throw listenProblem(error, config) ?? error
   }
+  // Only once the proxy can be reached: a listener that fails costs no token request.
+  tokens.start()
   const address = addressOf(app, config.socket)
   let closing: Promise<void> | undefined
   log.info({
@@ -206,6 +206,25 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
       return closing
     }
   }
+}
+
+/** A listener that cannot be bound, in the user's words: which address, and the setting that moves it. */
+export class ListenError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'ListenError'
+  }
+}
+
+function listenProblem (error: unknown, config: Config): ListenError | undefined {
+  const { code, address, port } = error as NodeJS.ErrnoException & { address?: string, port?: number }
+  const reasons: Record<string, string> = { EADDRINUSE: 'the address is already in use', EACCES: 'permission denied', EADDRNOTAVAIL: 'no such address on this machine' }
+  const reason = reasons[code ?? '']
+  if (reason === undefined) return undefined
+  const admin = config.adminAddress !== undefined && port === config.adminAddress.port && port !== config.port
+  const where = config.socket !== undefined && !admin ? config.socket : `${address ?? config.host}:${String(port ?? config.port)}`
+  const setting = admin ? 'BEARER_PROXY_ADMIN_ADDRESS' : config.socket !== undefined ? 'BEARER_PROXY_SOCKET' : 'BEARER_PROXY_PORT (or BEARER_PROXY_HOST)'
+  return new ListenError(`cannot listen on ${where}: ${reason}; choose another with ${setting}`)
 }
 
 function addressOf (app: FastifyInstance, socket: string | undefined): string {

@@ -2,7 +2,12 @@ import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { request } from 'undici'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { baseEnv, CLIENT, collect, runCli, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
+import { startTokenEndpoint } from './helpers/token-endpoint.js'
+
+const DEMO = fileURLToPath(new URL('../build/demo/main.js', import.meta.url))
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -36,6 +41,51 @@ t.test('--env-file is the tool\'s own on every Node: a missing file is its messa
   const good = await runCli(['check', '--env-file', 'good.env'], {}, { cwd: dir })
   t.equal(good.code, 0, good.stderr)
   t.match(good.stdout, new RegExp(`subject: ${CLIENT.clientId}`))
+})
+
+t.test('a port already in use: exit 2 at once, naming the address and the setting, before any token request', async (t) => {
+  const { createServer } = await import('node:net')
+  const { mkdtempSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { taken.close() })
+  const port = (taken.address() as import('node:net').AddressInfo).port
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'never-asked', expires_in: 60 } }))
+  const cwd = mkdtempSync(join(tmpdir(), 'bearer-proxy-port-'))
+  const env = { BEARER_PROXY_TOKEN_URL: `${endpoint.url}/token`, BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: endpoint.url }
+  const serve = await runCli(['serve'], { ...env, BEARER_PROXY_PORT: String(port) }, { cwd })
+  t.equal(serve.code, 2)
+  t.match(serve.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: the address is already in use; choose another with BEARER_PROXY_PORT`))
+  t.notMatch(serve.stderr, /\n\s+at /, 'no stack trace')
+  const admin = await runCli(['serve'], { ...env, BEARER_PROXY_PORT: '0', BEARER_PROXY_ADMIN_ADDRESS: String(port) }, { cwd })
+  t.equal(admin.code, 2)
+  t.match(admin.stderr, /already in use; choose another with BEARER_PROXY_ADMIN_ADDRESS/)
+  t.equal(endpoint.calls.length, 0, 'no token was requested')
+
+  const demo = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, DEMO], { env: { ...process.env, BEARER_PROXY_PORT: String(port) }, cwd, stdio: ['ignore', 'pipe', 'pipe'] })
+  const output = collect(demo)
+  const [code] = await once(demo, 'exit') as [number]
+  t.equal(code, 2, 'the demo too')
+  t.match(output().stderr, /bearer-proxy demo: cannot listen on .*already in use.*BEARER_PROXY_PORT=9000 npm run demo/)
+  t.notMatch(output().stderr, /\n\s+at /, 'no stack trace')
+})
+
+t.test('an https:// URL on a plain-http port says so, for the token endpoint and for an upstream', async (t) => {
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'plain-token', expires_in: 60 } }))
+  const tls = endpoint.url.replace('http://', 'https://')
+  const check = await runCli(['check'], { BEARER_PROXY_TOKEN_URL: `${tls}/token`, BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's' })
+  t.equal(check.code, 1)
+  t.match(check.stderr, /token endpoint https:\/\/127\.0\.0\.1:\d+\/token is unreachable: the server did not answer TLS; is the URL http:\/\/\?/)
+  t.notMatch(check.stderr, /certificate/)
+  const idp = await startIdentity(t)
+  const proxy = spawnCli(['serve'], { ...baseEnv(idp, { url: tls }), BEARER_PROXY_PORT: '0' })
+  t.teardown(() => { proxy.kill('SIGKILL') })
+  const listening = JSON.parse(await waitForLine(proxy, /"event":"listening"/)) as { address: string }
+  const answer = await request(`${listening.address}/x`)
+  t.equal(answer.statusCode, 502)
+  t.match(await answer.body.json(), { error: 'upstream_unreachable', message: /upstream admin \(https:\/\/127\.0\.0\.1:\d+\) did not answer TLS; is the URL http:\/\/\?/ })
 })
 
 t.test('check prints the subject and expiry; token prints the token alone on stdout', async (t) => {
