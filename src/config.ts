@@ -118,16 +118,21 @@ export function loadConfig (options: LoadOptions = {}): Config {
     if (value !== undefined && value !== '') data[key] = value
   }
   let raw: Record<string, unknown>
+  const invalid = new Set<string>()
   try {
     raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
   } catch (error) {
-    const invalid = schemaProblems(error)
-    problems.push(...invalid.map(([, line]) => line))
+    const found = schemaProblems(error)
+    problems.push(...found.map(([, line]) => line))
     // Check the rest too, so that one run reports every problem.
-    for (const [name] of invalid) delete data[name]
+    for (const [name] of found) {
+      delete data[name]
+      invalid.add(name.slice(PREFIX.length))
+    }
     raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
   }
-  const config = interpret(raw, options.forwarding ?? true, problems)
+  const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
+  const config = interpret(raw, { forwarding: options.forwarding ?? true, given, invalid }, problems)
   if (problems.length > 0 || config === undefined) throw new ConfigError(problems)
   return config
 }

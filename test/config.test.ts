@@ -99,6 +99,20 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   t.match(first.stderr, /GRANT=password needs BEARER_PROXY_CLIENT_ID, BEARER_PROXY_USERNAME, BEARER_PROXY_PASSWORD/)
 })
 
+t.test('a problem is reported once, at its cause; settings the chosen flavour or grant ignores are reported', async (t) => {
+  t.same(problems({ BEARER_PROXY_AUTH: 'runia', BEARER_PROXY_UPSTREAM: 'https://runai.example', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's' }).length, 1,
+    'a misspelt AUTH is not followed by what oidc would need')
+  t.match(problems({ BEARER_PROXY_AUTH: 'runia', BEARER_PROXY_UPSTREAM: 'https://runai.example' }), [/^BEARER_PROXY_AUTH: must be equal to one of the allowed values: oidc, runai/])
+  t.same(problems({ ...minimal, BEARER_PROXY_GRANT: 'pasword' }).length, 1, 'a misspelt GRANT too')
+  const runai = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: 'https://runai.example', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's' }
+  t.match(problems({ ...runai, BEARER_PROXY_REALM: 'runai' }), [/^BEARER_PROXY_REALM: does nothing with AUTH=runai GRANT=client_credentials \(only AUTH=oidc \(Keycloak\) or apiconnect reads it\); remove it$/])
+  t.match(problems({ ...runai, BEARER_PROXY_SCOPE: 'openid' }), [/^BEARER_PROXY_SCOPE: does nothing with AUTH=runai/])
+  t.match(problems({ ...minimal, BEARER_PROXY_USERNAME: 'u' }), [/^BEARER_PROXY_USERNAME: does nothing with AUTH=oidc GRANT=client_credentials \(only GRANT=password reads it\)/])
+  t.match(problems({ ...minimal, BEARER_PROXY_API_KEY_FILE: '/dev/null' }), [/^BEARER_PROXY_API_KEY: does nothing/])
+  t.match(problems({ ...minimal, BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), [/^BEARER_PROXY_ISSUER: does nothing when BEARER_PROXY_TOKEN_URL is set/])
+  t.same(problems({ ...minimal, BEARER_PROXY_SCOPE: 'openid', BEARER_PROXY_AUDIENCE: 'api' }), [], 'what oidc reads is fine')
+})
+
 t.test('derived token endpoints', async (t) => {
   const base = { BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: 'https://runai.example/' }
   const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).token.endpoint

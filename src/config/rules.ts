@@ -16,7 +16,33 @@ const DERIVED_PATHS: Readonly<Record<Exclude<Flavour, 'oidc'>, string>> = {
  * and every problem found is added to `problems`, one line each. Returns nothing
  * when a problem leaves no usable configuration.
  */
-export function interpret (raw: Record<string, unknown>, forwarding: boolean, problems: string[]): Config | undefined {
+/** What `interpret` knows of the input besides the values: which settings were given, and which were refused. */
+export interface Input {
+  /** `serve` needs somewhere to forward to; `check` and `token` do not. */
+  readonly forwarding: boolean
+  /** Settings set (non-empty) and valid, without the prefix. */
+  readonly given: ReadonlySet<string>
+  /** Settings the schema refused: rules that depend on them are not applied, so each problem is reported once, at its cause. */
+  readonly invalid: ReadonlySet<string>
+}
+
+/** Settings that only some flavours or grants read: set elsewhere, they would be silently ignored. */
+const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant) => boolean, string]> = [
+  ['REALM', (flavour) => flavour === 'oidc' || flavour === 'apiconnect', 'AUTH=oidc (Keycloak) or apiconnect'],
+  ['ISSUER', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['SCOPE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['AUDIENCE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['TOKEN_PARAMS', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['CLIENT_AUTH', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['APP_NAME', (flavour) => flavour === 'runai-apptoken', 'AUTH=runai-apptoken'],
+  ['USERNAME', (_flavour, grant) => grant === 'password', 'GRANT=password'],
+  ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
+  ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
+  ['API_KEY', (_flavour, grant) => grant === 'api_key', 'GRANT=api_key']
+]
+
+export function interpret (raw: Record<string, unknown>, input: Input, problems: string[]): Config | undefined {
+  const { forwarding, given } = input
   const get = (name: string): string | undefined => raw[PREFIX + name] as string | undefined
   const flag = (name: string): boolean => raw[PREFIX + name] === true
   const number = (name: string): number => raw[PREFIX + name] as number
@@ -29,7 +55,18 @@ export function interpret (raw: Record<string, unknown>, forwarding: boolean, pr
   const flavour = get('AUTH') as Flavour
   const grants = grantsOf(flavour)
   const grant = (get('GRANT') as Grant | undefined) ?? grants[0] as Grant
-  if (!grants.includes(grant)) problems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
+  // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
+  const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
+  const flavourProblems = unsure ? [] : problems
+  if (!grants.includes(grant)) flavourProblems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
+  for (const [name, reads, who] of READ_BY) {
+    if (given.has(name) || given.has(`${name}_FILE`)) {
+      if (!reads(flavour, grant)) flavourProblems.push(`${PREFIX}${name}: does nothing with AUTH=${flavour} GRANT=${grant} (only ${who} reads it); remove it`)
+    }
+  }
+  if (given.has('TOKEN_URL') && given.has('ISSUER')) {
+    flavourProblems.push(`${PREFIX}ISSUER: does nothing when ${PREFIX}TOKEN_URL is set (the token endpoint is not discovered then); set one of them`)
+  }
 
   const upstream = url('UPSTREAM')
   const clusters = parseClusters(get('CLUSTERS'), problems)
@@ -48,10 +85,10 @@ export function interpret (raw: Record<string, unknown>, forwarding: boolean, pr
   for (const name of NEEDS[flavour][grant] ?? []) {
     if (values[name] !== undefined) continue
     const file = name === 'CLIENT_ID' || name === 'USERNAME' ? '' : ` (or ${PREFIX}${name}_FILE)`
-    problems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}`)
+    flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}`)
   }
   const credentials = credentialsOf(grant, values)
-  const endpoint = tokenEndpoint(flavour, url('TOKEN_URL'), url('ISSUER'), upstream, get('REALM'), problems)
+  const endpoint = tokenEndpoint(flavour, url('TOKEN_URL'), url('ISSUER'), upstream, get('REALM'), flavourProblems)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -65,7 +102,7 @@ export function interpret (raw: Record<string, unknown>, forwarding: boolean, pr
   const caFile = get('CA_FILE')
   if (caFile !== undefined) readable(caFile, `${PREFIX}CA_FILE`, problems)
 
-  if (credentials === undefined || endpoint === undefined) return undefined
+  if (unsure || credentials === undefined || endpoint === undefined) return undefined
   const timeout = number('TIMEOUT')
   const token: TokenSettings = {
     flavour,
