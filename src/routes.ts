@@ -57,6 +57,13 @@ export class RouteTable<R extends Route> {
     return { route: this.#admin, path: basePath(this.#admin) + target }
   }
 
+  /** The cluster a `/<name>/…` target probably meant, when `<name>` is a configured cluster: `/clusters/<name>/…`. */
+  meant (target: string): string | undefined {
+    const end = target.slice(1).search(/[/?]/)
+    const first = end === -1 ? target.slice(1) : target.slice(1, 1 + end)
+    return this.#clusters.has(first) ? `${CLUSTERS_PREFIX}${first}/…` : undefined
+  }
+
   /** The answer to a `/clusters/<name>/…` that no route serves: never the admin API. */
   unknownCluster (name: string): ProxyError {
     return new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured (${this.#known})`)

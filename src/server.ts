@@ -37,7 +37,7 @@ export interface ServerParts {
 const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
 
 /** A Fastify instance with what both listeners share: logging, error bodies, CONNECT refused. */
-function createApp (log: Logger): FastifyInstance {
+function createApp (log: Logger, meant: (target: string) => string | undefined = () => undefined): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // One line per request, written in onResponse, instead of Fastify's two.
@@ -71,9 +71,11 @@ function createApp (log: Logger): FastifyInstance {
     const code = (Object.keys(PROXY_ERRORS) as ProxyErrorCode[]).find((name) => PROXY_ERRORS[name] === status) ?? 'bad_request'
     return sendProxyError(reply, new ProxyError(code, error.message))
   })
-  app.setNotFoundHandler((request, reply) => sendProxyError(reply, KNOWN_METHODS.has(request.method)
-    ? new ProxyError('not_found', 'nothing is served at this path')
-    : new ProxyError('method_not_allowed', `${request.method} is not forwarded`)))
+  app.setNotFoundHandler((request, reply) => {
+    if (!KNOWN_METHODS.has(request.method)) return sendProxyError(reply, new ProxyError('method_not_allowed', `${request.method} is not forwarded`))
+    const hint = meant(request.raw.url ?? '')
+    sendProxyError(reply, new ProxyError('not_found', `nothing is served at this path${hint === undefined ? '' : `; did you mean ${hint}?`}`))
+  })
   return app
 }
 
@@ -92,7 +94,9 @@ function ownEndpoints (app: FastifyInstance, { tokens, metrics }: Pick<ServerPar
 /** Assembles the proxy: the guard, its own `/-/` endpoints, and one forwarding route per upstream. */
 export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
   const { config, metrics } = parts
-  const app = createApp(parts.log)
+  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
+  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log)))
+  const app = createApp(parts.log, (target) => table.meant(target))
   const guard = createGuard(config)
   app.addHook('onRequest', guardHook(guard, config))
 
@@ -102,11 +106,20 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 
   // Callback style: no promise per request; the log line is only built when it is written.
   const log = parts.log
+  const hinted = new Set<string>()
+  const hintCluster = (target: string): void => {
+    const hint = table.meant(target)
+    if (hint === undefined || hinted.has(hint)) return
+    hinted.add(hint)
+    log.warn({ event: 'cluster_path_hint', meant: hint }, `the admin API answered 404 to a path that starts with a cluster's name; clusters are served at ${hint}`)
+  }
   app.addHook('onResponse', (request, reply, done) => {
     if (closing) setImmediate(() => app.server.closeIdleConnections())
     const upstream = request.routeOptions.config.upstream
     const elapsed = reply.elapsedTime
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
+    // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
+    if (reply.statusCode === 404 && upstream === 'admin') hintCluster(request.raw.url ?? '')
     if (log.isLevelEnabled('info')) {
       const url = request.raw.url ?? ''
       const query = url.indexOf('?')
@@ -124,9 +137,6 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
   })
 
   ownEndpoints(app, parts)
-
-  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
-  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log)))
 
   // A cluster that is not configured must never fall through to the admin API.
   app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {

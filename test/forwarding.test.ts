@@ -196,3 +196,28 @@ t.test('never an open proxy: absolute-form targets are 400, CONNECT is 405, noth
   t.match(await raw('CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n'), /^HTTP\/1.1 405[^]*"error":"method_not_allowed"/)
   t.equal(api.seen.length, 0)
 })
+
+t.test('/<cluster>/… instead of /clusters/<cluster>/…: a hint in the log, or in the proxy\'s own 404 when there is no admin API', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const cluster = await startApiOf(t, idp)
+  api.routes.set('/gpu/api/v1/jobs', (_req, res) => { res.writeHead(404, { 'content-type': 'application/json' }).end('{"code":404,"message":"no such path"}') })
+  const { url, logs } = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_CLUSTERS: `gpu=${cluster.url}` })
+  for (let i = 0; i < 2; i++) {
+    const response = await request(`${url}/gpu/api/v1/jobs?x=${i}`)
+    t.equal(response.statusCode, 404)
+    t.same(await response.body.json(), { code: 404, message: 'no such path' }, 'the admin API\'s own 404, unchanged')
+  }
+  t.same(logs.events('cluster_path_hint').map((entry) => entry.meant), ['/clusters/gpu/…'], 'one hint, however many such requests')
+  const other = await request(`${url}/gpux/y`)
+  await other.body.dump()
+  t.equal(logs.events('cluster_path_hint').length, 1, 'no hint for a name that is not a cluster')
+
+  const clustersOnly = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_UPSTREAM: '', BEARER_PROXY_CLUSTERS: `gpu=${cluster.url}` })
+  const hinted = await request(`${clustersOnly.url}/gpu/api/v1/jobs`)
+  t.equal(hinted.statusCode, 404)
+  t.match(await hinted.body.json(), { error: 'not_found', message: 'nothing is served at this path; did you mean /clusters/gpu/…?' })
+  const plain = await request(`${clustersOnly.url}/elsewhere`)
+  t.match(await plain.body.json(), { error: 'not_found', message: 'nothing is served at this path' })
+  t.equal(cluster.seen.length, 0, 'nothing reached the cluster')
+})
