@@ -1,4 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { type EventEmitter, once } from 'node:events'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
@@ -138,7 +141,16 @@ export function spawnCli (args: string[], env: Record<string, string>, cwd?: str
   const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('BEARER_PROXY_')))
   // tap adds its process-tracking loader to NODE_OPTIONS of every child it sees spawned; `env -u`
   // removes it, then execs dist/cli.js itself: its shebang's node flags apply, as for users.
-  return spawn('env', ['-u', 'NODE_OPTIONS', CLI, ...args], { env: { ...clean, ...env }, cwd: cwd ?? process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] })
+  // A clean directory unless told otherwise: never the repository's, where a user's .env would be read.
+  return spawn('env', ['-u', 'NODE_OPTIONS', CLI, ...args], { env: { ...clean, ...env }, cwd: cwd ?? cleanDirectory(), stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+let clean: string | undefined
+
+/** One empty temporary directory for this test process, where the CLI runs by default. */
+export function cleanDirectory (): string {
+  clean ??= mkdtempSync(join(tmpdir(), 'bearer-proxy-cwd-'))
+  return clean
 }
 
 export function collect (child: ChildProcess): () => { stdout: string, stderr: string } {
