@@ -13,7 +13,8 @@ import { firstSetup, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/set
 export { type Flavour, type Grant, PREFIX } from './config/settings.js'
 export { isLoopback, joinPath, parseAddress } from './config/values.js'
 
-export type TokenEndpoint = { readonly kind: 'url', readonly url: URL } | { readonly kind: 'issuer', readonly issuer: URL }
+/** Where tokens come from: a token endpoint, or issuers whose discovery documents name one (the first that exists wins). */
+export type TokenEndpoint = { readonly kind: 'url', readonly url: URL } | { readonly kind: 'issuer', readonly issuers: readonly [URL, ...URL[]] }
 
 /** A client as the token endpoint knows it; `secret` is absent for public clients. */
 export interface Client { readonly id: string, readonly secret: SecretSource | undefined }

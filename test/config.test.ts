@@ -116,8 +116,9 @@ t.test('a problem is reported once, at its cause; settings the chosen flavour or
 t.test('derived token endpoints', async (t) => {
   const base = { BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: 'https://runai.example/' }
   const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).token.endpoint
-  t.match(endpoint({ BEARER_PROXY_REALM: 'runai' }), { kind: 'url', url: { href: 'https://runai.example/auth/realms/runai/protocol/openid-connect/token' } })
-  t.match(endpoint({ BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), { kind: 'issuer', issuer: { href: 'https://kc.example/realms/a' } })
+  t.match(endpoint({ BEARER_PROXY_REALM: 'runai' }), { kind: 'issuer', issuers: [{ href: 'https://runai.example/realms/runai' }, { href: 'https://runai.example/auth/realms/runai' }] },
+    'Keycloak 17+ first, then older Keycloak (and Run:ai\'s bundled one)')
+  t.match(endpoint({ BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), { kind: 'issuer', issuers: [{ href: 'https://kc.example/realms/a' }] })
   t.match(endpoint({ BEARER_PROXY_AUTH: 'runai' }), { url: { href: 'https://runai.example/api/v1/token' } })
   t.match(endpoint({ BEARER_PROXY_AUTH: 'runai-apptoken' }), { url: { href: 'https://runai.example/v1/k8s/auth/oauth/apptoken' } })
   t.match(endpoint({ BEARER_PROXY_AUTH: 'apiconnect', BEARER_PROXY_USERNAME: 'u', BEARER_PROXY_PASSWORD: 'p' }), { url: { href: 'https://runai.example/api/token' } })

@@ -200,7 +200,7 @@ t.test('a rotated secret file is read at the next token request, without a resta
   t.pass('renewed after the secret file changed')
 })
 
-t.test('discovery from an issuer with a path, and the Keycloak URL derived from UPSTREAM + REALM', async (t) => {
+t.test('discovery from an issuer with a path; UPSTREAM + REALM finds Keycloak 17+ at /realms and older Keycloak at /auth/realms', async (t) => {
   const realm = await startIdentity(t, { path: '/realms/team' })
   const discovered = startTokenManager(t, { BEARER_PROXY_ISSUER: realm.issuer, BEARER_PROXY_CLIENT_ID: CLIENT.clientId, BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret })
   t.equal((await discovered.tokens.get()).subject, CLIENT.clientId)
@@ -217,6 +217,26 @@ t.test('discovery from an issuer with a path, and the Keycloak URL derived from 
   const token = await derived.tokens.get()
   t.equal(decodeJwt(token.authorization.slice(7)).iss, keycloak.issuer)
   t.equal(keycloak.tokenRequests, 1, 'asked at <UPSTREAM>/auth/realms/runai/protocol/openid-connect/token')
+  t.match(derived.logs.events('token_endpoint_discovered')[0], { issuer: keycloak.issuer, endpoint: `${keycloak.issuer}/protocol/openid-connect/token` },
+    'after /realms/runai answered 404')
+
+  const current = await startIdentity(t, { path: '/realms/team', tokenPath: '/protocol/openid-connect/token' })
+  const today = startTokenManager(t, {
+    BEARER_PROXY_UPSTREAM: new URL(current.issuer).origin,
+    BEARER_PROXY_REALM: 'team',
+    BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+    BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret
+  })
+  t.equal(decodeJwt((await today.tokens.get()).authorization.slice(7)).iss, current.issuer)
+  t.match(today.logs.events('token_endpoint_discovered')[0], { issuer: current.issuer })
+
+  const nowhere = startTokenManager(t, {
+    BEARER_PROXY_UPSTREAM: new URL(current.issuer).origin,
+    BEARER_PROXY_REALM: 'missing',
+    BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
+    BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret
+  })
+  await t.rejects(nowhere.tokens.get(), { code: 'token_unavailable', message: /discovery document http:\/\/127\.0\.0\.1:\d+\/auth\/realms\/missing\/\.well-known\/openid-configuration answered 404/ })
 })
 
 t.test('a lifetime of a year is honoured with a renewal timer of at most 24 h, from expires_in or a JWT exp', async (t) => {

@@ -208,10 +208,11 @@ function tokenEndpoint (flavour: Flavour, tokenUrl: URL | undefined, issuer: URL
   if (flavour === 'oidc') {
     const base = issuer ?? upstream
     if (realm !== undefined && base !== undefined) {
-      // Keycloak as Run:ai ships it: <base>/auth/realms/<realm>/protocol/openid-connect/token
-      return { kind: 'url', url: joinPath(base, `/auth/realms/${encodeURIComponent(realm)}/protocol/openid-connect/token`) }
+      // Keycloak 17+ serves realms at /realms/<realm>; older Keycloak (and Run:ai's bundled one) at /auth/realms/<realm>.
+      const name = encodeURIComponent(realm)
+      return { kind: 'issuer', issuers: [joinPath(base, `/realms/${name}`), joinPath(base, `/auth/realms/${name}`)] }
     }
-    if (issuer !== undefined) return { kind: 'issuer', issuer }
+    if (issuer !== undefined) return { kind: 'issuer', issuers: [issuer] }
     problems.push(`${PREFIX}TOKEN_URL: required for AUTH=oidc, or ${PREFIX}ISSUER (discovery), or ${PREFIX}REALM with ${PREFIX}UPSTREAM (Keycloak)`)
     return undefined
   }

@@ -264,15 +264,21 @@ export class TokenManager extends EventEmitter implements TokenSource {
     return grant
   }
 
+  /** The token endpoint of the first issuer whose discovery document exists (a 404 moves on to the next). */
   async #discover (): Promise<URL> {
     const { endpoint } = this.#settings
     if (endpoint.kind !== 'issuer') throw new Error('no endpoint')
-    const url = discoveryUrl(endpoint.issuer)
-    const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
-    if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
-    this.#endpoint = readDiscovery(endpoint.issuer, body, this.#settings.allowHttpTokenEndpoint)
-    this.#log.info({ event: 'token_endpoint_discovered', endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
-    return this.#endpoint
+    const last = endpoint.issuers[endpoint.issuers.length - 1]
+    for (const issuer of endpoint.issuers) {
+      const url = discoveryUrl(issuer)
+      const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
+      if (status === 404 && issuer !== last) continue
+      if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
+      this.#endpoint = readDiscovery(issuer, body, this.#settings.allowHttpTokenEndpoint)
+      this.#log.info({ event: 'token_endpoint_discovered', issuer: displayUrl(issuer), endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
+      return this.#endpoint
+    }
+    throw new Error('no issuer')
   }
 
   async #call (url: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: string | undefined): Promise<{ status: number, body: unknown }> {
@@ -308,7 +314,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   #endpointName (): string {
     const { endpoint } = this.#settings
-    return displayUrl(this.#endpoint ?? (endpoint.kind === 'url' ? endpoint.url : endpoint.issuer))
+    return displayUrl(this.#endpoint ?? (endpoint.kind === 'url' ? endpoint.url : endpoint.issuers[0]))
   }
 
   /** Any failure as a one-line message fit for logs and error bodies: no secret, no token, no body beyond code and message. */
