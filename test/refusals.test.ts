@@ -29,6 +29,15 @@ class Held implements HeldToken {
   get (): AccessToken { return this.token ?? this.renew() }
 }
 
+/** A token source and one route on it; with `accepted`, the route has accepted the first token. */
+function start (accepted: boolean): { held: Held, route: RouteRefusals, first: AccessToken } {
+  const held = new Held()
+  const route = new RouteRefusals(held)
+  const first = held.get()
+  if (accepted) route.accepted(first)
+  return { held, route, first }
+}
+
 t.test('consecutive revocations: each is retried with one new token, whatever the token\'s age', async (t) => {
   const held = new Held()
   const route = new RouteRefusals(held)
@@ -44,18 +53,13 @@ t.test('consecutive revocations: each is retried with one new token, whatever th
 })
 
 t.test('a revocation before the route ever accepted the token is retried too', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const first = held.get()
+  const { held, route, first } = start(false)
   t.equal(route.refused(first, 0), 'retry')
   t.equal(held.drops, 1)
 })
 
 t.test('requests in flight on a revoked token: all retried, the token dropped once', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const revoked = held.get()
-  route.accepted(revoked)
+  const { held, route, first: revoked } = start(true)
   const verdicts = Array.from({ length: 16 }, () => route.refused(revoked, 0))
   t.same(new Set(verdicts), new Set(['retry']), 'every one of them is sent again')
   t.equal(held.drops, 1, 'one drop, so one token request')
@@ -66,9 +70,7 @@ t.test('requests in flight on a revoked token: all retried, the token dropped on
 })
 
 t.test('a retry refused with a brand-new token: the 401 is about the request, no further token requests on that route', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const first = held.get()
+  const { held, route, first } = start(false)
   t.equal(route.refused(first, 0), 'retry')
   const fresh = held.get()
   t.equal(route.refused(fresh, 1), 'pass', 'the retry\'s 401 is passed on')
@@ -103,10 +105,7 @@ t.test('a route refusing every token next to a route accepting them', async (t) 
 })
 
 t.test('one path that always answers 401 on a route that accepts the token elsewhere', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const first = held.get()
-  route.accepted(first)
+  const { held, route, first } = start(true)
   t.equal(route.refused(first, 0), 'retry')
   const second = held.get()
   t.equal(route.refused(second, 1), 'pass')
@@ -123,10 +122,7 @@ t.test('one path that always answers 401 on a route that accepts the token elsew
 })
 
 t.test('after a streamed request\'s 401 the next refused request is retried', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const first = held.get()
-  route.accepted(first)
+  const { held, route, first } = start(true)
   // The caller cannot replay the body; the verdict still drops the token.
   t.equal(route.refused(first, 0), 'retry')
   t.equal(held.token, undefined)
@@ -135,10 +131,7 @@ t.test('after a streamed request\'s 401 the next refused request is retried', as
 })
 
 t.test('a retry whose token the route had accepted meets a revocation: dropped and sent a last time', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const first = held.get()
-  route.accepted(first)
+  const { held, route, first } = start(true)
   t.equal(route.refused(first, 0), 'retry')
   const second = held.get()
   route.accepted(second)
@@ -150,10 +143,7 @@ t.test('a retry whose token the route had accepted meets a revocation: dropped a
 })
 
 t.test('a 401 to a token already replaced is retried with the held one and drops nothing', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  const old = held.get()
-  route.accepted(old)
+  const { held, route, first: old } = start(true)
   const renewed = held.renew()
   t.equal(route.refused(old, 0), 'retry')
   t.equal(held.token, renewed)
@@ -161,10 +151,8 @@ t.test('a 401 to a token already replaced is retried with the held one and drops
 })
 
 t.test('distinct paths each refused: one token request per token, however many requests', async (t) => {
-  const held = new Held()
-  const route = new RouteRefusals(held)
-  let token = held.get()
-  route.accepted(token)
+  const { held, route, first } = start(true)
+  let token = first
   for (let i = 0; i < 200; i++) {
     if (route.refused(token, 0) === 'pass') continue
     token = held.get()
