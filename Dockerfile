@@ -15,7 +15,8 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY config ./config
 RUN ln -s /app/dist/cli.js /usr/local/bin/bearer-proxy
-USER node
+# The image's `node` user by its numeric id: Kubernetes' runAsNonRoot admits only a numeric USER.
+USER 1000:1000
 # In a container the proxy must listen on all interfaces: that is only allowed with
 # BEARER_PROXY_INBOUND_KEY set (or, knowingly, BEARER_PROXY_ALLOW_ANONYMOUS=true).
 ENV BEARER_PROXY_HOST=0.0.0.0 BEARER_PROXY_PORT=8080

@@ -13,7 +13,7 @@ t.test('the image: Node 24 slim, multi-stage, non-root, health check, 0.0.0.0 on
   t.equal(stages.length, 2)
   for (const stage of stages) t.match(stage, /^node:24-slim/)
   const run = stages[1] as string
-  t.match(run, /^USER node$/m)
+  t.match(run, /^USER 1000:1000$/m, 'the node user, by number')
   t.match(run, /^HEALTHCHECK .*\["bearer-proxy", "health"\]/m)
   t.match(run, /BEARER_PROXY_HOST=0\.0\.0\.0/)
   t.match(run, /COPY --from=build \/app\/node_modules/)

@@ -1,0 +1,103 @@
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { parseAllDocuments } from 'yaml'
+import { loadConfig } from '../src/config.js'
+import { parseAddress } from '../src/config/values.js'
+import { cleanDirectory } from './helpers/stack.js'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string, scripts: Record<string, string> }
+/** Child processes without tap's loader in NODE_OPTIONS, as users run them. */
+const userEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== 'NODE_OPTIONS' && !key.startsWith('BEARER_PROXY_')))
+
+interface Container {
+  name: string
+  env?: Array<{ name: string, value: string }>
+  ports?: Array<{ name: string, containerPort: number }>
+  readinessProbe?: { httpGet: { path: string, port: string | number } }
+  livenessProbe?: { httpGet: { path: string, port: string | number } }
+  securityContext?: Record<string, unknown>
+  volumeMounts?: Array<{ name: string, mountPath: string }>
+}
+
+t.test('the Kubernetes sidecar example is valid for the image: numeric non-root user, settings the proxy accepts, probes on the admin port', async (t) => {
+  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
+  const runtime = dockerfile.split(/^FROM /m).at(-1) as string
+  const user = /^USER (\d+)(?::(\d+))?$/m.exec(runtime)
+  t.ok(user, 'USER is numeric (runAsNonRoot cannot verify a user name)')
+  t.not(Number(user?.[1]), 0, 'and not root')
+
+  const documents = parseAllDocuments(readFileSync(join(root, 'config/kubernetes-sidecar.yaml'), 'utf8'))
+  for (const document of documents) t.same(document.errors, [], 'YAML parses')
+  const objects = documents.map((document) => document.toJS() as { kind: string, spec?: { template: { spec: { containers: Container[], volumes: Array<{ name: string }> } } } })
+  const pod = objects.find((object) => object.kind === 'Deployment')?.spec?.template.spec
+  const proxy = pod?.containers.find((container) => container.name === 'bearer-proxy')
+  if (pod === undefined || proxy === undefined) throw new Error('no bearer-proxy container in a Deployment')
+  t.equal(proxy.securityContext?.runAsNonRoot, true)
+  t.equal(proxy.securityContext?.readOnlyRootFilesystem, true, 'the proxy writes nothing to its image')
+
+  // Its settings, with the mounted secret file standing in, are a configuration `serve` accepts.
+  const secretDir = mkdtempSync(join(tmpdir(), 'bearer-proxy-secret-'))
+  const env: Record<string, string> = {}
+  for (const { name, value } of proxy.env ?? []) {
+    if (name.endsWith('_FILE')) {
+      const mount = proxy.volumeMounts?.find((volume) => value.startsWith(`${volume.mountPath}/`))
+      t.ok(mount && pod.volumes.some((volume) => volume.name === mount.name), `${name} is on a mounted volume`)
+      env[name] = join(secretDir, value.split('/').at(-1) as string)
+      writeFileSync(env[name], 'from-the-secret')
+    } else {
+      env[name] = value
+    }
+  }
+  const config = loadConfig({ env, envFile: '/dev/null', forwarding: true })
+  t.equal(config.host, '127.0.0.1', 'loopback: the pod\'s other containers reach it, nothing else does')
+
+  const admin = parseAddress(env.BEARER_PROXY_ADMIN_ADDRESS ?? '')
+  if (typeof admin === 'string') throw new Error(admin)
+  const portOf = (port: string | number | undefined): number | undefined => typeof port === 'number' ? port : proxy.ports?.find((named) => named.name === port)?.containerPort
+  t.equal(portOf(proxy.readinessProbe?.httpGet.port), admin.port, 'readiness probe on ADMIN_ADDRESS')
+  t.equal(proxy.readinessProbe?.httpGet.path, '/-/ready')
+  t.equal(portOf(proxy.livenessProbe?.httpGet.port), admin.port, 'liveness probe on ADMIN_ADDRESS')
+  t.equal(proxy.livenessProbe?.httpGet.path, '/-/healthy')
+})
+
+t.test('npm start runs the CLI through node itself (no shebang needed, as on Windows), leaving --env-file to bearer-proxy', async (t) => {
+  t.match(pkg.scripts.start, /^node .*-- dist\/cli\.js serve$/)
+  // `npm start -- --env-file missing.env`, with the repository as the package and no .env read from it.
+  const result = spawnSync('npm', ['start', '--prefix', root, '--', '--env-file', 'missing.env'], { encoding: 'utf8', cwd: cleanDirectory(), env: userEnv, timeout: 30_000 })
+  t.equal(result.status, 2, result.stderr)
+  t.match(result.stderr, /bearer-proxy:\s+--env-file missing\.env: cannot read it \(ENOENT\)/)
+  t.notMatch(result.stderr, /node: missing\.env/)
+})
+
+t.test('installed without a clone, from the packed tarball: `bearer-proxy` is on PATH and runs', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-pack-'))
+  // dist/ is already built by `npm test`; the tarball carries it, and no source.
+  const packed = spawnSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: root, encoding: 'utf8', env: userEnv })
+  t.equal(packed.status, 0, packed.stderr)
+  const [{ filename, files }] = JSON.parse(packed.stdout) as [{ filename: string, files: Array<{ path: string }> }]
+  const paths = files.map((file) => file.path)
+  t.ok(paths.includes('dist/cli.js'))
+  t.ok(paths.includes('config/runai.env'))
+  t.notOk(paths.some((path) => /^(src|test|demo|bench)\//.test(path)), 'no sources, tests, demo or bench')
+
+  const prefix = join(dir, 'global')
+  const installed = spawnSync('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(dir, filename)],
+    { cwd: cleanDirectory(), encoding: 'utf8', env: userEnv, timeout: 120_000 })
+  t.equal(installed.status, 0, installed.stderr)
+  const bin = join(prefix, 'bin', 'bearer-proxy')
+  t.equal(spawnSync(bin, ['--version'], { encoding: 'utf8', cwd: cleanDirectory(), env: userEnv }).stdout.trim(), pkg.version)
+  const noConfig = spawnSync(bin, ['serve'], { encoding: 'utf8', cwd: cleanDirectory(), env: userEnv })
+  t.equal(noConfig.status, 2)
+  t.match(noConfig.stderr, /no configuration found/)
+})
+
+t.test('the README never sends users to `npx bearer-proxy`, which outside a clone fetches whatever package has that name', async (t) => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8')
+  t.notMatch(readme, /npx bearer-proxy/)
+  t.match(readme, /npm install -g \.\/bearer-proxy-/)
+})
