@@ -21,13 +21,14 @@ const config = loadConfig({
     BEARER_PROXY_CLIENT_SECRET: CLIENT.clientSecret,
     BEARER_PROXY_UPSTREAM: api.url,
     BEARER_PROXY_PORT: process.env.BEARER_PROXY_PORT ?? '8080',
-    BEARER_PROXY_LOG_LEVEL: process.env.BEARER_PROXY_LOG_LEVEL ?? 'info'
+    BEARER_PROXY_LOG_LEVEL: process.env.BEARER_PROXY_LOG_LEVEL ?? 'info',
+    BEARER_PROXY_LOG_FORMAT: process.env.BEARER_PROXY_LOG_FORMAT ?? ''
   },
   envFile: '/dev/null'
 })
 let proxy: RunningProxy
 try {
-  proxy = await startProxy(config, createLogger(config.logLevel))
+  proxy = await startProxy(config, createLogger(config.logLevel ?? 'info', 1, config.logFormat))
 } catch (error) {
   if (!(error instanceof ListenError)) throw error
   process.stderr.write(`bearer-proxy demo: ${error.message}, e.g. BEARER_PROXY_PORT=9000 npm run demo\n`)

@@ -10,6 +10,8 @@ export const REPLAY_LIMIT = 1024 * 1024
 
 /** Where a route's token comes from, and what its 401s have taught it. */
 export interface RouteCredential {
+  /** The route's name, for logs. */
+  readonly route: string
   readonly tokens: TokenSource
   readonly refusals: RouteRefusals
 }
@@ -118,6 +120,16 @@ class BearerRequest implements Handler {
       return
     }
     this.#token = token
+    if (this.#log.isLevelEnabled('debug')) {
+      this.#log.debug({
+        event: 'forward',
+        route: this.#credential.route,
+        upstream: this.#options.origin,
+        path: pathOf(this.#options.path),
+        obtainedSecondsAgo: Math.round((Date.now() - token.obtainedAt) / 1000),
+        attempt: this.#attempt + 1
+      }, 'forwarding')
+    }
     const headers = this.#options.headers as IncomingHttpHeaders
     headers.authorization = token.authorization
     const body = this.#attempt === 0 ? this.#body : (this.#replay === false ? null : this.#replay)

@@ -3,14 +3,16 @@ import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import type { SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
-import { firstSetup, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
+import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
+import { parseAddress } from './config/values.js'
+import { closest, didYouMean } from './suggest.js'
 
 /**
  * The configuration: the result's types and `loadConfig`. Reading and schema checks
  * are here; the settings table is `config/settings.ts`, single values are parsed in
  * `config/values.ts`, cross-field rules live in `config/rules.ts`.
  */
-export { type Flavour, type Grant, PREFIX } from './config/settings.js'
+export { FLAGS, type Flavour, type Grant, PREFIX } from './config/settings.js'
 export { isLoopback, joinPath, parseAddress } from './config/values.js'
 
 /** Where tokens come from: a token endpoint, or issuers whose discovery documents name one (the first that exists wins). */
@@ -76,7 +78,14 @@ export interface Config {
   readonly insecureSkipVerify: boolean
   /** Seconds to wait for upstream response headers. */
   readonly timeout: number
-  readonly logLevel: string
+  /** As set; unset, each command has its own default (`serve`: info; `check`, `token`: no log lines). */
+  readonly logLevel: string | undefined
+  /** Unset: pretty on a terminal, JSON otherwise. */
+  readonly logFormat: 'json' | 'pretty' | undefined
+  /** What `check` asks each upstream for, with the token. */
+  readonly checkPath: string
+  /** Where `serve` keeps the current access token for tools that read a file (and `token` reads it). */
+  readonly tokenFile: string | undefined
 }
 
 /** Start-up refused: one line per problem, none of them holding a secret value. */
@@ -99,31 +108,53 @@ export interface LoadOptions {
   readonly cwd?: string
   /** `serve` needs somewhere to forward to; `check` and `token` do not. */
   readonly forwarding?: boolean
+  /** Settings given as command-line flags (by setting name, without the prefix): they win over the environment. */
+  readonly flags?: Readonly<Record<string, string>>
+}
+
+/** The `BEARER_PROXY_*` values, set and non-empty: the env file, then the environment, then flags, each winning over the one before. */
+function readSettings (options: LoadOptions): Record<string, string> {
+  const merged: Record<string, string | undefined> = { ...readEnvFile(options), ...(options.env ?? process.env) }
+  for (const [name, value] of Object.entries(options.flags ?? {})) merged[PREFIX + name] = value
+  const data: Record<string, string> = {}
+  for (const [key, value] of Object.entries(merged)) {
+    // An empty variable is the same as an unset one (as `FOO= cmd` users expect).
+    if (key.startsWith(PREFIX) && value !== undefined && value !== '') data[key] = value
+  }
+  return data
+}
+
+/** Problems about a setting given as a flag name the flag, as the user typed it. */
+function inFlagTerms (problems: readonly string[], flags: Readonly<Record<string, string>> = {}): string[] {
+  const given = Object.entries(FLAGS).filter(([, flag]) => flag.setting in flags)
+  return problems.map((line) => {
+    const match = given.find(([, flag]) => line.startsWith(`${PREFIX}${flag.setting}:`) || line.startsWith(`${PREFIX}${flag.setting} (`))
+    return match === undefined ? line : `${match[0]}${line.slice(PREFIX.length + match[1].setting.length)}`
+  })
 }
 
 export function loadConfig (options: LoadOptions = {}): Config {
-  const env = options.env ?? process.env
-  const fileVars = readEnvFile(options)
-  const merged: Record<string, string | undefined> = { ...fileVars, ...env }
-  const ours = Object.keys(merged).filter((key) => key.startsWith(PREFIX))
+  const data = readSettings(options)
+  const ours = Object.keys(data)
   if (ours.length === 0) throw new ConfigError(firstSetup(), true)
 
   const problems: string[] = []
+  // A misspelt setting is reported once: not also as the setting it was meant to be, missing.
+  const meant: string[] = []
   for (const key of ours) {
-    if (!(key.slice(PREFIX.length) in SETTINGS)) problems.push(`${key}: unknown setting`)
-  }
-  const data: Record<string, string> = {}
-  for (const key of ours) {
-    const value = merged[key]
-    // An empty variable is the same as an unset one (as `FOO= cmd` users expect).
-    if (value !== undefined && value !== '') data[key] = value
+    if (!(key.slice(PREFIX.length) in SETTINGS)) {
+      const match = closest(key, Object.keys(SETTINGS).map((name) => PREFIX + name))
+      problems.push(`${key}: unknown setting${match === undefined ? '' : `; did you mean ${match}?`}`)
+      if (match !== undefined) meant.push(`${match}: required`)
+      delete data[key]
+    }
   }
   let raw: Record<string, unknown>
   const invalid = new Set<string>()
   try {
     raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
   } catch (error) {
-    const found = schemaProblems(error)
+    const found = schemaProblems(error, data)
     problems.push(...found.map(([, line]) => line))
     // Check the rest too, so that one run reports every problem.
     for (const [name] of found) {
@@ -134,8 +165,30 @@ export function loadConfig (options: LoadOptions = {}): Config {
   }
   const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
   const config = interpret(raw, { forwarding: options.forwarding ?? true, given, invalid }, problems)
-  if (problems.length > 0 || config === undefined) throw new ConfigError(problems)
+  if (meant.length > 0) problems.splice(0, problems.length, ...problems.filter((line) => !meant.some((start) => line.startsWith(start))))
+  if (problems.length > 0 || config === undefined) throw new ConfigError(inFlagTerms(problems, options.flags))
   return config
+}
+
+/** Where a running proxy listens: all that `health` needs, so it runs without credentials. */
+export interface Listening {
+  readonly host: string
+  readonly port: number
+  readonly socket: string | undefined
+  readonly adminAddress: { readonly host: string, readonly port: number } | undefined
+}
+
+export function loadListening (options: LoadOptions = {}): Listening {
+  const data = readSettings(options)
+  const get = (name: string): string | undefined => data[PREFIX + name]
+  const problems: string[] = []
+  const portText = get('PORT') ?? '8080'
+  const port = /^\d{1,5}$/.test(portText) && Number(portText) <= 65535 ? Number(portText) : NaN
+  if (Number.isNaN(port)) problems.push(`${PREFIX}PORT: must be a port number, 0 to 65535`)
+  const admin = get('ADMIN_ADDRESS') === undefined ? undefined : parseAddress(get('ADMIN_ADDRESS') as string)
+  if (typeof admin === 'string') problems.push(`${PREFIX}ADMIN_ADDRESS: ${admin}`)
+  if (problems.length > 0) throw new ConfigError(inFlagTerms(problems, options.flags))
+  return { host: get('HOST') ?? '127.0.0.1', port, socket: get('SOCKET'), adminAddress: typeof admin === 'object' ? admin : undefined }
 }
 
 function readEnvFile (options: LoadOptions): Record<string, string> {
@@ -153,13 +206,13 @@ function readEnvFile (options: LoadOptions): Record<string, string> {
 
 interface AjvProblem { instancePath?: string, message?: string, params?: { allowedValues?: unknown[] } }
 
-/** [variable, line] for each schema violation. */
-function schemaProblems (error: unknown): Array<[string, string]> {
+/** [variable, line] for each schema violation; a value close to an allowed one gets "did you mean". */
+function schemaProblems (error: unknown, data: Readonly<Record<string, string>>): Array<[string, string]> {
   const list = (error as { errors?: AjvProblem[] }).errors ?? []
   return list.map((problem) => {
     const name = (problem.instancePath ?? '').replace(/^\//, '')
     const allowed = problem.params?.allowedValues
-    const suffix = Array.isArray(allowed) ? `: ${allowed.join(', ')}` : ''
+    const suffix = Array.isArray(allowed) ? `: ${allowed.join(', ')}${didYouMean(data[name] ?? '', allowed.map(String))}` : ''
     return [name, `${name}: ${problem.message ?? 'invalid'}${suffix}`]
   })
 }

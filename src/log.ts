@@ -1,3 +1,5 @@
+import { createRequire } from 'node:module'
+import { isatty } from 'node:tty'
 import { type DestinationStream, pino, type Logger } from 'pino'
 
 /** Field names that never carry their value into a log line, at any depth. */
@@ -35,14 +37,33 @@ export function scrub (value: unknown, depth = 0): unknown {
   return copy ?? value
 }
 
-/** pino JSON lines on stdout (`fd` 1), or stderr (2) for commands whose stdout is their answer. */
-export function createLogger (level: string, fd: 1 | 2 | DestinationStream = 1): Logger {
+export type LogFormat = 'json' | 'pretty'
+
+/**
+ * pino lines on stdout (`fd` 1), or stderr (2) for commands whose stdout is their answer:
+ * JSON, or one human-readable line per entry (pino-pretty, in-process, loaded only then)
+ * when `format` says so or, unset, when the output is a terminal.
+ */
+export function createLogger (level: string, fd: 1 | 2 | DestinationStream = 1, format?: LogFormat): Logger {
+  const pretty = format === 'pretty' || (format === undefined && typeof fd === 'number' && isatty(fd))
+  const destination = typeof fd !== 'number'
+    ? fd
+    : pretty
+      ? (createRequire(import.meta.url)('pino-pretty') as (options: object) => DestinationStream)({
+          destination: fd,
+          sync: true,
+          colorize: isatty(fd),
+          singleLine: true,
+          translateTime: 'SYS:HH:MM:ss.l',
+          ignore: 'pid,hostname,name,event'
+        })
+      : pino.destination({ fd, sync: fd === 2 })
   return pino({
     level,
     base: { name: 'bearer-proxy' },
     formatters: { log: (object) => scrub(object) as Record<string, unknown> },
     timestamp: pino.stdTimeFunctions.isoTime
-  }, typeof fd === 'number' ? pino.destination({ fd, sync: fd === 2 }) : fd)
+  }, destination)
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const
@@ -56,11 +77,14 @@ type LogFn = (...args: unknown[]) => void
 export class RequestLogger {
   readonly #root: Logger
   readonly #reqId: string
+  /** A route's own `logLevel`: lines below it are dropped, whatever the root's level. */
+  readonly #floor: number
   #child: Logger | undefined
 
-  constructor (root: Logger, reqId: string) {
+  constructor (root: Logger, reqId: string, level?: string) {
     this.#root = root
     this.#reqId = reqId
+    this.#floor = level === undefined ? 0 : root.levels.values[level] ?? 0
   }
 
   get level (): string { return this.#root.level }
@@ -87,7 +111,7 @@ export class RequestLogger {
     for (const level of LEVELS) {
       Object.defineProperty(RequestLogger.prototype, level, {
         value: function (this: RequestLogger, ...args: unknown[]) {
-          if (this.#root.isLevelEnabled(level)) (this.#real()[level] as LogFn)(...args)
+          if (this.#root.isLevelEnabled(level) && (this.#root.levels.values[level] as number) >= this.#floor) (this.#real()[level] as LogFn)(...args)
         }
       })
     }

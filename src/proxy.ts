@@ -15,7 +15,7 @@ export interface ServedRoute extends Route {
 
 /** A route with its own credential: the shared agent composed with the bearer interceptor. */
 export function serveRoute (route: Route, agent: Dispatcher, tokens: TokenSource, log: Logger): ServedRoute {
-  const credential = { tokens, refusals: new RouteRefusals(tokens) }
+  const credential = { route: route.name, tokens, refusals: new RouteRefusals(tokens) }
   return { ...route, dispatcher: agent.compose(bearerInterceptor(credential, log)) }
 }
 
@@ -23,6 +23,7 @@ export interface ProxyOptions {
   readonly routes: readonly ServedRoute[]
   /** Seconds to wait for upstream response headers. */
   readonly timeout: number
+  readonly log: Logger
 }
 
 /** Request headers never forwarded: the client's credentials and hop-by-hop headers (RFC 9110 §7.6.1). */
@@ -79,6 +80,8 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
       proxyPayloads: false,
       internalRewriteLocationHeader: false,
       disableRequestLogging: true,
+      // reply-from logs each failure at warn with its stack trace; the proxy's own warning below says it in one line.
+      logLevel: 'error',
       config: { upstream: route.name },
       replyOptions: {
         retryDelay: () => null,
@@ -95,7 +98,9 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
           return headers
         },
         onError: (reply, { error }) => {
-          sendProxyError(reply, upstreamError(route, error, options.timeout))
+          const failure = upstreamError(route, error, options.timeout)
+          warnFailure(options.log, route, failure, reply.request.id)
+          sendProxyError(reply, failure)
         }
       }
     })
@@ -108,26 +113,38 @@ function rawQuery (_search: string | undefined, url: string): string {
   return at === -1 ? '' : url.slice(at + 1)
 }
 
+/** A 502, 503 or 504 the proxy answered: one warning line with the reason, no stack trace. */
+export function warnFailure (log: Pick<Logger, 'warn'>, route: Route, failure: ProxyError, reqId?: string): void {
+  log.warn({ reqId, event: failure.code, upstream: route.name, status: failure.status }, failure.message)
+}
+
 /** An upstream failure as the proxy's error: 504 when no headers came in time, else 502. */
 export function upstreamError (route: Route, error: Error, timeout: number): ProxyError {
   const cause = (error as Error & { cause?: unknown }).cause ?? error
   if (cause instanceof ProxyError) return cause
-  const name = `upstream ${route.name} (${route.upstream.origin})`
+  const [code, reason] = upstreamFailure(error, timeout)
+  return new ProxyError(code, `upstream ${route.name} (${route.upstream.origin}) ${reason}`)
+}
+
+const NETWORK_REASONS: Readonly<Record<string, string>> = {
+  ECONNREFUSED: 'refused the connection',
+  ECONNRESET: 'reset the connection',
+  UND_ERR_SOCKET: 'closed the connection',
+  ENOTFOUND: 'has a host name that does not resolve',
+  UND_ERR_CONNECT_TIMEOUT: 'did not accept the connection in time'
+}
+
+/** Why an upstream could not be asked, in words that follow the upstream's name: 504 when no headers came in time, else 502. */
+export function upstreamFailure (error: Error, timeout: number): ['upstream_timeout' | 'upstream_unreachable', string] {
+  const cause = (error as Error & { cause?: unknown }).cause ?? error
   const code = (cause as NodeJS.ErrnoException).code ?? ''
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || (error as NodeJS.ErrnoException).code === 'FST_REPLY_FROM_GATEWAY_TIMEOUT') {
-    return new ProxyError('upstream_timeout', `${name} sent no response headers within ${timeout} s`)
+    return ['upstream_timeout', `sent no response headers within ${timeout} s`]
   }
-  const reasons: Record<string, string> = {
-    ECONNREFUSED: 'refused the connection',
-    ECONNRESET: 'reset the connection',
-    UND_ERR_SOCKET: 'closed the connection',
-    ENOTFOUND: 'has a host name that does not resolve',
-    UND_ERR_CONNECT_TIMEOUT: 'did not accept the connection in time'
-  }
-  const reason = reasons[code] ?? (answeredPlainHttp(code)
+  const reason = NETWORK_REASONS[code] ?? (answeredPlainHttp(code)
     ? 'did not answer TLS; is the URL http://?'
     : /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO/.test(code)
       ? `presented a TLS certificate that is not trusted (${code})`
       : `failed: ${networkReason(cause)}`)
-  return new ProxyError('upstream_unreachable', `${name} ${reason}`)
+  return ['upstream_unreachable', reason]
 }

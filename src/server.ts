@@ -11,6 +11,7 @@ import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { proxyRoutes, serveRoute } from './proxy.js'
 import { CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
+import { tokenFileSink } from './token/file.js'
 import { TokenManager } from './token/manager.js'
 import { websocketTunnel } from './websocket.js'
 
@@ -43,7 +44,7 @@ function createApp (log: Logger, meant: (target: string) => string | undefined =
     // One line per request, written in onResponse, instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => randomUUID(),
-    childLoggerFactory: (logger, bindings) => new RequestLogger(logger as unknown as Logger, String(bindings.reqId)) as unknown as FastifyBaseLogger,
+    childLoggerFactory: (logger, bindings, options) => new RequestLogger(logger as unknown as Logger, String(bindings.reqId), options.level) as unknown as FastifyBaseLogger,
     // Keep-alive sockets with no request in flight close at once on shutdown.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
@@ -120,11 +121,13 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
     // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
     if (reply.statusCode === 404 && upstream === 'admin') hintCluster(request.raw.url ?? '')
-    if (log.isLevelEnabled('info')) {
+    // Probes and scrapes (the proxy's own endpoints) at debug: they come every few seconds.
+    const level = upstream === undefined && request.raw.url?.startsWith('/-/') === true ? 'debug' : 'info'
+    if (log.isLevelEnabled(level)) {
       const url = request.raw.url ?? ''
       const query = url.indexOf('?')
       // The root logger with the id as a field: no per-request child logger.
-      log.info({
+      log[level]({
         reqId: request.id,
         method: request.method,
         path: query === -1 ? url : url.slice(0, query),
@@ -146,7 +149,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 
   const tunnels = websocketTunnel(app.server, { table, guard, log: parts.log, timeout: config.timeout })
   app.addHook('preClose', async () => { tunnels.closeAll() })
-  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout })
+  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log: parts.log })
   return app
 }
 
@@ -179,6 +182,9 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   const metrics = new Metrics(tokens)
   const app = await buildServer({ config, tokens, metrics, dispatcher, log })
   const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log })
+  // Fastify logs "Server listening at …" for each address; the proxy's own line below says it once, with the routes.
+  const level = log.level
+  if (log.isLevelEnabled('info')) log.level = 'warn'
   try {
     if (config.socket === undefined) {
       await app.listen({ host: config.host, port: config.port })
@@ -190,17 +196,27 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     await Promise.all([app.close(), admin?.close()])
     await dispatcher.close()
     throw listenProblem(error, config) ?? error
+  } finally {
+    log.level = level
   }
-  // Only once the proxy can be reached: a listener that fails costs no token request.
-  tokens.start()
   const address = addressOf(app, config.socket)
+  const routes = routesOf(config).map((route) => `${route.prefix} -> ${displayUrl(route.upstream)}`)
   let closing: Promise<void> | undefined
   log.info({
     event: 'listening',
     address,
     admin: admin === undefined ? undefined : addressOf(admin, undefined),
-    routes: routesOf(config).map((route) => `${route.prefix} -> ${displayUrl(route.upstream)}`)
-  }, 'bearer-proxy is listening')
+    routes
+  }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
+  const announceReady = ({ result }: { result: string }): void => {
+    if (result !== 'success') return
+    tokens.off('fetch', announceReady)
+    log.info({ event: 'ready', address }, `ready: the first token is held; forwarding ${routes.join(', ')}`)
+  }
+  tokens.on('fetch', announceReady)
+  const removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
+  // Only once the proxy can be reached: a listener that fails costs no token request.
+  tokens.start()
   return {
     app,
     admin,
@@ -209,6 +225,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     // Once, however often it is called (a second signal, a test's teardown).
     close: () => {
       closing ??= (async () => {
+        removeTokenFile?.()
         tokens.close()
         await Promise.all([app.close(), admin?.close()])
         await dispatcher.close()

@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import { ProxyError, rawErrorResponse } from './errors.js'
 import type { Guard } from './guard.js'
 import type { Resolved, RouteTable } from './routes.js'
-import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError } from './proxy.js'
+import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError, warnFailure } from './proxy.js'
 
 export interface TunnelOptions {
   readonly table: RouteTable<ServedRoute>
@@ -102,8 +102,13 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
         log(status)
       },
       onResponseError (_controller, error) {
-        if (answered) socket.destroy()
-        else refuse(socket, upstreamError(target.route, error, options.timeout))
+        if (answered) {
+          socket.destroy()
+          return
+        }
+        const failure = upstreamError(target.route, error, options.timeout)
+        warnFailure(options.log, target.route, failure)
+        refuse(socket, failure)
       }
     })
   }

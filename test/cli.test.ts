@@ -9,19 +9,6 @@ import { startTokenEndpoint } from './helpers/token-endpoint.js'
 
 const DEMO = fileURLToPath(new URL('../build/demo/main.js', import.meta.url))
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-
-t.test('--help and --version', async (t) => {
-  const help = await runCli(['--help'], {})
-  t.equal(help.code, 0)
-  t.match(help.stdout, /Usage: bearer-proxy \[command\]/)
-  for (const command of ['serve', 'check', 'token', 'health', '--env-file']) t.match(help.stdout, command)
-  const version = await runCli(['--version'], {})
-  t.equal(version.stdout, `${pkg.version}\n`)
-  const bad = await runCli(['frobnicate'], {})
-  t.equal(bad.code, 2)
-  t.match(bad.stderr, /unknown argument "frobnicate"/)
-})
 
 t.test('--env-file is the tool\'s own on every Node: a missing file is its message and exit 2, a good one is read', async (t) => {
   // Node 20 takes --env-file for itself even after the script name (exit 9, "node: missing.env: not found")

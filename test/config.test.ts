@@ -25,10 +25,12 @@ function problems (env: Record<string, string>, options: { forwarding?: boolean 
 t.test('defaults', async (t) => {
   const config = loadConfig({ env: minimal, envFile: '/dev/null' })
   t.match(config, {
-    host: '127.0.0.1', port: 8080, readOnly: false, timeout: 30, logLevel: 'info',
+    host: '127.0.0.1', port: 8080, readOnly: false, timeout: 30, checkPath: '/',
     token: { flavour: 'oidc', credentials: { grant: 'client_credentials', client: { id: 'client' } }, clientAuth: 'client_secret_post', refreshSkew: 30 }
   })
   t.equal(config.upstream?.href, 'https://api.example/base')
+  t.equal(config.logLevel, undefined, 'each command has its own default level')
+  t.equal(config.logFormat, undefined, 'pretty on a terminal, else JSON')
   t.equal(JSON.stringify(config).includes('Sup3r-Secret-Value'), false, 'the secret cannot be serialised')
 })
 

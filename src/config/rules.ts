@@ -1,4 +1,5 @@
 import { accessSync, constants } from 'node:fs'
+import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import type { Client, Config, Credentials, TokenEndpoint, TokenSettings } from '../config.js'
 import { type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
@@ -101,6 +102,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
   const caFile = get('CA_FILE')
   if (caFile !== undefined) readable(caFile, `${PREFIX}CA_FILE`, problems)
+  const tokenFile = get('TOKEN_FILE')
+  if (tokenFile !== undefined && forwarding) writableDirectory(tokenFile, problems)
 
   if (unsure || credentials === undefined || endpoint === undefined) return undefined
   const timeout = number('TIMEOUT')
@@ -136,7 +139,10 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     caFile,
     insecureSkipVerify: flag('INSECURE_SKIP_VERIFY'),
     timeout,
-    logLevel: get('LOG_LEVEL') as string
+    logLevel: get('LOG_LEVEL'),
+    logFormat: get('LOG_FORMAT') as Config['logFormat'],
+    checkPath: get('CHECK_PATH') as string,
+    tokenFile
   }
 }
 
@@ -182,6 +188,14 @@ function readable (path: string, name: string, problems: string[]): void {
     accessSync(path, constants.R_OK)
   } catch (error) {
     problems.push(`${name}: cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+}
+
+function writableDirectory (file: string, problems: string[]): void {
+  try {
+    accessSync(dirname(resolve(file)), constants.W_OK)
+  } catch (error) {
+    problems.push(`${PREFIX}TOKEN_FILE: cannot write in the directory of ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
   }
 }
 

@@ -79,11 +79,24 @@ export const SETTINGS: Record<string, object> = {
   ALLOW_HTTP_TOKEN_ENDPOINT: bool,
   REFRESH_SKEW: { type: 'number', minimum: 0, default: 30 },
   TIMEOUT: { type: 'number', exclusiveMinimum: 0, default: 30 },
-  LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' }
+  LOG_LEVEL: { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] },
+  LOG_FORMAT: { type: 'string', enum: ['json', 'pretty'] },
+  CHECK_PATH: { type: 'string', pattern: '^/', default: '/' },
+  TOKEN_FILE: str
 }
 for (const name of SECRETS) {
   SETTINGS[name] = str
   SETTINGS[`${name}_FILE`] = str
+}
+
+/** Flags for the common settings: each is the same as its variable and wins over it. */
+export const FLAGS: Readonly<Record<string, { readonly setting: string, readonly value: string, readonly help: string, readonly repeatable?: true }>> = {
+  '--upstream': { setting: 'UPSTREAM', value: 'URL', help: 'the API to forward to' },
+  '--cluster': { setting: 'CLUSTERS', value: 'NAME=URL', help: 'a cluster, served at /clusters/NAME/ (repeatable)', repeatable: true },
+  '--host': { setting: 'HOST', value: 'HOST', help: 'address to listen on (default 127.0.0.1)' },
+  '--port': { setting: 'PORT', value: 'PORT', help: 'port to listen on (default 8080)' },
+  '--socket': { setting: 'SOCKET', value: 'PATH', help: 'listen on a unix socket instead' },
+  '--log-level': { setting: 'LOG_LEVEL', value: 'LEVEL', help: 'fatal, error, warn, info (default), debug, trace, silent' }
 }
 
 export const SCHEMA = {

@@ -51,6 +51,8 @@ export class AccessToken {
 
   /** The `Authorization` header value. */
   get authorization (): string { return this.#authorization }
+  /** The token alone, for `bearer-proxy token` and `TOKEN_FILE`. */
+  reveal (): string { return this.#authorization.slice('Bearer '.length) }
 
   toJSON (): object { return { expiresAt: new Date(this.expiresAt).toISOString() } }
   toString (): string { return '[access token]' }

@@ -72,7 +72,7 @@ export interface TestProxy {
 export async function startTestProxy (t: Teardown, env: Record<string, string>, options: { backoffMs?: number } = {}): Promise<TestProxy> {
   const config = configOf(env)
   const logs = new LogCapture()
-  const proxy = await startProxy(config, createLogger(config.logLevel, logs), options)
+  const proxy = await startProxy(config, createLogger(config.logLevel ?? 'info', logs), options)
   t.teardown(() => proxy.close())
   return { url: proxy.address, proxy, logs }
 }

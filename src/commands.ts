@@ -1,0 +1,173 @@
+import { rmSync } from 'node:fs'
+import { request } from 'node:http'
+import type { Dispatcher } from 'undici'
+import type { Arguments } from './cli.js'
+import { type Config, ConfigError, type LoadOptions, loadConfig, loadListening } from './config.js'
+import { joinPath } from './config/values.js'
+import { displayUrl } from './errors.js'
+import { createLogger } from './log.js'
+
+/** The commands, each loading what it needs only when it runs. */
+export async function run (args: Arguments): Promise<number> {
+  const options: LoadOptions = { envFile: args.envFile, flags: args.flags, forwarding: args.command === 'serve' }
+  try {
+    if (args.command === 'health') return await health(loadListening(options))
+    const config = loadConfig(options)
+    switch (args.command) {
+      case 'serve': return await serve(config)
+      case 'check': return await check(config)
+      case 'token': return await token(config)
+    }
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    const lines = error.empty ? error.problems : ['configuration error:', ...error.problems.map((line) => `  ${line}`)]
+    process.stderr.write(lines.map((line) => `bearer-proxy: ${line}`).join('\n') + '\n')
+    return 2
+  }
+}
+
+const SHUTDOWN_GRACE_MS = 10_000
+
+async function serve (config: Config): Promise<number> {
+  const { ListenError, startProxy } = await import('./server.js')
+  const log = createLogger(config.logLevel ?? 'info', 1, config.logFormat)
+  let proxy: Awaited<ReturnType<typeof startProxy>>
+  try {
+    proxy = await startProxy(config, log)
+  } catch (error) {
+    if (!(error instanceof ListenError)) throw error
+    log.flush()
+    process.stderr.write(`bearer-proxy: ${error.message}\n`)
+    return 2
+  }
+  let stopping = false
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now')
+      if (config.tokenFile !== undefined) rmSync(config.tokenFile, { force: true })
+      process.exit(1)
+    }
+    stopping = true
+    log.info({ signal }, 'shutting down: no new connections; in-flight requests get up to 10 s')
+    setTimeout(() => {
+      log.warn('in-flight requests did not finish within 10 s; exiting')
+      process.exit(0)
+    }, SHUTDOWN_GRACE_MS).unref()
+    proxy.close().finally(() => {
+      log.info('stopped')
+      log.flush()
+      process.exit(0)
+    })
+  }
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+  return await new Promise<number>(() => {})
+}
+
+/** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */
+async function oneShot<T> (config: Config, work: (tokens: import('./token/manager.js').TokenManager, dispatcher: Dispatcher) => Promise<T>): Promise<T> {
+  const [{ createDispatcher }, { TokenManager }] = await Promise.all([import('./outbound.js'), import('./token/manager.js')])
+  const log = createLogger(config.logLevel ?? 'silent', 2, config.logFormat)
+  if (config.insecureSkipVerify && !log.isLevelEnabled('warn')) {
+    process.stderr.write('bearer-proxy: warning: BEARER_PROXY_INSECURE_SKIP_VERIFY=true: TLS certificates are NOT verified\n')
+  }
+  const dispatcher = createDispatcher(config, log)
+  const tokens = new TokenManager(config.token, { dispatcher, log })
+  try {
+    return await work(tokens, dispatcher)
+  } finally {
+    tokens.close()
+    await dispatcher.close()
+  }
+}
+
+/** `token`: the access token alone on stdout; a running proxy's `TOKEN_FILE` when it holds a valid one. */
+async function token (config: Config): Promise<number> {
+  if (config.tokenFile !== undefined) {
+    const { readTokenFile } = await import('./token/file.js')
+    const kept = readTokenFile(config.tokenFile, config.token.refreshSkew)
+    if (kept !== undefined) {
+      process.stdout.write(`${kept}\n`)
+      return 0
+    }
+  }
+  return await oneShot(config, async (tokens) => {
+    try {
+      const held = await tokens.get()
+      process.stdout.write(`${held.reveal()}\n`)
+      return 0
+    } catch (error) {
+      process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
+      return 1
+    }
+  })
+}
+
+/** `check`: one token, then each upstream asked for `CHECK_PATH` with it; one line each, exit 1 if any failed. */
+async function check (config: Config): Promise<number> {
+  const [{ routesOf }, { upstreamFailure }] = await Promise.all([import('./routes.js'), import('./proxy.js')])
+  return await oneShot(config, async (tokens, dispatcher) => {
+    let held
+    try {
+      held = await tokens.get()
+    } catch (error) {
+      process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
+      return 1
+    }
+    const seconds = Math.round((held.expiresAt - Date.now()) / 1000)
+    process.stdout.write(`ok: token obtained\nsubject: ${held.subject ?? '(not a JWT, or no sub claim)'}\n` +
+      `expires: ${new Date(held.expiresAt).toISOString()} (in ${seconds} s)\n`)
+    let failed = false
+    for (const route of routesOf(config)) {
+      const url = joinPath(route.upstream, config.checkPath)
+      const where = `upstream ${route.name} (${displayUrl(url)})`
+      const tls = url.protocol === 'https:' ? (config.insecureSkipVerify ? ', TLS NOT verified' : ', TLS verified') : ''
+      try {
+        const answer = await dispatcher.request({
+          origin: url.origin,
+          path: url.pathname,
+          method: 'GET',
+          headers: { authorization: held.authorization, accept: '*/*' },
+          headersTimeout: config.timeout * 1000
+        })
+        await answer.body.dump()
+        const refused = answer.statusCode === 401 || answer.statusCode === 403 || answer.statusCode >= 500
+        failed ||= refused
+        const verdict = answer.statusCode === 401
+          ? 'the token was refused'
+          : answer.statusCode === 403 ? 'the token was accepted but may not read this path (set BEARER_PROXY_CHECK_PATH)' : answer.statusCode >= 500 ? 'the upstream failed' : 'token accepted'
+        process.stdout.write(`${refused ? 'FAILED' : 'ok'}: ${where} answered ${answer.statusCode}${tls}, ${verdict}\n`)
+      } catch (error) {
+        failed = true
+        process.stdout.write(`FAILED: ${where} ${upstreamFailure(error as Error, config.timeout)[1]}\n`)
+      }
+    }
+    return failed ? 1 : 0
+  })
+}
+
+/** `health`: exit 0 if the running proxy's `/-/ready` answers 200; the admin listener when there is one, as probes use. */
+async function health (where: ReturnType<typeof loadListening>): Promise<number> {
+  const loopback = (host: string): string => host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host
+  const target = where.adminAddress !== undefined
+    ? { host: loopback(where.adminAddress.host), port: where.adminAddress.port }
+    : where.socket === undefined ? { host: loopback(where.host), port: where.port } : { socketPath: where.socket }
+  const url = 'socketPath' in target
+    ? `unix:${target.socketPath}:/-/ready`
+    : `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/-/ready`
+  const status = await new Promise<number | string>((resolve) => {
+    const req = request({ ...target, path: '/-/ready', method: 'GET', headers: { host: 'localhost' }, timeout: 5000 }, (res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'no answer within 5 s' })))
+    req.on('error', (error) => resolve((error as NodeJS.ErrnoException).code ?? error.message))
+    req.end()
+  })
+  if (status === 200) {
+    process.stdout.write(`ok: ${url} answered 200\n`)
+    return 0
+  }
+  process.stderr.write(`bearer-proxy: health: ${url} ${typeof status === 'number' ? `answered ${status}` : `failed: ${status}`}\n`)
+  return 1
+}
