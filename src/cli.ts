@@ -29,6 +29,7 @@ ${Object.entries(COMMANDS).map(([name, help]) => column(name, help)).join('\n')}
 
 Flags (each is the BEARER_PROXY_* variable named, and wins over it):
 ${Object.entries(FLAGS).map(([flag, { value, setting, help }]) => `${column(`${flag} ${value}`, help)} (${setting})`).join('\n')}
+${column('--config PATH', 'read settings from a YAML or JSON file (keys: clientId, upstream, …)')}
 ${column('--env-file PATH', 'read settings from PATH (default: ./.env when present)')}
 ${column('--help, --version', '')}
 
@@ -48,15 +49,19 @@ package), and the examples in config/*.env.
 export interface Arguments {
   readonly command: Command
   readonly envFile: string | undefined
+  readonly configFile: string | undefined
   /** Settings given as flags, by setting name. */
   readonly flags: Readonly<Record<string, string>>
 }
 
 export class UsageError extends Error {}
 
+/** Flags that name a file rather than a setting. */
+const FILES = ['--env-file', '--config']
+
 function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version' {
   let command: Command | undefined
-  let envFile: string | undefined
+  const files: Record<string, string> = {}
   const flags: Record<string, string> = {}
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string
@@ -65,14 +70,15 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
     if (arg.startsWith('-')) {
       const equals = arg.indexOf('=')
       const name = equals === -1 ? arg : arg.slice(0, equals)
-      const known = name === '--env-file' ? undefined : FLAGS[name]
-      if (name !== '--env-file' && known === undefined) {
-        throw new UsageError(`unknown flag ${name}${didYouMean(name, [...Object.keys(FLAGS), '--env-file', '--help', '--version'])}`)
+      const known = FLAGS[name]
+      const file = FILES.includes(name)
+      if (!file && known === undefined) {
+        throw new UsageError(`unknown flag ${name}${didYouMean(name, [...Object.keys(FLAGS), ...FILES, '--help', '--version'])}`)
       }
       const value = equals === -1 ? argv[++i] : arg.slice(equals + 1)
       if (value === undefined || value === '') throw new UsageError(`${name} needs a value${known === undefined ? ' (a path)' : ` (${known.value})`}`)
       if (known === undefined) {
-        envFile = value
+        files[name] = value
       } else if (known.repeatable === true && flags[known.setting] !== undefined) {
         flags[known.setting] += `,${value}`
       } else {
@@ -84,7 +90,7 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
       throw new UsageError(`unknown command ${JSON.stringify(arg)}${command === undefined ? didYouMean(arg, Object.keys(COMMANDS)) : ''}`)
     }
   }
-  return { command: command ?? 'serve', envFile, flags }
+  return { command: command ?? 'serve', envFile: files['--env-file'], configFile: files['--config'], flags }
 }
 
 function version (): string {

@@ -9,7 +9,7 @@ import { createLogger } from './log.js'
 
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
-  const options: LoadOptions = { envFile: args.envFile, flags: args.flags, forwarding: args.command === 'serve' }
+  const options: LoadOptions = { envFile: args.envFile, configFile: args.configFile, flags: args.flags, forwarding: args.command === 'serve' }
   try {
     if (args.command === 'health') return await health(loadListening(options))
     const config = loadConfig(options)

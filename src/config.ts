@@ -4,6 +4,7 @@ import envSchema from 'env-schema'
 import type { SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
+import { readConfigFile } from './config/file.js'
 import { parseAddress } from './config/values.js'
 import { closest, didYouMean } from './suggest.js'
 
@@ -110,31 +111,57 @@ export interface LoadOptions {
   readonly forwarding?: boolean
   /** Settings given as command-line flags (by setting name, without the prefix): they win over the environment. */
   readonly flags?: Readonly<Record<string, string>>
+  /** `--config PATH`: a YAML or JSON file of settings, under the environment and the flags. */
+  readonly configFile?: string | undefined
 }
 
-/** The `BEARER_PROXY_*` values, set and non-empty: the env file, then the environment, then flags, each winning over the one before. */
-function readSettings (options: LoadOptions): Record<string, string> {
-  const merged: Record<string, string | undefined> = { ...readEnvFile(options), ...(options.env ?? process.env) }
+interface Settings {
+  /** The `BEARER_PROXY_*` values, set and non-empty. */
+  readonly data: Record<string, string>
+  /** How the user wrote each setting that did not come from a variable (`--port`, `proxy.yaml:4: port`), by setting name. */
+  readonly origins: Record<string, string>
+  /** What was wrong in the configuration file itself. */
+  readonly problems: string[]
+}
+
+/**
+ * The settings from every source, each winning over the one before: the
+ * configuration file, the env file (`./.env` only when neither `--env-file` nor
+ * `--config` is given), the environment, the flags.
+ */
+function readSettings (options: LoadOptions): Settings {
+  const file = options.configFile === undefined ? undefined : readConfigFile(options.configFile)
+  const merged: Record<string, string | undefined> = {}
+  for (const [name, value] of Object.entries(file?.values ?? {})) merged[PREFIX + name] = value
+  Object.assign(merged, readEnvFile(options), options.env ?? process.env)
   for (const [name, value] of Object.entries(options.flags ?? {})) merged[PREFIX + name] = value
   const data: Record<string, string> = {}
   for (const [key, value] of Object.entries(merged)) {
     // An empty variable is the same as an unset one (as `FOO= cmd` users expect).
     if (key.startsWith(PREFIX) && value !== undefined && value !== '') data[key] = value
   }
-  return data
+  const origins: Record<string, string> = {}
+  for (const [name, where] of Object.entries(file?.origins ?? {})) {
+    if (data[PREFIX + name] === file?.values[name]) origins[name] = where
+  }
+  for (const [flag, { setting }] of Object.entries(FLAGS)) {
+    if (options.flags?.[setting] !== undefined) origins[setting] = flag
+  }
+  return { data, origins, problems: file?.problems ?? [] }
 }
 
-/** Problems about a setting given as a flag name the flag, as the user typed it. */
-function inFlagTerms (problems: readonly string[], flags: Readonly<Record<string, string>> = {}): string[] {
-  const given = Object.entries(FLAGS).filter(([, flag]) => flag.setting in flags)
+/** Problems about a setting given as a flag or in the configuration file name it as the user wrote it. */
+function asWritten (problems: readonly string[], origins: Readonly<Record<string, string>>): string[] {
+  const written = Object.entries(origins)
   return problems.map((line) => {
-    const match = given.find(([, flag]) => line.startsWith(`${PREFIX}${flag.setting}:`) || line.startsWith(`${PREFIX}${flag.setting} (`))
-    return match === undefined ? line : `${match[0]}${line.slice(PREFIX.length + match[1].setting.length)}`
+    const match = written.find(([setting]) => line.startsWith(`${PREFIX}${setting}:`) || line.startsWith(`${PREFIX}${setting} (`))
+    return match === undefined ? line : `${match[1]}${line.slice(PREFIX.length + match[0].length)}`
   })
 }
 
 export function loadConfig (options: LoadOptions = {}): Config {
-  const data = readSettings(options)
+  const { data, origins, problems: fileProblems } = readSettings(options)
+  if (fileProblems.length > 0) throw new ConfigError(fileProblems)
   const ours = Object.keys(data)
   if (ours.length === 0) throw new ConfigError(firstSetup(), true)
 
@@ -166,7 +193,7 @@ export function loadConfig (options: LoadOptions = {}): Config {
   const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
   const config = interpret(raw, { forwarding: options.forwarding ?? true, given, invalid }, problems)
   if (meant.length > 0) problems.splice(0, problems.length, ...problems.filter((line) => !meant.some((start) => line.startsWith(start))))
-  if (problems.length > 0 || config === undefined) throw new ConfigError(inFlagTerms(problems, options.flags))
+  if (problems.length > 0 || config === undefined) throw new ConfigError(asWritten(problems, origins))
   return config
 }
 
@@ -179,7 +206,8 @@ export interface Listening {
 }
 
 export function loadListening (options: LoadOptions = {}): Listening {
-  const data = readSettings(options)
+  const { data, origins, problems: fileProblems } = readSettings(options)
+  if (fileProblems.length > 0) throw new ConfigError(fileProblems)
   const get = (name: string): string | undefined => data[PREFIX + name]
   const problems: string[] = []
   const portText = get('PORT') ?? '8080'
@@ -187,11 +215,12 @@ export function loadListening (options: LoadOptions = {}): Listening {
   if (Number.isNaN(port)) problems.push(`${PREFIX}PORT: must be a port number, 0 to 65535`)
   const admin = get('ADMIN_ADDRESS') === undefined ? undefined : parseAddress(get('ADMIN_ADDRESS') as string)
   if (typeof admin === 'string') problems.push(`${PREFIX}ADMIN_ADDRESS: ${admin}`)
-  if (problems.length > 0) throw new ConfigError(inFlagTerms(problems, options.flags))
+  if (problems.length > 0) throw new ConfigError(asWritten(problems, origins))
   return { host: get('HOST') ?? '127.0.0.1', port, socket: get('SOCKET'), adminAddress: typeof admin === 'object' ? admin : undefined }
 }
 
 function readEnvFile (options: LoadOptions): Record<string, string> {
+  if (options.envFile === undefined && options.configFile !== undefined) return {}
   const path = options.envFile ?? '.env'
   const resolved = options.cwd !== undefined && !path.startsWith('/') ? `${options.cwd}/${path}` : path
   if (options.envFile === undefined && !existsSync(resolved)) return {}

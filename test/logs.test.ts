@@ -96,3 +96,20 @@ t.test('a 502, 503 or 504 the proxy answers is one warning line with the reason,
   t.match(unready.logs.events('token_unavailable'), [{ level: 40, upstream: 'admin', status: 503, msg: /answered 500 server_error/ }])
   t.notMatch(unready.logs.text, /"stack"/)
 })
+
+t.test('on a terminal the default is the readable format, coloured (run under a pseudo-terminal by script(1))', async (t) => {
+  const { spawn, spawnSync } = await import('node:child_process')
+  const { CLI } = await import('./helpers/stack.js')
+  if (spawnSync('script', ['--version']).status !== 0) {
+    t.comment('script(1) from util-linux is not installed: skipped')
+    return
+  }
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== 'NODE_OPTIONS' && !key.startsWith('BEARER_PROXY_')))
+  const child = spawn('script', ['-qec', `${CLI} serve`, '/dev/null'], { env: { ...env, ...baseEnv(idp, api) }, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+  t.teardown(() => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch {} })
+  const line = await waitForLine(child, /ready: the first token is held/)
+  t.match(line, /\x1b\[\d+mINFO\x1b\[\d+m/, 'a coloured level')
+  t.notMatch(line, /^\{/, 'not JSON')
+})

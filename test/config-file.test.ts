@@ -1,0 +1,96 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { request } from 'undici'
+import { SETTINGS } from '../src/config/settings.js'
+import { fileKey } from '../src/config/file.js'
+import { CLIENT, runCli, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-config-file-'))
+const write = (name: string, text: string): string => {
+  writeFileSync(join(dir, name), text)
+  return join(dir, name)
+}
+
+t.test('every setting has one key in the file: its variable in camelCase', async (t) => {
+  const keys = Object.keys(SETTINGS).map(fileKey)
+  t.equal(new Set(keys).size, keys.length, 'no two settings share a key')
+  t.equal(fileKey('CLIENT_SECRET_FILE'), 'clientSecretFile')
+  t.equal(fileKey('UPSTREAM'), 'upstream')
+  for (const key of keys) t.match(key, /^[a-z][A-Za-z]*$/)
+})
+
+t.test('--config PATH (YAML): lists as sequences, clusters as a mapping, secrets from files; the environment and flags win over it', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const secret = write('client-secret', `${CLIENT.clientSecret}\n`)
+  const file = write('proxy.yaml', `# bearer-proxy in front of one API and two clusters
+tokenUrl: ${idp.tokenUrl}
+clientId: ${CLIENT.clientId}
+clientSecretFile: ${secret}
+upstream: ${api.url}
+clusters:
+  gpu-a: ${api.url}/a
+  gpu-b: ${api.url}/b
+port: 1
+readOnly: true
+denyPaths: [/private, /admin]
+logLevel: warn
+`)
+  // ./.env beside it is not read when --config is given.
+  const cwd = mkdtempSync(join(tmpdir(), 'bearer-proxy-config-cwd-'))
+  writeFileSync(join(cwd, '.env'), 'BEARER_PROXY_UPSTREAM=http://127.0.0.1:9\n')
+  const child = spawnCli(['serve', '--config', file, '--port', '0'], { BEARER_PROXY_LOG_LEVEL: 'info' }, cwd)
+  t.teardown(() => { child.kill('SIGKILL') })
+  const listening = JSON.parse(await waitForLine(child, /"event":"listening"/)) as { address: string, routes: string[] }
+  t.same(listening.routes.sort(), [`/ -> ${api.url}/`, `/clusters/gpu-a -> ${api.url}/a`, `/clusters/gpu-b -> ${api.url}/b`].sort())
+  t.match(listening.address, /:\d+$/)
+  t.not(new URL(listening.address).port, '1', '--port wins over the file')
+  const read = await request(`${listening.address}/clusters/gpu-b/jobs`)
+  t.equal(read.statusCode, 200, 'the secret file\'s client got a token the API accepts')
+  await read.body.dump()
+  t.equal(api.seen.at(-1)?.url, '/b/jobs')
+  const write_ = await request(`${listening.address}/jobs`, { method: 'POST', body: '{}' })
+  t.equal(write_.statusCode, 403, 'readOnly: true')
+  await write_.body.dump()
+  const denied = await request(`${listening.address}/admin/users`)
+  t.equal(denied.statusCode, 403, 'denyPaths as a YAML list')
+  await denied.body.dump()
+
+  const json = write('proxy.json', JSON.stringify({ tokenUrl: idp.tokenUrl, clientId: CLIENT.clientId, clientSecret: CLIENT.clientSecret, upstream: api.url, checkPath: '/health' }))
+  const check = await runCli(['check', '--config', json], {})
+  t.equal(check.code, 0, check.stderr + check.stdout)
+  t.match(check.stdout, `ok: upstream admin (${api.url}/health) answered 200, token accepted`)
+  const overridden = await runCli(['check', '--config', json], { BEARER_PROXY_CLIENT_SECRET: 'not-the-secret-Q1' })
+  t.equal(overridden.code, 1, 'a variable wins over the file')
+  t.match(overridden.stderr, /invalid_client/)
+
+  const health = await runCli(['health', '--config', write('health.yaml', `port: ${new URL(listening.address).port}\n`)], {})
+  t.equal(health.code, 0, 'health reads where the proxy listens from the file too')
+})
+
+t.test('--config problems name the file, the line and the key, once each, exit 2, never a value', async (t) => {
+  const cases: Array<[string, RegExp[]]> = [
+    ['tokenUrl: http://127.0.0.1:1/token\nclientId: c\nclientScret: Hunter2-secret\nupstream: http://127.0.0.1:2\n',
+      [/^bearer-proxy:\s+\S+bad1\.yaml:3: clientScret: unknown setting; did you mean clientSecret\?$/m]],
+    ['tokenUrl: http://127.0.0.1:1/token\nclientId: c\nclientSecret: Hunter2-secret\nupstream:\n  url: http://x\nport: seventy\nclusters:\n  gpu-a: ftp://x\n',
+      [/bad2\.yaml:4: upstream: expected a single value$/m]],
+    ['tokenUrl: http://127.0.0.1:1/token\nclientId: c\nclientSecret: Hunter2-secret\nupstream: http://x\nport: seventy\nclusters:\n  gpu-a: ftp://x\nauth: runia\n',
+      [/bad3\.yaml:5: port: must be integer$/m, /bad3\.yaml:6: clusters \(gpu-a\): must be an http:\/\/ or https:\/\/ URL$/m, /bad3\.yaml:8: auth: must be equal to one of the allowed values: .*; did you mean runai\?$/m]],
+    ['clientSecret: "Hunter2-secret\nclientId: c\n', [/bad4\.yaml:\d+:\d+: /]],
+    ['clientSecret: [Hunter2-secret, {a: 1}]\n', [/bad5\.yaml:1: clientSecret: expected a single value$/m]],
+    ['- Hunter2-secret\n', [/bad6\.yaml: expected a mapping of settings/]],
+    ['clientSecret: Hunter2-secret\nclientSecret: Hunter2-secret\n', [/bad7\.yaml:2:1: Map keys must be unique/]]
+  ]
+  for (const [index, [text, expected]] of cases.entries()) {
+    const result = await runCli(['check', '--config', write(`bad${index + 1}.yaml`, text)], {})
+    t.equal(result.code, 2, `bad${index + 1}`)
+    for (const pattern of expected) t.match(result.stderr, pattern)
+    t.notMatch(result.stderr, /Hunter2/, 'no value is quoted')
+    t.notMatch(result.stderr, /BEARER_PROXY_/, 'settings named as written in the file')
+  }
+  const missing = await runCli(['check', '--config', join(dir, 'nowhere.yaml')], {})
+  t.equal(missing.code, 2)
+  t.match(missing.stderr, /--config \S+nowhere\.yaml: cannot read it \(ENOENT\)/)
+})
