@@ -145,7 +145,7 @@ t.test('the CLI: no configuration at all exits 2 with directions, no stack trace
   const result = await runCli([], {}, { cwd: empty })
   t.equal(result.code, 2)
   t.match(result.stderr, /no configuration found/)
-  t.match(result.stderr, /config\/keycloak\.env/)
+  t.match(result.stderr, /Examples to copy \(in a clone or the installed package\): \/\S+\/config\/\{keycloak,runai,runai-keycloak,apiconnect\}\.env/)
   t.match(result.stderr, /npm run demo/)
   t.notMatch(result.stderr, /\n\s+at /, 'no stack trace')
   t.equal(result.stdout, '')

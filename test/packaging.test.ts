@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -94,6 +94,10 @@ t.test('installed without a clone, from the packed tarball: `bearer-proxy` is on
   const noConfig = spawnSync(bin, ['serve'], { encoding: 'utf8', cwd: cleanDirectory(), env: userEnv })
   t.equal(noConfig.status, 2)
   t.match(noConfig.stderr, /no configuration found/)
+  // The examples it names are where it says, in the installed package.
+  const [, examples = '', names = ''] = /Examples to copy[^:]*: (\S+)\{([^}]+)\}\.env/.exec(noConfig.stderr) ?? []
+  t.ok(examples.startsWith(prefix), `${examples} is in the installed package`)
+  for (const name of names.split(',')) t.ok(existsSync(join(examples, `${name}.env`)), `${name}.env is there`)
 })
 
 t.test('the README never sends users to `npx bearer-proxy`, which outside a clone fetches whatever package has that name', async (t) => {
