@@ -16,8 +16,25 @@ import { closest, didYouMean } from './suggest.js'
 export { FLAGS, type Flavour, type Grant, PREFIX } from './config/settings.js'
 export { isLoopback, joinPath, parseAddress } from './config/values.js'
 
-/** Where tokens come from: a token endpoint, or issuers whose discovery documents name one (the first that exists wins). */
-export type TokenEndpoint = { readonly kind: 'url', readonly url: URL } | { readonly kind: 'issuer', readonly issuers: readonly [URL, ...URL[]] }
+/**
+ * How a token request is written: an OAuth 2.0 form (OpenID Connect, Keycloak,
+ * Run:ai's `/api/v2/token`), Run:ai's JSON `/api/v1/token`, its older app-token
+ * endpoint, or API Connect's JSON.
+ */
+export type DialectName = 'oauth' | 'runai-v1' | 'runai-apptoken' | 'apiconnect'
+
+/** A token endpoint and how it is spoken to. */
+export interface Endpoint { readonly url: URL, readonly dialect: DialectName }
+
+/**
+ * Where tokens come from: one endpoint; issuers whose discovery documents name one
+ * (the first that exists wins); or endpoints of successive generations of one
+ * product, the first that does not answer 404 or 405 wins (and is kept).
+ */
+export type TokenEndpoint =
+  | { readonly kind: 'url', readonly endpoint: Endpoint }
+  | { readonly kind: 'issuer', readonly issuers: readonly [URL, ...URL[]] }
+  | { readonly kind: 'generations', readonly endpoints: readonly [Endpoint, ...Endpoint[]] }
 
 /** A client as the token endpoint knows it; `secret` is absent for public clients. */
 export interface Client { readonly id: string, readonly secret: SecretSource | undefined }

@@ -121,9 +121,13 @@ t.test('derived token endpoints', async (t) => {
   t.match(endpoint({ BEARER_PROXY_REALM: 'runai' }), { kind: 'issuer', issuers: [{ href: 'https://runai.example/realms/runai' }, { href: 'https://runai.example/auth/realms/runai' }] },
     'Keycloak 17+ first, then older Keycloak (and Run:ai\'s bundled one)')
   t.match(endpoint({ BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), { kind: 'issuer', issuers: [{ href: 'https://kc.example/realms/a' }] })
-  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai' }), { url: { href: 'https://runai.example/api/v1/token' } })
-  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai-apptoken' }), { url: { href: 'https://runai.example/v1/k8s/auth/oauth/apptoken' } })
-  t.match(endpoint({ BEARER_PROXY_AUTH: 'apiconnect', BEARER_PROXY_USERNAME: 'u', BEARER_PROXY_PASSWORD: 'p' }), { url: { href: 'https://runai.example/api/token' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai' }), {
+    kind: 'generations',
+    endpoints: [{ url: { href: 'https://runai.example/api/v2/token' }, dialect: 'oauth' }, { url: { href: 'https://runai.example/api/v1/token' }, dialect: 'runai-v1' }]
+  }, 'Run:ai: /api/v2/token, else the deprecated /api/v1/token')
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_RUNAI_TOKEN_API: 'v2' }), { kind: 'url', endpoint: { url: { href: 'https://runai.example/api/v2/token' }, dialect: 'oauth' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'runai-apptoken' }), { endpoint: { url: { href: 'https://runai.example/v1/k8s/auth/oauth/apptoken' }, dialect: 'runai-apptoken' } })
+  t.match(endpoint({ BEARER_PROXY_AUTH: 'apiconnect', BEARER_PROXY_USERNAME: 'u', BEARER_PROXY_PASSWORD: 'p' }), { endpoint: { url: { href: 'https://runai.example/api/token' }, dialect: 'apiconnect' } })
 })
 
 t.test('an env file is read; real environment variables win over it', async (t) => {

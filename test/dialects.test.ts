@@ -1,10 +1,10 @@
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { APIC, type Emulator, RUNAI, startApiConnect as startApic, startRunai as startRunaiEmulator } from './helpers/emulators.js'
+import { APIC, type Emulator, RUNAI, type RunaiOptions, startApiConnect as startApic, startRunai as startRunaiEmulator } from './helpers/emulators.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { runCli, startTestProxy, startTokenManager, afterFetch } from './helpers/stack.js'
 
-const startRunai = async (t: Test): Promise<Emulator> => remember(await startRunaiEmulator(t))
+const startRunai = async (t: Test, options: RunaiOptions = {}): Promise<Emulator> => remember(await startRunaiEmulator(t, options))
 const startApiConnect = async (t: Test, options: { expiresIn?: number | undefined }): Promise<Emulator> => remember(await startApic(t, options))
 function remember (emulator: Emulator): Emulator {
   emulators.push(emulator)
@@ -28,8 +28,8 @@ function assertNoSecretIn (t: Test, text: string, extra: string[] = []): void {
   assertNoSecret(t, 'the output', text, fragments([...ALL_SECRETS, ...extra, ...emulators.flatMap((emulator) => emulator.issued)]))
 }
 
-t.test('Run:ai client_credentials: control plane at /, researcher APIs at /clusters/<name>/, one token', async (t) => {
-  const runai = await startRunai(t)
+t.test('Run:ai (a v1-only control plane) client_credentials: control plane at /, researcher APIs at /clusters/<name>/, one token', async (t) => {
+  const runai = await startRunai(t, { generation: 'v1' })
   // The researcher APIs accept the control plane's tokens: here the emulator serves them too.
   const { url, logs } = await startTestProxy(t, runaiEnv(runai, { ...clientCredentials, BEARER_PROXY_CLUSTERS: `gpu-a=${runai.url}/researcher,gpu-b=${runai.url}` }))
   for (const path of ['/api/v1/clusters', '/clusters/gpu-a/api/v1/jobs', '/clusters/gpu-b/api/v1/workloads']) {
@@ -39,11 +39,12 @@ t.test('Run:ai client_credentials: control plane at /, researcher APIs at /clust
   }
   t.same(runai.served, ['/api/v1/clusters', '/researcher/api/v1/jobs', '/api/v1/workloads'])
   t.same(runai.calls, [{ path: '/api/v1/token', contentType: 'application/json', body: { grantType: 'client_credentials', clientID: RUNAI.client.id, clientSecret: RUNAI.client.secret } }])
+  t.same(runai.absent, ['/api/v2/token'], '/api/v2/token asked once, then v1')
   assertNoSecretIn(t, logs.text)
 })
 
-t.test('Run:ai password, refresh_token and app_token grants send the fields of the OpenAPI', async (t) => {
-  const runai = await startRunai(t)
+t.test('Run:ai v1 password, refresh_token and app_token grants send the fields of the 2.22 OpenAPI', async (t) => {
+  const runai = await startRunai(t, { generation: 'v1' })
   const password = startTokenManager(t, runaiEnv(runai, { BEARER_PROXY_GRANT: 'password', BEARER_PROXY_USERNAME: RUNAI.user.username, BEARER_PROXY_PASSWORD: RUNAI.user.password }))
   t.equal((await password.tokens.get()).subject, RUNAI.user.username)
   t.same(runai.calls[0]?.body, { grantType: 'password', username: RUNAI.user.username, password: RUNAI.user.password })
@@ -62,8 +63,8 @@ t.test('Run:ai password, refresh_token and app_token grants send the fields of t
   assertNoSecretIn(t, password.logs.text + refresh.logs.text + app.logs.text, [issued.refreshToken])
 })
 
-t.test('Run:ai: expiry from the JWT exp, renewal with the refreshToken, fallback when it is refused', async (t) => {
-  const runai = await startRunai(t)
+t.test('Run:ai v1: expiry from the JWT exp, renewal with the refreshToken, fallback when it is refused', async (t) => {
+  const runai = await startRunai(t, { generation: 'v1' })
   runai.ttl = 3
   const { tokens, logs } = startTokenManager(t, runaiEnv(runai, clientCredentials))
   const first = await tokens.get()
@@ -88,7 +89,7 @@ t.test('Run:ai wrong credentials: 503 naming code and message, never the secret'
   const response = await request(`${url}/api/v1/clusters`)
   t.equal(response.statusCode, 503)
   const body = await response.body.json() as { message: string }
-  t.match(body.message, new RegExp(`token endpoint ${runai.url}/api/v1/token answered 401 invalid credentials`))
+  t.match(body.message, new RegExp(`token endpoint ${runai.url}/api/v2/token answered 401 invalid credentials`))
   assertNoSecretIn(t, logs.text + JSON.stringify(body), ['Wrong-Runai-Secret-1'])
 })
 

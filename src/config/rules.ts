@@ -1,11 +1,12 @@
 import { accessSync, constants } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
-import type { Client, Config, Credentials, TokenEndpoint, TokenSettings } from '../config.js'
+import type { Client, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
 import { type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
 
-/** The token endpoint path each non-OIDC flavour has on `UPSTREAM`. */
+/** The token endpoint path each non-OIDC flavour has on `UPSTREAM` (Run:ai's first choice is `/api/v2/token`). */
+const RUNAI_V2_PATH = '/api/v2/token'
 const DERIVED_PATHS: Readonly<Record<Exclude<Flavour, 'oidc'>, string>> = {
   runai: '/api/v1/token',
   'runai-apptoken': '/v1/k8s/auth/oauth/apptoken',
@@ -36,6 +37,7 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant) => boolea
   ['TOKEN_PARAMS', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['CLIENT_AUTH', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['APP_NAME', (flavour) => flavour === 'runai-apptoken', 'AUTH=runai-apptoken'],
+  ['RUNAI_TOKEN_API', (flavour, grant) => flavour === 'runai' && grant !== 'app_token', 'AUTH=runai with a grant other than app_token (which only /api/v1/token has)'],
   ['USERNAME', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
@@ -89,7 +91,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}`)
   }
   const credentials = credentialsOf(grant, values)
-  const endpoint = tokenEndpoint(flavour, url('TOKEN_URL'), url('ISSUER'), upstream, get('REALM'), flavourProblems)
+  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl: url('TOKEN_URL'), issuer: url('ISSUER'), upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, flavourProblems)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -216,9 +218,32 @@ function adminAddress (value: string | undefined, problems: string[]): { host: s
   return undefined
 }
 
-function tokenEndpoint (flavour: Flavour, tokenUrl: URL | undefined, issuer: URL | undefined, upstream: URL | undefined,
-  realm: string | undefined, problems: string[]): TokenEndpoint | undefined {
-  if (tokenUrl !== undefined) return { kind: 'url', url: tokenUrl }
+interface EndpointSettings {
+  readonly flavour: Flavour
+  readonly grant: Grant
+  readonly tokenUrl: URL | undefined
+  readonly issuer: URL | undefined
+  readonly upstream: URL | undefined
+  readonly realm: string | undefined
+  readonly runaiApi: string | undefined
+}
+
+/** The dialect of each flavour's token endpoint; Run:ai's depends on the generation (`runaiDialect`). */
+const DIALECT_OF: Readonly<Record<Exclude<Flavour, 'runai'>, DialectName>> = { oidc: 'oauth', 'runai-apptoken': 'runai-apptoken', apiconnect: 'apiconnect' }
+
+/** Run:ai `/api/v2/token` is an OAuth 2.0 form; `/api/v1/token` (deprecated, the only one on older control planes) is JSON. */
+function runaiDialect (api: string | undefined, url: URL | undefined): DialectName {
+  const v2 = api === undefined ? /\/v2\/token\/?$/.test(url?.pathname ?? '') : api === 'v2'
+  return v2 ? 'oauth' : 'runai-v1'
+}
+
+function tokenEndpoint (settings: EndpointSettings, problems: string[]): TokenEndpoint | undefined {
+  const { flavour, grant, tokenUrl, issuer, upstream, realm, runaiApi } = settings
+  // app_token only exists on /api/v1/token.
+  const api = flavour === 'runai' && grant === 'app_token' ? 'v1' : runaiApi
+  if (tokenUrl !== undefined) {
+    return { kind: 'url', endpoint: { url: tokenUrl, dialect: flavour === 'runai' ? runaiDialect(api, tokenUrl) : DIALECT_OF[flavour] } }
+  }
   if (flavour === 'oidc') {
     const base = issuer ?? upstream
     if (realm !== undefined && base !== undefined) {
@@ -235,5 +260,9 @@ function tokenEndpoint (flavour: Flavour, tokenUrl: URL | undefined, issuer: URL
     problems.push(`${PREFIX}TOKEN_URL: required for AUTH=${flavour} when ${PREFIX}UPSTREAM is not set (it is derived as <UPSTREAM>${path})`)
     return undefined
   }
-  return { kind: 'url', url: joinPath(upstream, path) }
+  if (flavour !== 'runai') return { kind: 'url', endpoint: { url: joinPath(upstream, path), dialect: DIALECT_OF[flavour] } }
+  const v2: Endpoint = { url: joinPath(upstream, RUNAI_V2_PATH), dialect: 'oauth' }
+  const v1: Endpoint = { url: joinPath(upstream, path), dialect: 'runai-v1' }
+  if (api === undefined) return { kind: 'generations', endpoints: [v2, v1] }
+  return { kind: 'url', endpoint: api === 'v2' ? v2 : v1 }
 }

@@ -64,6 +64,7 @@ export const SETTINGS: Record<string, object> = {
   AUDIENCE: str,
   TOKEN_PARAMS: str,
   APP_NAME: str,
+  RUNAI_TOKEN_API: { type: 'string', enum: ['v2', 'v1'] },
   UPSTREAM: str,
   CLUSTERS: str,
   HOST: { type: 'string', minLength: 1, default: '127.0.0.1' },

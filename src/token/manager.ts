@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
 import { type Dispatcher, request } from 'undici'
-import { type Flavour, secretsOf, type TokenSettings } from '../config.js'
+import { type DialectName, type Endpoint, PREFIX, secretsOf, type TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { apiconnect } from './apiconnect.js'
@@ -11,7 +11,7 @@ import { scrubSecrets } from './redact.js'
 import { discoveryUrl, oidc, readDiscovery } from './oidc.js'
 import { runai, runaiAppToken } from './runai.js'
 
-const DIALECTS: Record<Flavour, Dialect> = { oidc, runai, 'runai-apptoken': runaiAppToken, apiconnect }
+const DIALECTS: Record<DialectName, Dialect> = { oauth: oidc, 'runai-v1': runai, 'runai-apptoken': runaiAppToken, apiconnect }
 
 /** Assumed lifetime when neither `expires_in` nor a JWT `exp` says. */
 const DEFAULT_LIFETIME_MS = 300_000
@@ -90,7 +90,6 @@ export interface TokenManagerOptions {
  */
 export class TokenManager extends EventEmitter implements TokenSource {
   readonly #settings: TokenSettings
-  readonly #dialect: Dialect
   readonly #dispatcher: Dispatcher
   readonly #log: Logger
   readonly #backoffMs: number
@@ -99,7 +98,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   #token: AccessToken | undefined
   #refresh: Secret | undefined
-  #endpoint: URL | undefined
+  /** Where tokens are asked for: configured, discovered, or the first generation that answered. */
+  #endpoint: Endpoint | undefined
+  /** The endpoint of the request in flight or last sent, for messages while none is chosen. */
+  #asked: Endpoint | undefined
   #inflight: Promise<AccessToken> | undefined
   #timer: NodeJS.Timeout | undefined
   #failures = 0
@@ -110,13 +112,12 @@ export class TokenManager extends EventEmitter implements TokenSource {
   constructor (settings: TokenSettings, options: TokenManagerOptions) {
     super()
     this.#settings = settings
-    this.#dialect = DIALECTS[settings.flavour]
     this.#dispatcher = options.dispatcher
     this.#log = options.log
     this.#backoffMs = options.backoffMs ?? 1000
     this.#maxBackoffMs = options.maxBackoffMs ?? 60_000
     this.#secrets = secretsOf(settings.credentials)
-    if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.url
+    if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.endpoint
   }
 
   /** Fetches the first token in the background; `/-/ready` turns 200 once it is held. */
@@ -223,11 +224,12 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 
   async #obtain (): Promise<AccessToken> {
-    const endpoint = this.#endpoint ?? await this.#discover()
+    const generations = this.#settings.endpoint.kind === 'generations' && this.#endpoint === undefined ? this.#settings.endpoint.endpoints : undefined
+    const endpoint = generations === undefined ? this.#endpoint ?? await this.#discover() : undefined
     let grant: Grant | undefined
     let used: string = this.#settings.credentials.grant
     const refresh = this.#refresh
-    if (refresh !== undefined) {
+    if (refresh !== undefined && endpoint !== undefined) {
       try {
         grant = await this.#exchange(endpoint, refresh)
         used = 'refresh_token'
@@ -237,7 +239,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
         this.#refresh = undefined
       }
     }
-    grant ??= await this.#exchange(endpoint, undefined)
+    grant ??= endpoint === undefined ? await this.#firstGeneration(generations ?? []) : await this.#exchange(endpoint, undefined)
     if (grant.refreshToken !== undefined) this.#refresh = grant.refreshToken
 
     const obtainedAt = Date.now()
@@ -248,10 +250,43 @@ export class TokenManager extends EventEmitter implements TokenSource {
     })
   }
 
-  async #exchange (endpoint: URL, refresh: Secret | undefined): Promise<Grant> {
+  /**
+   * Asks each generation's endpoint in turn: one that answers 404 or 405 does not
+   * exist on this server, the next is tried; the first that answers anything else is
+   * kept for the life of the process (a refusal there is the answer, not a reason to
+   * try an older endpoint).
+   */
+  async #firstGeneration (endpoints: readonly Endpoint[]): Promise<Grant> {
+    for (const [index, endpoint] of endpoints.entries()) {
+      try {
+        const grant = await this.#exchange(endpoint, undefined)
+        this.#choose(endpoint)
+        return grant
+      } catch (error) {
+        const absent = error instanceof EndpointError && (error.status === 404 || error.status === 405)
+        if (absent && index < endpoints.length - 1) {
+          this.#log.debug({ event: 'token_endpoint_absent', endpoint: displayUrl(endpoint.url), status: error.status }, 'no token endpoint there; trying the older one')
+          continue
+        }
+        if (absent) throw new StatedFailure(`no token endpoint answered: ${endpoints.map((tried) => displayUrl(tried.url)).join(' and ')} answered 404 or 405; is ${PREFIX}UPSTREAM the control plane's URL?`)
+        if (error instanceof EndpointError || error instanceof TokenResponseError) this.#choose(endpoint)
+        throw error
+      }
+    }
+    throw new Error('no endpoint')
+  }
+
+  #choose (endpoint: Endpoint): void {
+    this.#endpoint = endpoint
+    this.#log.info({ event: 'token_endpoint_chosen', endpoint: displayUrl(endpoint.url) }, `tokens come from ${displayUrl(endpoint.url)}`)
+  }
+
+  async #exchange (endpoint: Endpoint, refresh: Secret | undefined): Promise<Grant> {
+    this.#asked = endpoint
+    const dialect = DIALECTS[endpoint.dialect]
     let built
     try {
-      built = this.#dialect.buildRequest(this.#settings, endpoint, refresh)
+      built = dialect.buildRequest(this.#settings, endpoint.url, refresh)
     } catch (error) {
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
@@ -261,13 +296,13 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('with a body that is not JSON', 'unreadable_body')
-    const grant = this.#dialect.readResponse(body)
+    const grant = dialect.readResponse(body)
     checkBearer(grant.accessToken)
     return grant
   }
 
   /** The token endpoint of the first issuer whose discovery document exists (a 404 moves on to the next). */
-  async #discover (): Promise<URL> {
+  async #discover (): Promise<Endpoint> {
     const { endpoint } = this.#settings
     if (endpoint.kind !== 'issuer') throw new Error('no endpoint')
     const last = endpoint.issuers[endpoint.issuers.length - 1]
@@ -276,8 +311,8 @@ export class TokenManager extends EventEmitter implements TokenSource {
       const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
       if (status === 404 && issuer !== last) continue
       if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
-      this.#endpoint = readDiscovery(issuer, body, this.#settings.allowHttpTokenEndpoint)
-      this.#log.info({ event: 'token_endpoint_discovered', issuer: displayUrl(issuer), endpoint: displayUrl(this.#endpoint) }, 'token endpoint discovered')
+      this.#endpoint = { url: readDiscovery(issuer, body, this.#settings.allowHttpTokenEndpoint), dialect: 'oauth' }
+      this.#log.info({ event: 'token_endpoint_discovered', issuer: displayUrl(issuer), endpoint: displayUrl(this.#endpoint.url) }, 'token endpoint discovered')
       return this.#endpoint
     }
     throw new Error('no issuer')
@@ -316,7 +351,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   #endpointName (): string {
     const { endpoint } = this.#settings
-    return displayUrl(this.#endpoint ?? (endpoint.kind === 'url' ? endpoint.url : endpoint.issuers[0]))
+    const known = this.#endpoint ?? this.#asked
+    if (known !== undefined) return displayUrl(known.url)
+    return displayUrl(endpoint.kind === 'issuer' ? endpoint.issuers[0] : endpoint.kind === 'url' ? endpoint.endpoint.url : endpoint.endpoints[0].url)
   }
 
   /** Any failure as a one-line message fit for logs and error bodies: no secret, no token, no body beyond code and message. */
@@ -326,7 +363,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (error instanceof EndpointError) {
       const at = error.url === undefined ? where : `discovery document ${displayUrl(error.url)}`
       message = `${at} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
-    } else if (error instanceof SecretFileError) {
+    } else if (error instanceof StatedFailure) {
       message = error.message
     } else if (error instanceof TokenResponseError) {
       message = `${where} answered ${error.code === 'unreadable_body' ? '' : 'with an unusable response: '}${error.message}`
@@ -349,7 +386,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 }
 
-class SecretFileError extends Error {
+/** A failure whose message already says everything, in the user's words. */
+class StatedFailure extends Error {}
+
+class SecretFileError extends StatedFailure {
   constructor (code: string | undefined) {
     super(`cannot read a secret file (${code ?? 'error'}); no token request was sent`)
   }

@@ -5,8 +5,10 @@ import type { Teardown } from './stack.js'
 
 export interface Emulator {
   readonly url: string
-  /** Token requests as received: path, content type and JSON body. */
+  /** Token requests as received: path, content type and body (JSON, or a form's fields). */
   readonly calls: Array<{ path: string, contentType: string | undefined, body: Record<string, unknown> }>
+  /** Requests for token endpoints this server does not have (answered 404 or 405). */
+  readonly absent: string[]
   /** Every token and refresh token it issued. */
   readonly issued: string[]
   /** API requests that reached it with a valid token, by path. */
@@ -20,14 +22,18 @@ export interface Emulator {
 
 type Handler = (body: Record<string, unknown>, emulator: Emulator) => { status: number, body: unknown }
 
+/** A token endpoint this generation of the product does not have. */
+const ABSENT = Symbol('absent')
+
 /** A control plane on 127.0.0.1: token endpoints given by `tokenRoutes`, every other path an API that checks its own tokens. */
-async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler>): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
+async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler | { [ABSENT]: number }>): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
   const { privateKey, publicKey } = await generateKeyPair('RS256')
   const jwks = { keys: [{ ...await exportJWK(publicKey), alg: 'RS256' }] }
   const keys = createLocalJWKSet(jwks)
   const emulator = {
     url: '',
     calls: [] as Emulator['calls'],
+    absent: [] as string[],
     served: [] as string[],
     issued: [] as string[],
     ttl: 60,
@@ -48,10 +54,17 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
     req.setEncoding('utf8').on('data', (chunk: string) => { raw += chunk }).on('end', () => {
       const path = (req.url ?? '').split('?')[0] as string
       const route = req.method === 'POST' ? tokenRoutes[path] : undefined
+      if (route !== undefined && typeof route !== 'function') {
+        emulator.absent.push(path)
+        send(res, route[ABSENT], { code: route[ABSENT], message: route[ABSENT] === 404 ? 'Not Found' : 'Method Not Allowed' })
+        return
+      }
       if (route !== undefined) {
         let body: Record<string, unknown>
         try {
-          body = JSON.parse(raw) as Record<string, unknown>
+          body = req.headers['content-type'] === 'application/x-www-form-urlencoded'
+            ? Object.fromEntries(new URLSearchParams(raw))
+            : JSON.parse(raw) as Record<string, unknown>
         } catch {
           send(res, 400, { code: 400, message: 'invalid JSON' })
           return
@@ -80,16 +93,37 @@ export const RUNAI = {
   app: { id: 'legacy-app', name: 'legacy-name', secret: 'legacy-App-Secret-59' }
 }
 
+export interface RunaiOptions {
+  /**
+   * `v2` (Run:ai 2.2x/3.0): `POST /api/v2/token`, OAuth 2.0 form → `{access_token, token_type, expires_in}`,
+   * beside the deprecated v1. `v1` (older control planes): no `/api/v2/token` (`absentStatus`, 404 by default).
+   */
+  readonly generation?: 'v2' | 'v1'
+  readonly absentStatus?: 404 | 405
+  /** The `expires_in` of v2 answers (the JWT's own `exp` follows `ttl`). */
+  readonly expiresIn?: number
+}
+
 /**
- * Run:ai control plane, as its 2.22 OpenAPI describes it: `POST /api/v1/token`
- * (TokenRequest → TokenResponse, errors `{code, message}`) and the deprecated
- * `POST /v1/k8s/auth/oauth/apptoken` (AppTokenRequest → AppTokenResponse).
+ * Run:ai control plane, as its documentation describes it: `POST /api/v2/token`
+ * (form-encoded `grant_type` client_credentials with `client_id`/`client_secret`,
+ * or password with `username`/`password` → `{access_token, token_type: "Bearer",
+ * expires_in}`), the deprecated `POST /api/v1/token` (2.22 OpenAPI: TokenRequest →
+ * TokenResponse), the older `POST /v1/k8s/auth/oauth/apptoken`, errors `{code, message}`.
  */
-export async function startRunai (t: Teardown): Promise<Emulator> {
+export async function startRunai (t: Teardown, options: RunaiOptions = {}): Promise<Emulator> {
   const refreshTokens = new Set<string>()
   let counter = 0
   const refused = { status: 401, body: { code: 401, message: 'invalid credentials' } }
   const emulator = await startEmulator(t, 'runai', {
+    '/api/v2/token': options.generation === 'v1' ? { [ABSENT]: options.absentStatus ?? 404 } : (body) => {
+      let sub: string | undefined
+      if (body.grant_type === 'client_credentials' && body.client_id === RUNAI.client.id && body.client_secret === RUNAI.client.secret) sub = RUNAI.client.id
+      if (body.grant_type === 'password' && body.username === RUNAI.user.username && body.password === RUNAI.user.password) sub = RUNAI.user.username
+      if (body.grant_type === undefined) return { status: 400, body: { code: 400, message: 'grant_type is required' } }
+      if (sub === undefined) return refused
+      return { status: 200, body: (async () => ({ access_token: await emulator.sign(sub as string), token_type: 'Bearer', expires_in: options.expiresIn ?? 3600 }))() }
+    },
     '/api/v1/token': (body, self) => {
       let sub: string | undefined
       if (body.grantType === 'client_credentials' && body.clientID === RUNAI.client.id && body.clientSecret === RUNAI.client.secret) sub = RUNAI.client.id
