@@ -208,13 +208,14 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     admin: admin === undefined ? undefined : addressOf(admin, undefined),
     routes
   }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
+  // Before the ready line: when it is read, the token file is there.
+  const removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
   const announceReady = ({ result }: { result: string }): void => {
     if (result !== 'success') return
     tokens.off('fetch', announceReady)
     log.info({ event: 'ready', address }, `ready: the first token is held; forwarding ${routes.join(', ')}`)
   }
   tokens.on('fetch', announceReady)
-  const removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
   // Only once the proxy can be reached: a listener that fails costs no token request.
   tokens.start()
   return {
