@@ -13,7 +13,8 @@ const COMMANDS = {
   serve: 'run the proxy (default)',
   check: 'check the configuration, get one token, and reach each upstream with it',
   token: 'print an access token to stdout (for scripts)',
-  health: 'exit 0 if a running proxy\'s /-/ready answers 200 (container health checks)'
+  health: 'exit 0 if a running proxy\'s /-/ready answers 200 (container health checks)',
+  clusters: 'print the clusters the proxy would serve (name, uuid, URL, status)'
 } as const
 export type Command = keyof typeof COMMANDS
 

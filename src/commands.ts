@@ -17,6 +17,7 @@ export async function run (args: Arguments): Promise<number> {
       case 'serve': return await serve(config)
       case 'check': return await check(config)
       case 'token': return await token(config)
+      case 'clusters': return await clusters(config)
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error
@@ -143,6 +144,30 @@ async function check (config: Config): Promise<number> {
       }
     }
     return failed ? 1 : 0
+  })
+}
+
+/** `clusters`: the clusters `serve` would serve, configured or listed by the Run:ai control plane; exit 1 if they cannot be read. */
+async function clusters (config: Config): Promise<number> {
+  const line = (name: string, uuid: string, url: string, status: string): string => `${name.padEnd(20)} ${uuid.padEnd(36)} ${url} ${status}\n`
+  if (!config.discoverClusters || config.upstream === undefined) {
+    if (config.clusters.size === 0) process.stderr.write('bearer-proxy: no clusters: set BEARER_PROXY_CLUSTERS, or CLUSTERS=auto with a Run:ai control plane as UPSTREAM\n')
+    for (const [name, url] of config.clusters) process.stdout.write(line(name, '-', url.href, 'configured'))
+    return 0
+  }
+  const controlPlane = config.upstream
+  const { listClusters } = await import('./discovery.js')
+  return await oneShot(config, async (tokens, dispatcher) => {
+    try {
+      const list = await listClusters(controlPlane, tokens, dispatcher, config.timeout)
+      process.stdout.write(line('NAME', 'UUID', 'URL', 'STATUS'))
+      for (const cluster of list.clusters) process.stdout.write(line(cluster.name, cluster.uuid, cluster.url.href, cluster.status))
+      for (const { name, reason } of list.skipped) process.stderr.write(`bearer-proxy: not served: ${name}: ${reason}\n`)
+      return 0
+    } catch (error) {
+      process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
+      return 1
+    }
   })
 }
 

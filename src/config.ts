@@ -81,6 +81,8 @@ export interface Config {
   readonly token: TokenSettings
   readonly upstream: URL | undefined
   readonly clusters: ReadonlyMap<string, URL>
+  /** Clusters read from the Run:ai control plane at `upstream` (`AUTH=runai` without `CLUSTERS`, or `CLUSTERS=auto`). */
+  readonly discoverClusters: boolean
   readonly host: string
   readonly port: number
   readonly socket: string | undefined

@@ -1,12 +1,13 @@
 import httpProxy from '@fastify/http-proxy'
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
-import type { Dispatcher } from 'undici'
+import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
+import { Dispatcher } from 'undici'
 import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
-import { locationRewriter, type Route } from './routes.js'
+import { CLUSTERS_PREFIX, locationRewriter, type Route, type RouteTable } from './routes.js'
 
 /** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
@@ -63,16 +64,47 @@ declare module 'fastify' {
     /** The upstream a route forwards to, for logs and metrics. */
     upstream?: string
   }
+  interface FastifyRequest {
+    /** The discovered cluster a request went to (its Fastify route serves them all), for logs and metrics. */
+    upstreamName: string | undefined
+  }
+}
+
+/** Bodies are passed through as streams, whatever their type (never parsed, never capped). */
+function passBodiesThrough (app: FastifyInstance): void {
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
+}
+
+/** How reply-from forwards to one route: its header policy, `Location` rewriting and error answers. Made once per route. */
+function replyOptionsFor (route: Route, options: Pick<ProxyOptions, 'timeout' | 'log'>): FastifyReplyFromHooks {
+  const rewriteLocation = locationRewriter(route)
+  return {
+    retryDelay: () => null,
+    queryString: rawQuery,
+    rewriteRequestHeaders: (_request, headers) => {
+      dropRequestHeaders(headers)
+      return headers
+    },
+    rewriteHeaders: (headers) => {
+      for (const name of DROPPED_RESPONSE_HEADERS) if (name in headers) delete headers[name]
+      const { location, 'content-location': contentLocation } = headers
+      if (typeof location === 'string') headers.location = rewriteLocation(location)
+      if (typeof contentLocation === 'string') headers['content-location'] = rewriteLocation(contentLocation)
+      return headers
+    },
+    onError: (reply, { error }) => {
+      const failure = upstreamError(route, error, options.timeout)
+      warnFailure(options.log, route, failure, reply.request.id)
+      sendProxyError(reply, failure)
+    }
+  }
 }
 
 /** Forwards `/…` and `/clusters/<name>/…` with the token added, through @fastify/http-proxy. */
 export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions): Promise<void> {
-  // Bodies are passed through as streams, whatever their type (never parsed, never capped).
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
-
+  passBodiesThrough(app)
   for (const route of options.routes) {
-    const rewriteLocation = locationRewriter(route)
     await app.register(httpProxy, {
       upstream: route.upstream.href,
       prefix: route.prefix,
@@ -80,31 +112,72 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
       proxyPayloads: false,
       internalRewriteLocationHeader: false,
       disableRequestLogging: true,
-      // reply-from logs each failure at warn with its stack trace; the proxy's own warning below says it in one line.
+      // reply-from logs each failure at warn with its stack trace; the proxy's own warning says it in one line.
       logLevel: 'error',
       config: { upstream: route.name },
-      replyOptions: {
-        retryDelay: () => null,
-        queryString: rawQuery,
-        rewriteRequestHeaders: (_request, headers) => {
-          dropRequestHeaders(headers)
-          return headers
-        },
-        rewriteHeaders: (headers) => {
-          for (const name of DROPPED_RESPONSE_HEADERS) if (name in headers) delete headers[name]
-          const { location, 'content-location': contentLocation } = headers
-          if (typeof location === 'string') headers.location = rewriteLocation(location)
-          if (typeof contentLocation === 'string') headers['content-location'] = rewriteLocation(contentLocation)
-          return headers
-        },
-        onError: (reply, { error }) => {
-          const failure = upstreamError(route, error, options.timeout)
-          warnFailure(options.log, route, failure, reply.request.id)
-          sendProxyError(reply, failure)
-        }
-      }
+      replyOptions: replyOptionsFor(route, options)
     })
   }
+}
+
+export interface DiscoveredRoutesOptions {
+  readonly table: RouteTable<ServedRoute>
+  /** Asked to read the list again when a request names an unknown cluster (at most every 30 s). */
+  readonly refresh: () => Promise<void>
+  readonly timeout: number
+  readonly log: Logger
+}
+
+/**
+ * `/clusters/<name or uuid>/…` for clusters found by discovery, which come and go
+ * while Fastify's routes cannot: one route that resolves the cluster in the route
+ * table at each request and forwards through reply-from, with the same policy as
+ * configured routes, to a dispatcher that hands each request to its cluster's own
+ * (the one that adds the token and follows that cluster's 401s).
+ */
+export async function discoveredRoutes (app: FastifyInstance, options: DiscoveredRoutesOptions): Promise<void> {
+  const { table } = options
+  passBodiesThrough(app)
+  await app.register(replyFrom, { undici: new ClusterDispatcher(table), disableRequestLogging: true, logLevel: 'error' })
+  const replyOptions = new WeakMap<ServedRoute, FastifyReplyFromHooks>()
+  app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
+    const target = request.raw.url ?? ''
+    let resolved = table.resolve(target)
+    if (resolved instanceof ProxyError && resolved.code === 'unknown_cluster') {
+      await options.refresh()
+      resolved = table.resolve(target)
+    }
+    if (resolved instanceof ProxyError) return sendProxyError(reply, resolved)
+    const { route, path } = resolved
+    request.upstreamName = route.name
+    let hooks = replyOptions.get(route)
+    if (hooks === undefined) {
+      hooks = replyOptionsFor(route, options)
+      replyOptions.set(route, hooks)
+    }
+    const query = path.indexOf('?')
+    return reply.from(route.upstream.origin + (query === -1 ? path : path.slice(0, query)), hooks)
+  })
+}
+
+/** Hands each request to the dispatcher of the discovered cluster it is addressed to. */
+class ClusterDispatcher extends Dispatcher {
+  readonly #table: RouteTable<ServedRoute>
+
+  constructor (table: RouteTable<ServedRoute>) {
+    super()
+    this.#table = table
+  }
+
+  override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    const route = this.#table.clusterAt(String(options.origin), options.path)
+    // Thrown: undici's request() passes it to its caller, whose onError answers it, as for a refused dispatch.
+    if (route === undefined) throw new ProxyError('unknown_cluster', 'the cluster stopped being served while the request was on its way')
+    return route.dispatcher.dispatch(options, handler)
+  }
+
+  override async close (): Promise<void> {}
+  override async destroy (): Promise<void> {}
 }
 
 /** The query string exactly as the client sent it (http-proxy would parse and re-encode it). */

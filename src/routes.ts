@@ -30,16 +30,42 @@ export interface Resolved<R extends Route> { readonly route: R, readonly path: s
  * requests are routed by Fastify on the same prefixes, one registration per route.)
  */
 export class RouteTable<R extends Route> {
+  /** The routes configured at start-up (each registered with Fastify); discovered clusters come and go apart from them. */
   readonly routes: readonly R[]
-  readonly #clusters: ReadonlyMap<string, R>
+  #clusters: ReadonlyMap<string, R>
   readonly #admin: R | undefined
-  readonly #known: string
+  #known: string
 
   constructor (routes: readonly R[]) {
     this.routes = routes
     this.#clusters = new Map(routes.filter((route) => route.prefix !== '/').map((route) => [route.name, route]))
     this.#admin = routes.find((route) => route.prefix === '/')
     this.#known = this.#clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...this.#clusters.keys()].join(', ')}`
+  }
+
+  /** Discovered clusters, replacing the previous ones at once: each served by name, and by uuid as well. */
+  replaceClusters (clusters: ReadonlyArray<{ readonly route: R, readonly uuid: string }>): void {
+    const map = new Map<string, R>()
+    for (const { route, uuid } of clusters) map.set(route.name, route).set(uuid, route)
+    this.#clusters = map
+    this.#known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${clusters.map(({ route }) => route.name).join(', ')}`
+  }
+
+  /** The names of the routes served now, for `/-/ready`. */
+  names (): string[] {
+    const names = new Set([...this.#clusters.values()].map((route) => route.name))
+    return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...names]
+  }
+
+  /** The cluster route an outbound request goes to: its origin, and the longest base path its path starts with. */
+  clusterAt (origin: string, path: string): R | undefined {
+    let found: R | undefined
+    for (const route of this.#clusters.values()) {
+      if (route.upstream.origin !== origin) continue
+      const base = basePath(route)
+      if ((path === base || path.startsWith(`${base}/`) || path.startsWith(`${base}?`) || base === '') && (found === undefined || base.length > basePath(found).length)) found = route
+    }
+    return found
   }
 
   resolve (target: string): Resolved<R> | ProxyError {

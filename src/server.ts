@@ -9,7 +9,8 @@ import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
 import { createGuard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
-import { proxyRoutes, serveRoute } from './proxy.js'
+import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
+import { ClusterDiscovery, type DiscoveredCluster } from './discovery.js'
 import { CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
 import { tokenFileSink } from './token/file.js'
 import { TokenManager } from './token/manager.js'
@@ -33,6 +34,10 @@ export interface ServerParts {
   readonly metrics: Metrics
   readonly dispatcher: Dispatcher
   readonly log: Logger
+  /** Every route, configured or discovered. */
+  readonly table: RouteTable<ServedRoute>
+  /** The clusters of a Run:ai control plane, when they are discovered rather than configured. */
+  readonly discovery: ClusterDiscovery | undefined
 }
 
 const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
@@ -81,12 +86,13 @@ function createApp (log: Logger, meant: (target: string) => string | undefined =
 }
 
 /** The proxy's own endpoints under `/-/`: never forwarded, never holding a token. */
-function ownEndpoints (app: FastifyInstance, { tokens, metrics }: Pick<ServerParts, 'tokens' | 'metrics'>): void {
+function ownEndpoints (app: FastifyInstance, { tokens, metrics, table }: Pick<ServerParts, 'tokens' | 'metrics' | 'table'>): void {
   app.get('/-/healthy', async () => ({ healthy: true }))
   app.get('/-/ready', async (_request, reply) => {
     const status = tokens.status()
-    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString() }
-    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet' })
+    const routes = table.names()
+    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString(), routes }
+    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet', routes })
   })
   app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
   app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
@@ -94,9 +100,7 @@ function ownEndpoints (app: FastifyInstance, { tokens, metrics }: Pick<ServerPar
 
 /** Assembles the proxy: the guard, its own `/-/` endpoints, and one forwarding route per upstream. */
 export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
-  const { config, metrics } = parts
-  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
-  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, parts.dispatcher, parts.tokens, parts.log)))
+  const { config, metrics, table, discovery } = parts
   const app = createApp(parts.log, (target) => table.meant(target))
   const guard = createGuard(config)
   app.addHook('onRequest', guardHook(guard, config))
@@ -116,7 +120,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
   }
   app.addHook('onResponse', (request, reply, done) => {
     if (closing) setImmediate(() => app.server.closeIdleConnections())
-    const upstream = request.routeOptions.config.upstream
+    const upstream = request.upstreamName ?? request.routeOptions.config.upstream
     const elapsed = reply.elapsedTime
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
     // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
@@ -141,11 +145,17 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 
   ownEndpoints(app, parts)
 
-  // A cluster that is not configured must never fall through to the admin API.
-  app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
-    const resolved = table.resolve(request.raw.url ?? '')
-    sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(''))
-  })
+  app.decorateRequest('upstreamName', undefined)
+  if (discovery === undefined) {
+    // A cluster that is not configured must never fall through to the admin API.
+    app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
+      const resolved = table.resolve(request.raw.url ?? '')
+      sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(''))
+    })
+  } else {
+    // Clusters that come and go: one route resolves them in the table at each request.
+    await app.register(discoveredRoutes, { table, refresh: async () => await discovery.refreshIfStale(), timeout: config.timeout, log: parts.log })
+  }
 
   const tunnels = websocketTunnel(app.server, { table, guard, log: parts.log, timeout: config.timeout })
   app.addHook('preClose', async () => { tunnels.closeAll() })
@@ -154,7 +164,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 }
 
 /** The `ADMIN_ADDRESS` listener: only `/-/` (probes and Prometheus scrapes), no credentials used. */
-export function buildAdminServer (parts: Pick<ServerParts, 'tokens' | 'metrics' | 'log'>): FastifyInstance {
+export function buildAdminServer (parts: Pick<ServerParts, 'tokens' | 'metrics' | 'log' | 'table'>): FastifyInstance {
   const app = createApp(parts.log)
   ownEndpoints(app, parts)
   return app
@@ -164,6 +174,7 @@ export interface RunningProxy {
   readonly app: FastifyInstance
   readonly admin: FastifyInstance | undefined
   readonly tokens: TokenManager
+  readonly discovery: ClusterDiscovery | undefined
   /** `http://host:port`, or the socket path. */
   readonly address: string
   /** Stops accepting connections, lets in-flight requests finish, releases the upstream pools. */
@@ -173,6 +184,8 @@ export interface RunningProxy {
 export interface StartOptions {
   /** Token back-off, for tests that cannot wait a second. */
   readonly backoffMs?: number
+  /** Cluster discovery's timings (5 minutes, 30 s), for tests that cannot wait. */
+  readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
 
 /** Everything `serve` runs: dispatcher, token manager (first token requested at once), servers, listeners. */
@@ -180,8 +193,13 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   const dispatcher = createDispatcher(config, log)
   const tokens = new TokenManager(config.token, { dispatcher, log, backoffMs: options.backoffMs })
   const metrics = new Metrics(tokens)
-  const app = await buildServer({ config, tokens, metrics, dispatcher, log })
-  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log })
+  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
+  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, dispatcher, tokens, log)))
+  const discovery = config.discoverClusters && config.upstream !== undefined
+    ? discoverInto(table, new ClusterDiscovery({ controlPlane: config.upstream, tokens, dispatcher, log, timeout: config.timeout, ...options.discovery }), { dispatcher, tokens, log })
+    : undefined
+  const app = await buildServer({ config, tokens, metrics, dispatcher, log, table, discovery })
+  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log, table })
   // Fastify logs "Server listening at …" for each address; the proxy's own line below says it once, with the routes.
   const level = log.level
   if (log.isLevelEnabled('info')) log.level = 'warn'
@@ -206,7 +224,8 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     event: 'listening',
     address,
     admin: admin === undefined ? undefined : addressOf(admin, undefined),
-    routes
+    routes,
+    clusters: discovery === undefined ? undefined : `discovered from ${displayUrl(config.upstream as URL)}`
   }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
   // Before the ready line: when it is read, the token file is there.
   const removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
@@ -217,16 +236,19 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }
   tokens.on('fetch', announceReady)
   // Only once the proxy can be reached: a listener that fails costs no token request.
+  discovery?.start()
   tokens.start()
   return {
     app,
     admin,
     tokens,
+    discovery,
     address,
     // Once, however often it is called (a second signal, a test's teardown).
     close: () => {
       closing ??= (async () => {
         removeTokenFile?.()
+        discovery?.close()
         tokens.close()
         await Promise.all([app.close(), admin?.close()])
         await dispatcher.close()
@@ -234,6 +256,28 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
       return closing
     }
   }
+}
+
+/**
+ * Keeps the table's clusters those the discovery lists; a cluster whose URL did not
+ * change keeps its route (and what its 401s taught it).
+ */
+function discoverInto (table: RouteTable<ServedRoute>, discovery: ClusterDiscovery, parts: { dispatcher: Dispatcher, tokens: TokenManager, log: Logger }): ClusterDiscovery {
+  let served = new Map<string, ServedRoute>()
+  discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
+    const next = new Map<string, ServedRoute>()
+    const entries = clusters.map(({ name, uuid, url }) => {
+      const kept = served.get(name)
+      const route = kept !== undefined && kept.upstream.href === url.href
+        ? kept
+        : serveRoute({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url }, parts.dispatcher, parts.tokens, parts.log)
+      next.set(name, route)
+      return { route, uuid }
+    })
+    served = next
+    table.replaceClusters(entries)
+  })
+  return discovery
 }
 
 /** A listener that cannot be bound, in the user's words: which address, and the setting that moves it. */

@@ -32,12 +32,12 @@ t.test('Run:ai (a v1-only control plane) client_credentials: control plane at /,
   const runai = await startRunai(t, { generation: 'v1' })
   // The researcher APIs accept the control plane's tokens: here the emulator serves them too.
   const { url, logs } = await startTestProxy(t, runaiEnv(runai, { ...clientCredentials, BEARER_PROXY_CLUSTERS: `gpu-a=${runai.url}/researcher,gpu-b=${runai.url}` }))
-  for (const path of ['/api/v1/clusters', '/clusters/gpu-a/api/v1/jobs', '/clusters/gpu-b/api/v1/workloads']) {
+  for (const path of ['/api/v1/projects', '/clusters/gpu-a/api/v1/jobs', '/clusters/gpu-b/api/v1/workloads']) {
     const response = await request(`${url}${path}`)
     t.equal(response.statusCode, 200, path)
     await response.body.dump()
   }
-  t.same(runai.served, ['/api/v1/clusters', '/researcher/api/v1/jobs', '/api/v1/workloads'])
+  t.same(runai.served, ['/api/v1/projects', '/researcher/api/v1/jobs', '/api/v1/workloads'])
   t.same(runai.calls, [{ path: '/api/v1/token', contentType: 'application/json', body: { grantType: 'client_credentials', clientID: RUNAI.client.id, clientSecret: RUNAI.client.secret } }])
   t.same(runai.absent, ['/api/v2/token'], '/api/v2/token asked once, then v1')
   assertNoSecretIn(t, logs.text)

@@ -1,18 +1,10 @@
 import t from 'tap'
 import { request } from 'undici'
-import { type Emulator, RUNAI, startRunai } from './helpers/emulators.js'
+import { RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { afterFetch, runCli, startTestProxy, startTokenManager } from './helpers/stack.js'
 
-const env = (runai: Emulator, extra: Record<string, string> = {}): Record<string, string> => ({
-  BEARER_PROXY_AUTH: 'runai',
-  BEARER_PROXY_UPSTREAM: runai.url,
-  BEARER_PROXY_CLIENT_ID: RUNAI.client.id,
-  BEARER_PROXY_CLIENT_SECRET: RUNAI.client.secret,
-  BEARER_PROXY_PORT: '0',
-  BEARER_PROXY_LOG_LEVEL: 'trace',
-  ...extra
-})
+const env = runaiEnv
 const SECRETS = [RUNAI.client.secret, RUNAI.user.password]
 
 t.test('AUTH=runai asks /api/v2/token first: the OAuth 2.0 form of the docs, expires_in honoured', async (t) => {

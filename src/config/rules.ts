@@ -73,6 +73,11 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
 
   const upstream = url('UPSTREAM')
   const clusters = parseClusters(get('CLUSTERS'), problems)
+  // Run:ai lists its clusters: read from the control plane unless CLUSTERS names them (or asks with `auto`).
+  const discoverClusters = get('CLUSTERS') === 'auto' || (flavour === 'runai' && get('CLUSTERS') === undefined && upstream !== undefined)
+  if (get('CLUSTERS') === 'auto' && upstream === undefined) {
+    problems.push(`${PREFIX}CLUSTERS: auto reads the clusters from the Run:ai control plane at ${PREFIX}UPSTREAM, which is not set`)
+  }
   if (forwarding && upstream === undefined && clusters.size === 0) {
     problems.push(`${PREFIX}UPSTREAM: required (the API to forward to), or ${PREFIX}CLUSTERS`)
   }
@@ -127,6 +132,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     token,
     upstream,
     clusters,
+    discoverClusters,
     host,
     port: number('PORT'),
     socket: get('SOCKET'),

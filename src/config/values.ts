@@ -31,11 +31,11 @@ export function parseHttpUrl (value: string, name: string, problems: string[]): 
   return url
 }
 
-const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+export const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 
 export function parseClusters (value: string | undefined, problems: string[]): Map<string, URL> {
   const clusters = new Map<string, URL>()
-  if (value === undefined) return clusters
+  if (value === undefined || value === 'auto') return clusters
   for (const entry of value.split(',').map((part) => part.trim()).filter(Boolean)) {
     const at = entry.indexOf('=')
     const name = at > 0 ? entry.slice(0, at).trim() : ''

@@ -17,6 +17,10 @@ export interface Emulator {
   ttl: number
   /** Refuse refresh tokens from now on (as after a session ends). */
   refuseRefresh: boolean
+  /** What `GET /api/v1/clusters` lists (Run:ai), or a status it answers instead. */
+  clusters: unknown[] | number
+  /** `GET /api/v1/clusters` requests served so far. */
+  clusterReads: number
   readonly jwks: JSONWebKeySet
 }
 
@@ -38,6 +42,8 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
     issued: [] as string[],
     ttl: 60,
     refuseRefresh: false,
+    clusters: [] as unknown[] | number,
+    clusterReads: 0,
     jwks,
     sign: async (sub: string, extra: Record<string, unknown> = {}) => {
       const token = await new SignJWT(extra).setProtectedHeader({ alg: 'RS256' })
@@ -76,7 +82,19 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
       }
       const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1]
       jwtVerify(token ?? '', keys, { issuer }).then(() => {
+        if (path === '/api/v1/clusters' && req.method === 'GET') {
+          emulator.clusterReads++
+          const { clusters } = emulator
+          if (typeof clusters === 'number') send(res, clusters, { code: clusters, message: 'unavailable' })
+          else send(res, 200, clusters)
+          return
+        }
         emulator.served.push(path)
+        // A redirect to the same server, absolute, as APIs behind a gateway send them.
+        if (path.endsWith('/redirect')) {
+          res.writeHead(302, { location: `${emulator.url}${path.replace(/redirect$/, 'elsewhere')}` }).end()
+          return
+        }
         send(res, 200, { path })
       }, () => send(res, 401, { code: 401, message: 'Unauthorized' }))
     })
@@ -146,6 +164,19 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
     }
   })
   return emulator
+}
+
+/** The settings of a proxy in front of a Run:ai emulator, with its access key. */
+export function runaiEnv (runai: Emulator, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    BEARER_PROXY_AUTH: 'runai',
+    BEARER_PROXY_UPSTREAM: runai.url,
+    BEARER_PROXY_CLIENT_ID: RUNAI.client.id,
+    BEARER_PROXY_CLIENT_SECRET: RUNAI.client.secret,
+    BEARER_PROXY_PORT: '0',
+    BEARER_PROXY_LOG_LEVEL: 'trace',
+    ...extra
+  }
 }
 
 export const APIC = {

@@ -10,7 +10,7 @@ import { type Config, loadConfig } from '../../src/config.js'
 import { API_AUDIENCE, type Idp, type IdpOptions, startIdp } from '../../demo/idp.js'
 import { createLogger } from '../../src/log.js'
 import { createDispatcher } from '../../src/outbound.js'
-import { type RunningProxy, startProxy } from '../../src/server.js'
+import { type RunningProxy, type StartOptions, startProxy } from '../../src/server.js'
 import { TokenManager } from '../../src/token/manager.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -69,7 +69,7 @@ export interface TestProxy {
 }
 
 /** The proxy in this process (as `serve` runs it), logs captured. */
-export async function startTestProxy (t: Teardown, env: Record<string, string>, options: { backoffMs?: number } = {}): Promise<TestProxy> {
+export async function startTestProxy (t: Teardown, env: Record<string, string>, options: StartOptions = {}): Promise<TestProxy> {
   const config = configOf(env)
   const logs = new LogCapture()
   const proxy = await startProxy(config, createLogger(config.logLevel ?? 'info', logs), options)

@@ -1,0 +1,225 @@
+import { EventEmitter } from 'node:events'
+import type { Logger } from 'pino'
+import { type Dispatcher, request } from 'undici'
+import { CLUSTER_NAME } from './config/values.js'
+import { displayUrl } from './errors.js'
+import { networkReason, type TokenSource } from './token/manager.js'
+
+/** A cluster as the control plane lists it, once found usable. */
+export interface DiscoveredCluster {
+  readonly name: string
+  readonly uuid: string
+  readonly url: URL
+  /** As the control plane reports it (`Connected`, …), for `bearer-proxy clusters`. */
+  readonly status: string
+}
+
+/** A listed cluster that is not served, and why (names only, never the rest of the entry). */
+export interface SkippedCluster { readonly name: string, readonly reason: string }
+
+export interface ClusterList { readonly clusters: DiscoveredCluster[], readonly skipped: SkippedCluster[] }
+
+/** Where Run:ai lists the clusters of a control plane. */
+export const CLUSTERS_PATH = '/api/v1/clusters'
+const MAX_BODY = 4 * 1024 * 1024
+const UUID = /^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$/
+
+/** A failure to list the clusters, in words fit for a log line. */
+export class DiscoveryError extends Error {}
+
+/**
+ * `GET <control plane>/api/v1/clusters` with the token, and the clusters that can
+ * be served: a safe path-segment name, a `domain` that is an http(s) URL without
+ * credentials (https unless the control plane itself is plain http).
+ */
+export async function listClusters (controlPlane: URL, tokens: TokenSource, dispatcher: Dispatcher, timeoutSeconds: number): Promise<ClusterList> {
+  const token = await tokens.get()
+  const url = new URL(controlPlane.href)
+  url.pathname = controlPlane.pathname.replace(/\/+$/, '') + CLUSTERS_PATH
+  url.search = ''
+  let status: number
+  let text = ''
+  try {
+    const response = await request(url, {
+      dispatcher,
+      headers: { authorization: token.authorization, accept: 'application/json' },
+      headersTimeout: timeoutSeconds * 1000,
+      bodyTimeout: timeoutSeconds * 1000
+    })
+    status = response.statusCode
+    for await (const chunk of response.body) {
+      text += (chunk as Buffer).toString('utf8')
+      if (text.length > MAX_BODY) {
+        response.body.destroy()
+        throw new DiscoveryError(`${displayUrl(url)} answered more than 4 MiB`)
+      }
+    }
+  } catch (error) {
+    if (error instanceof DiscoveryError) throw error
+    throw new DiscoveryError(`${displayUrl(url)} is unreachable: ${networkReason(error)}`)
+  }
+  if (status === 401) tokens.drop(token)
+  if (status !== 200) throw new DiscoveryError(`${displayUrl(url)} answered ${status}`)
+  let body: unknown
+  try {
+    body = JSON.parse(text)
+  } catch {
+    throw new DiscoveryError(`${displayUrl(url)} answered with a body that is not JSON`)
+  }
+  if (!Array.isArray(body)) throw new DiscoveryError(`${displayUrl(url)} did not answer a list of clusters`)
+  return servableClusters(body, controlPlane)
+}
+
+/** The entries of a cluster list that can be served, and why the others cannot. */
+export function servableClusters (entries: unknown[], controlPlane: URL): ClusterList {
+  const clusters: DiscoveredCluster[] = []
+  const skipped: SkippedCluster[] = []
+  const taken = new Set<string>()
+  for (const entry of entries) {
+    const fields = typeof entry === 'object' && entry !== null ? entry as Record<string, unknown> : {}
+    const name = typeof fields.name === 'string' ? fields.name : ''
+    const shown = CLUSTER_NAME.test(name) && name.length <= 253 ? name : '(a name that is not a safe path segment)'
+    const uuid = typeof fields.uuid === 'string' && UUID.test(fields.uuid) ? fields.uuid.toLowerCase() : undefined
+    const reason = !CLUSTER_NAME.test(name) || name.length > 253
+      ? 'its name is not a safe path segment (letters, digits, ".", "_", "-")'
+      : uuid === undefined
+        ? 'it has no uuid'
+        : taken.has(name) || taken.has(uuid)
+          ? 'its name or uuid is already served by another cluster'
+          : undefined
+    const url = reason === undefined ? domainOf(fields.domain, controlPlane) : undefined
+    if (reason !== undefined || typeof url === 'string' || url === undefined) {
+      skipped.push({ name: shown, reason: reason ?? (typeof url === 'string' ? url : 'it has no domain') })
+      continue
+    }
+    taken.add(name).add(uuid as string)
+    clusters.push({ name, uuid: uuid as string, url, status: statusOf(fields.status) })
+  }
+  return { clusters, skipped }
+}
+
+/** The cluster's URL from its `domain`, or why it cannot be used. */
+function domainOf (domain: unknown, controlPlane: URL): URL | string | undefined {
+  if (typeof domain !== 'string' || domain.trim() === '') return undefined
+  let url: URL
+  try {
+    // A bare host name (as the UI shows it) is served over https.
+    url = new URL(domain.includes('://') ? domain : `https://${domain}`)
+  } catch {
+    return 'its domain is not a URL'
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return 'its domain is not an http(s) URL'
+  if (url.username !== '' || url.password !== '') return 'its domain carries credentials'
+  if (url.protocol === 'http:' && controlPlane.protocol === 'https:') return 'its domain is plain http while the control plane is https'
+  url.search = ''
+  url.hash = ''
+  return url
+}
+
+function statusOf (status: unknown): string {
+  if (typeof status === 'string') return status.slice(0, 40)
+  const state = typeof status === 'object' && status !== null ? (status as Record<string, unknown>).state : undefined
+  return typeof state === 'string' ? state.slice(0, 40) : 'unknown'
+}
+
+export interface DiscoveryOptions {
+  readonly controlPlane: URL
+  readonly tokens: TokenSource & EventEmitter
+  readonly dispatcher: Dispatcher
+  readonly log: Logger
+  readonly timeout: number
+  /** How often the list is read again (5 minutes). */
+  readonly intervalMs?: number
+  /** The least time between two reads asked for by requests naming an unknown cluster (30 s). */
+  readonly onDemandMs?: number
+}
+
+/**
+ * The clusters of a Run:ai control plane, kept current: read once the first token is
+ * held, then every 5 minutes, and (at most every 30 s) when a request names a
+ * cluster not in the list. A failed read keeps the last good list.
+ *
+ * Events: `change` (the new list), `refresh` ({ ok: boolean }) after every read.
+ */
+export class ClusterDiscovery extends EventEmitter {
+  readonly #options: DiscoveryOptions
+  #clusters: readonly DiscoveredCluster[] = []
+  #inflight: Promise<void> | undefined
+  #lastRead = 0
+  #timer: NodeJS.Timeout | undefined
+  #closed = false
+  /** Skipped clusters already logged, by name and reason: said once, not at every read. */
+  readonly #said = new Set<string>()
+
+  constructor (options: DiscoveryOptions) {
+    super()
+    this.#options = options
+  }
+
+  get clusters (): readonly DiscoveredCluster[] { return this.#clusters }
+
+  /** The first read once a token is held (a failed token request is the token manager's to report). */
+  start (): void {
+    const { tokens } = this.#options
+    const first = ({ result }: { result: string }): void => {
+      if (result !== 'success') return
+      tokens.off('fetch', first)
+      this.refresh().catch(() => {})
+    }
+    tokens.on('fetch', first)
+  }
+
+  /** Reads the list now, or joins the read in flight. */
+  async refresh (): Promise<void> {
+    this.#inflight ??= this.#read().finally(() => { this.#inflight = undefined })
+    return await this.#inflight
+  }
+
+  /** For a request naming an unknown cluster: a read, unless one happened in the last 30 s. */
+  async refreshIfStale (): Promise<void> {
+    if (this.#inflight === undefined && Date.now() - this.#lastRead < (this.#options.onDemandMs ?? 30_000)) return
+    await this.refresh()
+  }
+
+  close (): void {
+    this.#closed = true
+    clearTimeout(this.#timer)
+  }
+
+  async #read (): Promise<void> {
+    const { controlPlane, tokens, dispatcher, log, timeout } = this.#options
+    this.#lastRead = Date.now()
+    try {
+      const { clusters, skipped } = await listClusters(controlPlane, tokens, dispatcher, timeout)
+      for (const { name, reason } of skipped) {
+        const key = `${name}\n${reason}`
+        if (this.#said.has(key)) continue
+        this.#said.add(key)
+        log.warn({ event: 'cluster_skipped', cluster: name, reason }, `cluster ${name} is not served: ${reason}`)
+      }
+      const before = new Map(this.#clusters.map((cluster) => [cluster.name, cluster.url.href]))
+      const added = clusters.filter((cluster) => before.get(cluster.name) !== cluster.url.href).map((cluster) => cluster.name)
+      const removed = [...before.keys()].filter((name) => !clusters.some((cluster) => cluster.name === name))
+      this.#clusters = clusters
+      if (added.length > 0 || removed.length > 0) {
+        log.info({ event: 'clusters_discovered', added, removed, served: clusters.map((cluster) => cluster.name) },
+          `clusters served: ${clusters.map((cluster) => cluster.name).join(', ') || 'none'}`)
+        this.emit('change', clusters)
+      }
+      this.emit('refresh', { ok: true })
+    } catch (error) {
+      const reason = error instanceof DiscoveryError ? error.message : (error as Error).message
+      log.warn({ event: 'cluster_discovery_failed', error: reason }, 'could not read the clusters; the last list is kept')
+      this.emit('refresh', { ok: false })
+    } finally {
+      this.#schedule()
+    }
+  }
+
+  #schedule (): void {
+    if (this.#closed) return
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => { this.refresh().catch(() => {}) }, this.#options.intervalMs ?? 300_000)
+    this.#timer.unref()
+  }
+}

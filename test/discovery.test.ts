@@ -1,0 +1,230 @@
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { createLocalJWKSet, jwtVerify } from 'jose'
+import t from 'tap'
+import { request } from 'undici'
+import WebSocket, { WebSocketServer } from 'ws'
+import { servableClusters } from '../src/discovery.js'
+import { type Emulator, RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
+import { assertNoSecret, fragments } from './helpers/secrets.js'
+import { bounded, rawHttp, runCli, startTestProxy } from './helpers/stack.js'
+
+const UUID = {
+  a: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b',
+  b: '1c0a8b5f-2d3e-4f60-9b0c-1d2e3f4a5b6c',
+  c: '2d1b9c60-3e4f-4071-8c1d-2e3f4a5b6c7d'
+}
+const env = (runai: Emulator, extra: Record<string, string> = {}): Record<string, string> => runaiEnv(runai, { BEARER_PROXY_LOG_LEVEL: 'debug', ...extra })
+
+/** The list of a control plane with two usable clusters and one of each kind that is not. */
+function listing (runai: Emulator): unknown[] {
+  return [
+    { uuid: UUID.a, tenantId: 1, name: 'gpu-a', domain: `${runai.url}/a`, status: { state: 'Connected' }, version: '2.22.0', createdAt: '2026-01-01T00:00:00Z' },
+    { uuid: UUID.b, tenantId: 1, name: 'gpu-b', domain: `${runai.url}/b`, status: { state: 'Disconnected' }, version: '2.21.3' },
+    { uuid: '3e2c0d71-4f50-4182-9d2e-3f4a5b6c7d8e', tenantId: 1, name: 'no-domain', domain: null },
+    { uuid: '4f3d1e82-5061-4293-8e3f-4a5b6c7d8e9f', tenantId: 1, name: '../escape', domain: `${runai.url}/x` },
+    { uuid: '5a4e2f93-6172-43a4-9f40-5b6c7d8e9fa0', tenantId: 1, name: 'with-creds', domain: 'https://user:Pa55-in-domain@gpu.example' },
+    { uuid: '6b5f30a4-7283-44b5-8051-6c7d8e9fa0b1', tenantId: 1, name: 'ftp', domain: 'ftp://gpu.example' },
+    { uuid: UUID.a, tenantId: 1, name: 'gpu-a-again', domain: `${runai.url}/again` }
+  ]
+}
+
+t.test('AUTH=runai without CLUSTERS: clusters are read from /api/v1/clusters and served by name and by uuid', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai)
+  const { url, proxy, logs } = await startTestProxy(t, env(runai))
+  await bounded(once(proxy.discovery as NonNullable<typeof proxy.discovery>, 'change'), 5000, 'the first list')
+
+  for (const [path, served] of [['/clusters/gpu-a/api/v1/jobs?owner=me', '/a/api/v1/jobs'], [`/clusters/${UUID.b}/api/v1/nodes`, '/b/api/v1/nodes'], ['/clusters/gpu-b', '/b/']] as Array<[string, string]>) {
+    const answer = await request(`${url}${path}`)
+    t.equal(answer.statusCode, 200, path)
+    t.same(await answer.body.json(), { path: served })
+  }
+  const unknown = await request(`${url}/clusters/gpu-z/x`)
+  t.equal(unknown.statusCode, 404)
+  t.match(await unknown.body.json(), { error: 'unknown_cluster', message: 'no cluster named "gpu-z" is configured (known: gpu-a, gpu-b)' })
+  const skipped = await request(`${url}/clusters/no-domain/x`)
+  t.equal(skipped.statusCode, 404, 'a cluster that is not served is unknown')
+  await skipped.body.dump()
+
+  // Location rewriting, metrics by cluster name, /-/ready's routes.
+  const redirect = await request(`${url}/clusters/gpu-a/go/redirect`)
+  t.equal(redirect.statusCode, 302)
+  t.equal(redirect.headers.location, '/clusters/gpu-a/go/elsewhere')
+  await redirect.body.dump()
+  const metrics = await (await request(`${url}/-/metrics`)).body.text()
+  t.match(metrics, /bearer_proxy_requests_total\{upstream="gpu-a",status="200"\} 1/)
+  t.match(metrics, /bearer_proxy_requests_total\{upstream="gpu-b",status="200"\} 2/)
+  t.match(await (await request(`${url}/-/ready`)).body.json(), { ready: true, routes: ['admin', 'gpu-a', 'gpu-b'] })
+
+  // The guard applies to discovered clusters as to configured ones: an encoded dot segment is refused, nothing sent.
+  const before = runai.served.length
+  const hostile = await rawHttp(url, 'GET /clusters/gpu-a/%2e%2e/api/v1/token HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
+  t.match(hostile, /^HTTP\/1\.1 400 /)
+  t.equal(runai.served.length, before, 'the upstream received nothing')
+
+  t.same(logs.events('cluster_skipped').map((line) => [line.cluster, line.reason]), [
+    ['no-domain', 'it has no domain'],
+    ['(a name that is not a safe path segment)', 'its name is not a safe path segment (letters, digits, ".", "_", "-")'],
+    ['with-creds', 'its domain carries credentials'],
+    ['ftp', 'its domain is not an http(s) URL'],
+    ['gpu-a-again', 'its name or uuid is already served by another cluster']
+  ], 'each skipped cluster said once, with why')
+  t.match(logs.events('clusters_discovered'), [{ added: ['gpu-a', 'gpu-b'], removed: [] }])
+  t.equal(runai.clusterReads, 1, 'read once at start')
+  assertNoSecret(t, 'the log', logs.text, fragments([RUNAI.client.secret, 'Pa55-in-domain', ...runai.issued]))
+})
+
+t.test('the list is read again: a cluster added is served, one removed stops being served, a failed read keeps the last list', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai).slice(0, 1)
+  const { url, proxy, logs } = await startTestProxy(t, env(runai), { discovery: { intervalMs: 60_000, onDemandMs: 0 } })
+  const discovery = proxy.discovery as NonNullable<typeof proxy.discovery>
+  await bounded(once(discovery, 'change'), 5000, 'the first list')
+
+  // A request naming a cluster not (yet) known reads the list again, and is served if it is there now.
+  runai.clusters = [...listing(runai).slice(0, 1), { uuid: UUID.c, name: 'gpu-c', domain: `${runai.url}/c`, status: { state: 'Connected' } }]
+  const added = await request(`${url}/clusters/gpu-c/api`)
+  t.equal(added.statusCode, 200)
+  t.same(await added.body.json(), { path: '/c/api' })
+  t.match(logs.events('clusters_discovered').at(-1), { added: ['gpu-c'], removed: [] })
+
+  // Removed: no longer served once the list says so.
+  runai.clusters = [{ uuid: UUID.c, name: 'gpu-c', domain: `${runai.url}/c` }]
+  await discovery.refresh()
+  const gone = await request(`${url}/clusters/gpu-a/api`)
+  t.equal(gone.statusCode, 404)
+  t.match(await gone.body.json(), { error: 'unknown_cluster', message: /known: gpu-c\)/ })
+  t.match(logs.events('clusters_discovered').at(-1), { added: [], removed: ['gpu-a'] })
+
+  // The control plane fails: the last good list keeps serving.
+  runai.clusters = 503
+  await discovery.refresh()
+  t.match(logs.events('cluster_discovery_failed').at(-1), { error: `${runai.url}/api/v1/clusters answered 503` })
+  const kept = await request(`${url}/clusters/gpu-c/api`)
+  t.equal(kept.statusCode, 200)
+  await kept.body.dump()
+})
+
+t.test('requests for unknown clusters read the list at most every 30 s', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai).slice(0, 1)
+  const { url, proxy } = await startTestProxy(t, env(runai))
+  await bounded(once(proxy.discovery as NonNullable<typeof proxy.discovery>, 'change'), 5000, 'the first list')
+  for (let i = 0; i < 5; i++) {
+    const answer = await request(`${url}/clusters/nope-${i}/x`)
+    t.equal(answer.statusCode, 404)
+    await answer.body.dump()
+  }
+  t.equal(runai.clusterReads, 1, 'no read for unknown names within 30 s of the last')
+})
+
+t.test('a discovered cluster carries WebSocket upgrades with the token', async (t) => {
+  const runai = await startRunai(t)
+  const keys = createLocalJWKSet(runai.jwks)
+  const server = createServer((_req, res) => res.end())
+  const upgrades: string[] = []
+  const wss = new WebSocketServer({
+    server,
+    verifyClient: (info, done) => {
+      upgrades.push(info.req.url ?? '')
+      jwtVerify(/^Bearer (.+)$/.exec(info.req.headers.authorization ?? '')?.[1] ?? '', keys, { issuer: 'runai' }).then(() => done(true), () => done(false, 401))
+    }
+  })
+  wss.on('connection', (socket) => socket.on('message', (data) => socket.send(`echo ${String(data)}`)))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { wss.close(); server.closeAllConnections(); server.close() })
+  runai.clusters = [{ uuid: UUID.a, name: 'gpu-a', domain: `http://127.0.0.1:${(server.address() as AddressInfo).port}/ws` }]
+  const { url, proxy } = await startTestProxy(t, env(runai))
+  await bounded(once(proxy.discovery as NonNullable<typeof proxy.discovery>, 'change'), 5000, 'the first list')
+  const client = new WebSocket(`${url.replace('http', 'ws')}/clusters/gpu-a/attach`)
+  await once(client, 'open')
+  client.send('hi')
+  const [message] = await once(client, 'message') as [Buffer]
+  t.equal(String(message), 'echo hi')
+  client.close()
+  await once(client, 'close')
+  t.same(upgrades, ['/ws/attach'])
+})
+
+t.test('CLUSTERS given wins (no discovery); CLUSTERS=auto asks for it with another flavour', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai)
+  const configured = await startTestProxy(t, env(runai, { BEARER_PROXY_CLUSTERS: `mine=${runai.url}/mine` }))
+  t.equal(configured.proxy.discovery, undefined)
+  const mine = await request(`${configured.url}/clusters/mine/x`)
+  t.equal(mine.statusCode, 200)
+  await mine.body.dump()
+  const notListed = await request(`${configured.url}/clusters/gpu-a/x`)
+  t.equal(notListed.statusCode, 404)
+  await notListed.body.dump()
+  t.equal(runai.clusterReads, 0)
+
+  // Tokens from the control plane's OAuth endpoint as a plain OIDC token URL, clusters asked for explicitly.
+  const auto = await startTestProxy(t, env(runai, { BEARER_PROXY_AUTH: 'oidc', BEARER_PROXY_TOKEN_URL: `${runai.url}/api/v2/token`, BEARER_PROXY_CLUSTERS: 'auto' }))
+  await bounded(once(auto.proxy.discovery as NonNullable<typeof auto.proxy.discovery>, 'change'), 5000, 'the first list')
+  const found = await request(`${auto.url}/clusters/gpu-b/x`)
+  t.equal(found.statusCode, 200)
+  await found.body.dump()
+
+  const noUpstream = await runCli(['serve'], { BEARER_PROXY_TOKEN_URL: `${runai.url}/api/v2/token`, BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_CLUSTERS: 'auto' })
+  t.equal(noUpstream.code, 2)
+  t.match(noUpstream.stderr, /BEARER_PROXY_CLUSTERS: auto reads the clusters from the Run:ai control plane at BEARER_PROXY_UPSTREAM, which is not set/)
+})
+
+t.test('bearer-proxy clusters prints what would be served; exit 1 with the reason when the list cannot be read', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai)
+  const result = await runCli(['clusters'], env(runai, { BEARER_PROXY_LOG_LEVEL: '' }))
+  t.equal(result.code, 0, result.stderr)
+  const lines = result.stdout.trim().split('\n')
+  t.match(lines[0], /^NAME\s+UUID\s+URL\s+STATUS$/)
+  t.match(lines[1], new RegExp(`^gpu-a\\s+${UUID.a}\\s+${runai.url}/a\\s+Connected$`))
+  t.match(lines[2], new RegExp(`^gpu-b\\s+${UUID.b}\\s+${runai.url}/b\\s+Disconnected$`))
+  t.equal(lines.length, 3)
+  t.match(result.stderr, /not served: no-domain: it has no domain/)
+  t.notMatch(result.stderr + result.stdout, /Pa55-in-domain/)
+
+  runai.clusters = 403
+  const refused = await runCli(['clusters'], env(runai, { BEARER_PROXY_LOG_LEVEL: '' }))
+  t.equal(refused.code, 1)
+  t.equal(refused.stderr, `bearer-proxy: ${runai.url}/api/v1/clusters answered 403\n`)
+
+  const configured = await runCli(['clusters'], env(runai, { BEARER_PROXY_CLUSTERS: `mine=${runai.url}/mine`, BEARER_PROXY_LOG_LEVEL: '' }))
+  t.equal(configured.code, 0)
+  t.match(configured.stdout, new RegExp(`^mine\\s+-\\s+${runai.url}/mine\\s+configured$`, 'm'))
+})
+
+t.test('a discovered domain must be https when the control plane is', async (t) => {
+  const list = servableClusters([
+    { uuid: UUID.a, name: 'plain', domain: 'http://gpu.example' },
+    { uuid: UUID.b, name: 'secure', domain: 'https://gpu.example/base?x=1#f' },
+    { uuid: UUID.c, name: 'bare', domain: 'gpu-c.example' }
+  ], new URL('https://runai.example'))
+  t.same(list.clusters.map((cluster) => [cluster.name, cluster.url.href]), [['secure', 'https://gpu.example/base'], ['bare', 'https://gpu-c.example/']])
+  t.same(list.skipped, [{ name: 'plain', reason: 'its domain is plain http while the control plane is https' }])
+})
+
+t.test('config/runai.env, filled in, works against a control plane of today: check, then clusters found by themselves', async (t) => {
+  const { mkdtempSync, readFileSync, writeFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const runai = await startRunai(t)
+  runai.clusters = listing(runai)
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-runai-env-'))
+  writeFileSync(join(dir, 'secret'), RUNAI.client.secret)
+  const example = readFileSync(new URL('../config/runai.env', import.meta.url), 'utf8')
+  const filled = example
+    .replace(/^BEARER_PROXY_UPSTREAM=.*$/m, `BEARER_PROXY_UPSTREAM=${runai.url}`)
+    .replace(/^BEARER_PROXY_CLIENT_ID=.*$/m, `BEARER_PROXY_CLIENT_ID=${RUNAI.client.id}`)
+    .replace(/^BEARER_PROXY_CLIENT_SECRET_FILE=.*$/m, `BEARER_PROXY_CLIENT_SECRET_FILE=${join(dir, 'secret')}`)
+  t.not(filled, example, 'the example has the settings a user fills in')
+  writeFileSync(join(dir, '.env'), filled)
+  const check = await runCli(['check'], {}, { cwd: dir })
+  t.equal(check.code, 0, check.stderr + check.stdout)
+  t.equal(runai.calls[0]?.path, '/api/v2/token', 'the current token endpoint')
+  const clusters = await runCli(['clusters'], {}, { cwd: dir })
+  t.equal(clusters.code, 0, clusters.stderr)
+  t.match(clusters.stdout, /^gpu-a\s/m)
+})
