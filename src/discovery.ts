@@ -116,10 +116,10 @@ function domainOf (domain: unknown, controlPlane: URL): URL | string | undefined
   return url
 }
 
+/** The cluster's state as a short word (`Connected`), or `unknown`: nothing else of the entry is repeated. */
 function statusOf (status: unknown): string {
-  if (typeof status === 'string') return status.slice(0, 40)
-  const state = typeof status === 'object' && status !== null ? (status as Record<string, unknown>).state : undefined
-  return typeof state === 'string' ? state.slice(0, 40) : 'unknown'
+  const state = typeof status === 'object' && status !== null ? (status as Record<string, unknown>).state : status
+  return typeof state === 'string' && /^[\w .-]{1,40}$/.test(state) ? state : 'unknown'
 }
 
 export interface DiscoveryOptions {

@@ -200,8 +200,9 @@ t.test('a discovered domain must be https when the control plane is', async (t) 
   const list = servableClusters([
     { uuid: UUID.a, name: 'plain', domain: 'http://gpu.example' },
     { uuid: UUID.b, name: 'secure', domain: 'https://gpu.example/base?x=1#f' },
-    { uuid: UUID.c, name: 'bare', domain: 'gpu-c.example' }
+    { uuid: UUID.c, name: 'bare', domain: 'gpu-c.example', status: { state: 'Conn\u001b[31mected' } }
   ], new URL('https://runai.example'))
+  t.equal(list.clusters[1]?.status, 'unknown', 'a state that is not a short word is not repeated')
   t.same(list.clusters.map((cluster) => [cluster.name, cluster.url.href]), [['secure', 'https://gpu.example/base'], ['bare', 'https://gpu-c.example/']])
   t.same(list.skipped, [{ name: 'plain', reason: 'its domain is plain http while the control plane is https' }])
 })

@@ -1,6 +1,8 @@
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
+import { type EventEmitter, once } from 'node:events'
+import { RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
+import { baseEnv, bounded, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 
@@ -61,14 +63,29 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   const token = await runCli(['token'], cliEnv)
   const badCheck = await runCli(['check'], { ...cliEnv, BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321' })
 
+  // Run:ai: /api/v2/token, clusters discovered from a list with credentials in a domain, the clusters command.
+  const runai = await startRunai(t)
+  runai.clusters = [
+    { uuid: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b', name: 'gpu-a', domain: `${runai.url}/a` },
+    { uuid: '1c0a8b5f-2d3e-4f60-9b0c-1d2e3f4a5b6c', name: 'leaky', domain: 'https://user:DomainPass-3141@gpu.example' }
+  ]
+  const discovered = await startTestProxy(t, runaiEnv(runai))
+  await bounded(once(discovered.proxy.discovery as EventEmitter, 'change'), 5000, 'the cluster list')
+  await pass(await request(`${discovered.url}/clusters/gpu-a/x`))
+  await keep(await request(`${discovered.url}/clusters/leaky/x`))
+  await keep(await request(`${discovered.url}/-/ready`))
+  const clusters = await runCli(['clusters'], runaiEnv(runai))
+
   const accessTokens = api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
   const secrets = fragments([
     CLIENT.clientSecret, USER.password, 'WrongSecret-4321', 'Inbound-Key-Value-2468', 'Wrong-Inbound-Key-1357', 'QueryToken-1122', 'ClientSideToken-5555', 'CookieValue-1234', 'SetCookieValue-9876',
     'OpaqueAccess-777777', 'KnownRefresh-888888', idToken, token.stdout.trim(), ...accessTokens,
-    ...known.calls.map((call) => String(call.fields.refresh_token ?? '')).filter(Boolean)
+    ...known.calls.map((call) => String(call.fields.refresh_token ?? '')).filter(Boolean),
+    RUNAI.client.secret, 'DomainPass-3141', ...runai.issued
   ])
   t.ok(accessTokens.length >= 5, 'real tokens were used')
-  const logText = [logs.text, bad.logs.text, echo.logs.text, knownProxy.logs.text].join('\n')
+  const logText = [logs.text, bad.logs.text, echo.logs.text, knownProxy.logs.text, discovered.logs.text].join('\n')
+  t.match(discovered.logs.text, /"event":"cluster_skipped","cluster":"leaky"/, 'the discovery path ran')
   t.ok(logText.split('\n').length > 50, 'trace produced plenty of output')
   t.match(logText, /"level":10/, 'trace lines are there')
   assertNoSecret(t, 'proxy logs', logText, secrets)
@@ -76,6 +93,8 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   assertNoSecret(t, 'error bodies, /-/ready and /-/metrics', bodies.join('\n'), secrets)
   assertNoSecret(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
   assertNoSecret(t, 'token stderr', token.stderr, secrets)
+  assertNoSecret(t, 'clusters output', clusters.stdout + clusters.stderr, secrets)
+  t.equal(clusters.code, 0)
   t.match(echo.logs.text, /bad \[redacted\]/, 'a secret echoed by the endpoint is scrubbed')
   t.equal(check.code, 0)
   t.equal(badCheck.code, 1)
