@@ -31,6 +31,7 @@ ${Object.entries(COMMANDS).map(([name, help]) => column(name, help)).join('\n')}
 Flags (each is the BEARER_PROXY_* variable named, and wins over it):
 ${Object.entries(FLAGS).map(([flag, { value, setting, help }]) => `${column(`${flag} ${value}`, help)} (${setting})`).join('\n')}
 ${column('--config PATH', 'read settings from a YAML or JSON file (keys: clientId, upstream, …)')}
+${column('--credentials NAME', 'check, token: the credential set of the --config file to use')}
 ${column('--env-file PATH', 'read settings from PATH (default: ./.env when present)')}
 ${column('--help, --version', '')}
 
@@ -51,14 +52,16 @@ export interface Arguments {
   readonly command: Command
   readonly envFile: string | undefined
   readonly configFile: string | undefined
+  /** `--credentials NAME`: the credential set `check` and `token` use. */
+  readonly credentials: string | undefined
   /** Settings given as flags, by setting name. */
   readonly flags: Readonly<Record<string, string>>
 }
 
 export class UsageError extends Error {}
 
-/** Flags that name a file rather than a setting. */
-const FILES = ['--env-file', '--config']
+/** Flags of the command line itself rather than of a setting. */
+const FILES = ['--env-file', '--config', '--credentials']
 
 function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version' {
   let command: Command | undefined
@@ -77,7 +80,7 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
         throw new UsageError(`unknown flag ${name}${didYouMean(name, [...Object.keys(FLAGS), ...FILES, '--help', '--version'])}`)
       }
       const value = equals === -1 ? argv[++i] : arg.slice(equals + 1)
-      if (value === undefined || value === '') throw new UsageError(`${name} needs a value${known === undefined ? ' (a path)' : ` (${known.value})`}`)
+      if (value === undefined || value === '') throw new UsageError(`${name} needs a value${known === undefined ? (name === '--credentials' ? ' (a name)' : ' (a path)') : ` (${known.value})`}`)
       if (known === undefined) {
         files[name] = value
       } else if (known.repeatable === true && flags[known.setting] !== undefined) {
@@ -91,7 +94,7 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
       throw new UsageError(`unknown command ${JSON.stringify(arg)}${command === undefined ? didYouMean(arg, Object.keys(COMMANDS)) : ''}`)
     }
   }
-  return { command: command ?? 'serve', envFile: files['--env-file'], configFile: files['--config'], flags }
+  return { command: command ?? 'serve', envFile: files['--env-file'], configFile: files['--config'], credentials: files['--credentials'], flags }
 }
 
 function version (): string {

@@ -6,6 +6,7 @@ import { type Config, ConfigError, type LoadOptions, loadConfig, loadListening }
 import { joinPath } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
+import { didYouMean } from './suggest.js'
 
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
@@ -15,8 +16,8 @@ export async function run (args: Arguments): Promise<number> {
     const config = loadConfig(options)
     switch (args.command) {
       case 'serve': return await serve(config)
-      case 'check': return await check(config)
-      case 'token': return await token(config)
+      case 'check': return await check(withCredentials(config, args.credentials))
+      case 'token': return await token(withCredentials(config, args.credentials))
       case 'clusters': return await clusters(config)
     }
   } catch (error) {
@@ -28,6 +29,19 @@ export async function run (args: Arguments): Promise<number> {
 }
 
 const SHUTDOWN_GRACE_MS = 10_000
+
+/** The configuration seen through one credential set: `--credentials NAME`, or the only one; its routes only. */
+function withCredentials (config: Config, name: string | undefined): Config {
+  const names = [...config.credentialSets.keys()]
+  const chosen = name ?? (names.length === 1 ? names[0] : undefined)
+  const token = chosen === undefined ? undefined : config.credentialSets.get(chosen)
+  if (token === undefined) {
+    throw new ConfigError([name === undefined
+      ? `several credential sets (${names.join(', ')}): choose one with --credentials NAME`
+      : `--credentials ${name}: no such credential set (${names.join(', ')})${didYouMean(name, names)}`])
+  }
+  return { ...config, token, prefixRoutes: config.prefixRoutes.filter((route) => route.credentials === chosen) }
+}
 
 async function serve (config: Config): Promise<number> {
   const { ListenError, startProxy } = await import('./server.js')

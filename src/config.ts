@@ -4,8 +4,9 @@ import envSchema from 'env-schema'
 import type { SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
-import { readConfigFile } from './config/file.js'
-import { parseAddress } from './config/values.js'
+import { CREDENTIAL_SETTINGS, type FileSettings, readConfigFile, type RouteEntry } from './config/file.js'
+import { parseAddress, parseHttpUrl } from './config/values.js'
+import { CLUSTERS_PREFIX } from './routes.js'
 import { closest, didYouMean } from './suggest.js'
 
 /**
@@ -77,10 +78,22 @@ export interface TokenSettings {
   readonly allowHttpTokenEndpoint: boolean
 }
 
+/** A route of the configuration file: served at `prefix`, forwarded to `upstream` with the tokens of credential set `credentials`. */
+export interface PrefixRoute {
+  readonly name: string
+  readonly prefix: string
+  readonly upstream: URL
+  readonly credentials: string
+}
+
 export interface Config {
   readonly token: TokenSettings
   readonly upstream: URL | undefined
   readonly clusters: ReadonlyMap<string, URL>
+  /** Credential sets by name: `default` (the top-level settings), or those of `--config`'s `credentials:`. */
+  readonly credentialSets: ReadonlyMap<string, TokenSettings>
+  /** `--config`'s `routes:`: each a prefix, an upstream and the credential set it uses. */
+  readonly prefixRoutes: readonly PrefixRoute[]
   /** Clusters read from the Run:ai control plane at `upstream` (`AUTH=runai` without `CLUSTERS`, or `CLUSTERS=auto`). */
   readonly discoverClusters: boolean
   readonly host: string
@@ -135,6 +148,8 @@ export interface LoadOptions {
 }
 
 interface Settings {
+  /** The configuration file's own sections (credential sets, routes), when there is one. */
+  readonly file: FileSettings | undefined
   /** The `BEARER_PROXY_*` values, set and non-empty. */
   readonly data: Record<string, string>
   /** How the user wrote each setting that did not come from a variable (`--port`, `proxy.yaml:4: port`), by setting name. */
@@ -166,7 +181,7 @@ function readSettings (options: LoadOptions): Settings {
   for (const [flag, { setting }] of Object.entries(FLAGS)) {
     if (options.flags?.[setting] !== undefined) origins[setting] = flag
   }
-  return { data, origins, problems: file?.problems ?? [] }
+  return { file, data, origins, problems: file?.problems ?? [] }
 }
 
 /** Problems about a setting given as a flag or in the configuration file name it as the user wrote it. */
@@ -179,11 +194,87 @@ function asWritten (problems: readonly string[], origins: Readonly<Record<string
 }
 
 export function loadConfig (options: LoadOptions = {}): Config {
-  const { data, origins, problems: fileProblems } = readSettings(options)
+  const { data, origins, problems: fileProblems, file } = readSettings(options)
   if (fileProblems.length > 0) throw new ConfigError(fileProblems)
-  const ours = Object.keys(data)
-  if (ours.length === 0) throw new ConfigError(firstSetup(), true)
+  const sets = file?.credentialSets ?? []
+  if (Object.keys(data).length === 0 && sets.length === 0) throw new ConfigError(firstSetup(), true)
+  const forwarding = options.forwarding ?? true
+  if (sets.length === 0 && (file?.routes.length ?? 0) === 0) {
+    const { config, problems } = evaluate(data, origins, { forwarding })
+    if (problems.length > 0 || config === undefined) throw new ConfigError(problems)
+    return config
+  }
 
+  // Named credential sets: each checked as a configuration of its own; the top level keeps the listener and the policy.
+  const problems: string[] = []
+  for (const key of Object.keys(data)) {
+    const name = key.slice(PREFIX.length)
+    if (CREDENTIAL_SETTINGS.has(name) || name === 'CLUSTERS') {
+      problems.push(`${origins[name] ?? key}: with credential sets, credentials and upstreams belong to a set under credentials: and to routes:`)
+    }
+  }
+  const named = new Map<string, { token: TokenSettings, upstream: URL | undefined }>()
+  for (const set of sets) {
+    const setData = Object.fromEntries(Object.entries(set.values).map(([name, value]) => [PREFIX + name, value]))
+    const result = evaluate(setData, set.origins, { forwarding: false })
+    problems.push(...result.problems)
+    if (result.config !== undefined) named.set(set.name, { token: result.config.token, upstream: result.config.upstream })
+  }
+  const routes = prefixRoutesOf(file?.routes ?? [], named, problems)
+  if (forwarding && routes.length === 0) problems.push(`${options.configFile ?? 'the configuration'}: routes: required with credential sets (- prefix: /api, credentials: NAME)`)
+  const first = named.values().next().value
+  if (problems.length > 0 || first === undefined) throw new ConfigError(problems.length > 0 ? problems : [`${options.configFile ?? 'the configuration'}: credentials: no usable credential set`])
+  const top = evaluate(data, origins, { forwarding: false, token: first.token })
+  if (top.problems.length > 0 || top.config === undefined) throw new ConfigError(top.problems)
+  return {
+    ...top.config,
+    credentialSets: new Map([...named].map(([name, { token }]) => [name, token])),
+    prefixRoutes: routes
+  }
+}
+
+const ROUTE_PREFIX = /^\/(?:[A-Za-z0-9._~-]+(?:\/[A-Za-z0-9._~-]+)*)?$/
+
+/** The routes of `--config`'s `routes:`: a prefix, an upstream (else its set's), the credential set it uses. */
+function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<string, { upstream: URL | undefined }>, problems: string[]): PrefixRoute[] {
+  const routes: PrefixRoute[] = []
+  for (const entry of entries) {
+    const { values, origins } = entry
+    const where = (key: string): string => origins[key] ?? `${entry.at}.${key}`
+    const prefix = values.prefix
+    if (prefix === undefined) {
+      problems.push(`${where('prefix')}: required (where the route is served, e.g. /runai)`)
+      continue
+    }
+    if (!ROUTE_PREFIX.test(prefix) || prefix === '/-' || prefix.startsWith('/-/') || prefix === '/clusters' || prefix.startsWith(CLUSTERS_PREFIX)) {
+      problems.push(`${where('prefix')}: a path of letters, digits and ".", "_", "~", "-" segments, not under /-/ or /clusters/`)
+      continue
+    }
+    const name = values.name ?? (prefix === '/' ? 'admin' : prefix.slice(1).replace(/\//g, '-'))
+    const set = values.credentials === undefined ? undefined : sets.get(values.credentials)
+    if (set === undefined) {
+      problems.push(values.credentials === undefined
+        ? `${where('credentials')}: required (the name of a credential set under credentials:)`
+        : `${where('credentials')}: no credential set named ${JSON.stringify(values.credentials)}${didYouMean(values.credentials, sets.keys())}`)
+      continue
+    }
+    const upstream = values.upstream === undefined ? set.upstream : parseHttpUrl(values.upstream, where('upstream'), problems)
+    if (upstream === undefined) {
+      if (values.upstream === undefined) problems.push(`${where('upstream')}: required (or an upstream in credential set ${values.credentials as string})`)
+      continue
+    }
+    if (routes.some((route) => route.prefix === prefix || route.name === name)) {
+      problems.push(`${where('prefix')}: another route has this prefix or name`)
+      continue
+    }
+    routes.push({ name, prefix, upstream, credentials: values.credentials as string })
+  }
+  return routes
+}
+
+/** One configuration's settings checked: unknown names, the schema, the rules; problems named as written. */
+function evaluate (data: Record<string, string>, origins: Readonly<Record<string, string>>, input: { forwarding: boolean, token?: TokenSettings }): { config: Config | undefined, problems: string[] } {
+  const ours = Object.keys(data)
   const problems: string[] = []
   // A misspelt setting is reported once: not also as the setting it was meant to be, missing.
   const meant: string[] = []
@@ -210,10 +301,9 @@ export function loadConfig (options: LoadOptions = {}): Config {
     raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
   }
   const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
-  const config = interpret(raw, { forwarding: options.forwarding ?? true, given, invalid }, problems)
-  if (meant.length > 0) problems.splice(0, problems.length, ...problems.filter((line) => !meant.some((start) => line.startsWith(start))))
-  if (problems.length > 0 || config === undefined) throw new ConfigError(asWritten(problems, origins))
-  return config
+  const config = interpret(raw, { forwarding: input.forwarding, given, invalid, token: input.token }, problems)
+  const reported = meant.length === 0 ? problems : problems.filter((line) => !meant.some((start) => line.startsWith(start)))
+  return { config, problems: asWritten(reported, origins) }
 }
 
 /** Where a running proxy listens: all that `health` needs, so it runs without credentials. */

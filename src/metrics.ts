@@ -12,7 +12,8 @@ export class Metrics {
   readonly #duration: Histogram<'upstream'>
   readonly #recorders = new Map<string, { count: Map<number, Counter.Internal>, duration: Histogram.Internal<'upstream'> }>()
 
-  constructor (tokens: TokenManager) {
+  /** Token series are labelled by credential set (`default` without a configuration file's `credentials:`). */
+  constructor (credentials: ReadonlyMap<string, TokenManager>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_' })
     this.#requests = new Counter({
       name: 'bearer_proxy_requests_total',
@@ -29,27 +30,35 @@ export class Metrics {
     })
     const fetches = new Counter({
       name: 'bearer_proxy_token_fetches_total',
-      help: 'Token requests, by result',
-      labelNames: ['result'],
+      help: 'Token requests, by credential set and result',
+      labelNames: ['credentials', 'result'],
       registers: [this.registry]
     })
-    fetches.inc({ result: 'success' }, 0)
-    fetches.inc({ result: 'failure' }, 0)
-    tokens.on('fetch', ({ result }: { result: 'success' | 'failure' }) => fetches.inc({ result }))
+    for (const [name, tokens] of credentials) {
+      fetches.inc({ credentials: name, result: 'success' }, 0)
+      fetches.inc({ credentials: name, result: 'failure' }, 0)
+      tokens.on('fetch', ({ result }: { result: 'success' | 'failure' }) => fetches.inc({ credentials: name, result }))
+    }
     new Gauge({ // eslint-disable-line no-new
       name: 'bearer_proxy_token_expiry_seconds',
-      help: 'Seconds until the held token expires (0 when none is held)',
+      help: 'Seconds until the held token expires (0 when none is held), by credential set',
+      labelNames: ['credentials'],
       registers: [this.registry],
       collect () {
-        const { expiresAt } = tokens.status()
-        this.set(expiresAt === undefined ? 0 : Math.max(0, (expiresAt - Date.now()) / 1000))
+        for (const [name, tokens] of credentials) {
+          const { expiresAt } = tokens.status()
+          this.set({ credentials: name }, expiresAt === undefined ? 0 : Math.max(0, (expiresAt - Date.now()) / 1000))
+        }
       }
     })
     new Gauge({ // eslint-disable-line no-new
       name: 'bearer_proxy_token_ready',
-      help: '1 while a valid token is held',
+      help: '1 while a valid token is held, by credential set',
+      labelNames: ['credentials'],
       registers: [this.registry],
-      collect () { this.set(tokens.status().ready ? 1 : 0) }
+      collect () {
+        for (const [name, tokens] of credentials) this.set({ credentials: name }, tokens.status().ready ? 1 : 0)
+      }
     })
   }
 

@@ -6,17 +6,23 @@ export const CLUSTERS_PREFIX = '/clusters/'
 /** The first path segments the router gives a meaning to; the guard refuses them encoded. */
 export const ROUTE_SEGMENTS: ReadonlySet<string> = new Set(['clusters', '-'])
 
-/** One upstream and where it is served: the admin API at `/`, each cluster at `/clusters/<name>`. */
+/** One upstream, where it is served, and the credential set whose tokens it gets. */
 export interface Route {
   readonly name: string
   readonly prefix: string
   readonly upstream: URL
+  readonly credentials: string
 }
 
-/** The routes of a configuration: the admin API at `/`, each cluster at `/clusters/<name>`. */
-export function routesOf (config: Pick<Config, 'clusters' | 'upstream'>): Route[] {
-  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream }))
-  if (config.upstream !== undefined) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream })
+/**
+ * The routes of a configuration: each cluster at `/clusters/<name>`, the routes of
+ * the configuration file at their prefixes, the admin API at `/`.
+ */
+export function routesOf (config: Pick<Config, 'clusters' | 'upstream' | 'prefixRoutes' | 'credentialSets'>): Route[] {
+  const credentials = config.credentialSets.keys().next().value as string
+  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream, credentials }))
+  routes.push(...config.prefixRoutes)
+  if (config.upstream !== undefined && config.prefixRoutes.length === 0) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream, credentials })
   return routes
 }
 
@@ -34,12 +40,15 @@ export class RouteTable<R extends Route> {
   readonly routes: readonly R[]
   #clusters: ReadonlyMap<string, R>
   readonly #admin: R | undefined
+  /** Routes at other prefixes (the configuration file's), longest prefix first. */
+  readonly #prefixed: readonly R[]
   #known: string
 
   constructor (routes: readonly R[]) {
     this.routes = routes
-    this.#clusters = new Map(routes.filter((route) => route.prefix !== '/').map((route) => [route.name, route]))
+    this.#clusters = new Map(routes.filter((route) => route.prefix.startsWith(CLUSTERS_PREFIX)).map((route) => [route.name, route]))
     this.#admin = routes.find((route) => route.prefix === '/')
+    this.#prefixed = routes.filter((route) => route.prefix !== '/' && !route.prefix.startsWith(CLUSTERS_PREFIX)).sort((a, b) => b.prefix.length - a.prefix.length)
     this.#known = this.#clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...this.#clusters.keys()].join(', ')}`
   }
 
@@ -54,7 +63,7 @@ export class RouteTable<R extends Route> {
   /** The names of the routes served now, for `/-/ready`. */
   names (): string[] {
     const names = new Set([...this.#clusters.values()].map((route) => route.name))
-    return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...names]
+    return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...this.#prefixed.map((route) => route.name), ...names]
   }
 
   /** The cluster route an outbound request goes to: its origin, and the longest base path its path starts with. */
@@ -79,7 +88,12 @@ export class RouteTable<R extends Route> {
       const tail = end === -1 ? '/' : rest.slice(end)
       return { route, path: basePath(route) + (tail.startsWith('?') ? `/${tail}` : tail) }
     }
-    if (this.#admin === undefined) return new ProxyError('not_found', 'nothing is served at this path (no UPSTREAM is configured)')
+    for (const route of this.#prefixed) {
+      if (!target.startsWith(route.prefix)) continue
+      const rest = target.slice(route.prefix.length)
+      if (rest === '' || rest[0] === '/' || rest[0] === '?') return { route, path: basePath(route) + (rest === '' || rest[0] === '?' ? `/${rest}` : rest) }
+    }
+    if (this.#admin === undefined) return new ProxyError('not_found', 'nothing is served at this path (no route has this prefix)')
     return { route: this.#admin, path: basePath(this.#admin) + target }
   }
 

@@ -30,7 +30,8 @@ function clientError (error: NodeJS.ErrnoException & { reason?: unknown }): Prox
 
 export interface ServerParts {
   readonly config: Config
-  readonly tokens: TokenManager
+  /** One token manager per credential set, by name. */
+  readonly credentials: ReadonlyMap<string, TokenManager>
   readonly metrics: Metrics
   readonly dispatcher: Dispatcher
   readonly log: Logger
@@ -86,13 +87,24 @@ function createApp (log: Logger, meant: (target: string) => string | undefined =
 }
 
 /** The proxy's own endpoints under `/-/`: never forwarded, never holding a token. */
-function ownEndpoints (app: FastifyInstance, { tokens, metrics, table }: Pick<ServerParts, 'tokens' | 'metrics' | 'table'>): void {
+function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: Pick<ServerParts, 'credentials' | 'metrics' | 'table'>): void {
   app.get('/-/healthy', async () => ({ healthy: true }))
+  // Ready when every credential set holds a valid token; otherwise which do not, and why (never a token).
   app.get('/-/ready', async (_request, reply) => {
-    const status = tokens.status()
     const routes = table.names()
-    if (status.ready) return { ready: true, tokenExpiresAt: new Date(status.expiresAt ?? 0).toISOString(), routes }
-    return reply.code(503).send({ ready: false, reason: tokens.lastError() ?? 'the first token has not been obtained yet', routes })
+    const sets = [...credentials].map(([name, tokens]) => ({ name, status: tokens.status(), reason: tokens.lastError() }))
+    const waiting = sets.filter(({ status }) => !status.ready)
+    if (waiting.length === 0) {
+      const expiresAt = Math.min(...sets.map(({ status }) => status.expiresAt ?? 0))
+      return { ready: true, tokenExpiresAt: new Date(expiresAt).toISOString(), routes }
+    }
+    const [first] = waiting
+    return reply.code(503).send({
+      ready: false,
+      reason: first?.reason ?? 'the first token has not been obtained yet',
+      ...(credentials.size > 1 ? { credentials: waiting.map(({ name, reason }) => ({ name, reason: reason ?? 'the first token has not been obtained yet' })) } : {}),
+      routes
+    })
   })
   app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
   app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
@@ -164,7 +176,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
 }
 
 /** The `ADMIN_ADDRESS` listener: only `/-/` (probes and Prometheus scrapes), no credentials used. */
-export function buildAdminServer (parts: Pick<ServerParts, 'tokens' | 'metrics' | 'log' | 'table'>): FastifyInstance {
+export function buildAdminServer (parts: Pick<ServerParts, 'credentials' | 'metrics' | 'log' | 'table'>): FastifyInstance {
   const app = createApp(parts.log)
   ownEndpoints(app, parts)
   return app
@@ -173,7 +185,9 @@ export function buildAdminServer (parts: Pick<ServerParts, 'tokens' | 'metrics' 
 export interface RunningProxy {
   readonly app: FastifyInstance
   readonly admin: FastifyInstance | undefined
+  /** The first credential set's token manager (the only one without credential sets). */
   readonly tokens: TokenManager
+  readonly credentials: ReadonlyMap<string, TokenManager>
   readonly discovery: ClusterDiscovery | undefined
   /** `http://host:port`, or the socket path. */
   readonly address: string
@@ -191,15 +205,17 @@ export interface StartOptions {
 /** Everything `serve` runs: dispatcher, token manager (first token requested at once), servers, listeners. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
   const dispatcher = createDispatcher(config, log)
-  const tokens = new TokenManager(config.token, { dispatcher, log, backoffMs: options.backoffMs })
-  const metrics = new Metrics(tokens)
-  // Each route holds its own credential (today all share the one token manager) in its dispatcher.
-  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, dispatcher, tokens, log)))
+  // One token manager per credential set: a route's tokens come from its own set, and no other.
+  const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, new TokenManager(settings, { dispatcher, log: credentialsLog(log, name, config), backoffMs: options.backoffMs })]))
+  const [defaultSet, tokens] = [...credentials][0] as [string, TokenManager]
+  const metrics = new Metrics(credentials)
+  // Each route holds its own credential in its dispatcher.
+  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, dispatcher, credentials.get(route.credentials) as TokenManager, log)))
   const discovery = config.discoverClusters && config.upstream !== undefined
-    ? discoverInto(table, new ClusterDiscovery({ controlPlane: config.upstream, tokens, dispatcher, log, timeout: config.timeout, ...options.discovery }), { dispatcher, tokens, log })
+    ? discoverInto(table, new ClusterDiscovery({ controlPlane: config.upstream, tokens, dispatcher, log, timeout: config.timeout, ...options.discovery }), { dispatcher, tokens, log, credentials: defaultSet })
     : undefined
-  const app = await buildServer({ config, tokens, metrics, dispatcher, log, table, discovery })
-  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ tokens, metrics, log, table })
+  const app = await buildServer({ config, credentials, metrics, dispatcher, log, table, discovery })
+  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ credentials, metrics, log, table })
   // Fastify logs "Server listening at …" for each address; the proxy's own line below says it once, with the routes.
   const level = log.level
   if (log.isLevelEnabled('info')) log.level = 'warn'
@@ -237,11 +253,12 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   tokens.on('fetch', announceReady)
   // Only once the proxy can be reached: a listener that fails costs no token request.
   discovery?.start()
-  tokens.start()
+  for (const manager of credentials.values()) manager.start()
   return {
     app,
     admin,
     tokens,
+    credentials,
     discovery,
     address,
     // Once, however often it is called (a second signal, a test's teardown).
@@ -249,7 +266,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
       closing ??= (async () => {
         removeTokenFile?.()
         discovery?.close()
-        tokens.close()
+        for (const manager of credentials.values()) manager.close()
         await Promise.all([app.close(), admin?.close()])
         await dispatcher.close()
       })()
@@ -258,11 +275,17 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }
 }
 
+/** Token lines name their credential set when there are several. */
+function credentialsLog (log: Logger, name: string, config: Config): Logger {
+  // `set`, not `credentials`: a field named like a credential is redacted.
+  return config.credentialSets.size > 1 ? log.child({ set: name }) : log
+}
+
 /**
  * Keeps the table's clusters those the discovery lists; a cluster whose URL did not
  * change keeps its route (and what its 401s taught it).
  */
-function discoverInto (table: RouteTable<ServedRoute>, discovery: ClusterDiscovery, parts: { dispatcher: Dispatcher, tokens: TokenManager, log: Logger }): ClusterDiscovery {
+function discoverInto (table: RouteTable<ServedRoute>, discovery: ClusterDiscovery, parts: { dispatcher: Dispatcher, tokens: TokenManager, log: Logger, credentials: string }): ClusterDiscovery {
   let served = new Map<string, ServedRoute>()
   discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
     const next = new Map<string, ServedRoute>()
@@ -270,7 +293,7 @@ function discoverInto (table: RouteTable<ServedRoute>, discovery: ClusterDiscove
       const kept = served.get(name)
       const route = kept !== undefined && kept.upstream.href === url.href
         ? kept
-        : serveRoute({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url }, parts.dispatcher, parts.tokens, parts.log)
+        : serveRoute({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url, credentials: parts.credentials }, parts.dispatcher, parts.tokens, parts.log)
       next.set(name, route)
       return { route, uuid }
     })

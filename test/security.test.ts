@@ -161,9 +161,9 @@ t.test('/-/metrics: requests by route and status, latency, token fetches and exp
   t.match(text, /bearer_proxy_requests_total\{upstream="a",status="200"\} 1/)
   t.match(text, /bearer_proxy_requests_total\{upstream="none",status="404"\} 1/)
   t.match(text, /bearer_proxy_request_duration_seconds_bucket\{le="0.1",upstream="admin"\} 1/)
-  t.match(text, /bearer_proxy_token_fetches_total\{result="success"\} 1/)
-  t.match(text, /bearer_proxy_token_fetches_total\{result="failure"\} 0/)
-  const expiry = Number(/^bearer_proxy_token_expiry_seconds (\S+)$/m.exec(text)?.[1])
+  t.match(text, /bearer_proxy_token_fetches_total\{credentials="default",result="success"\} 1/)
+  t.match(text, /bearer_proxy_token_fetches_total\{credentials="default",result="failure"\} 0/)
+  const expiry = Number(/^bearer_proxy_token_expiry_seconds\{credentials="default"\} (\S+)$/m.exec(text)?.[1])
   t.ok(expiry > 50 && expiry <= 60, `seconds until expiry: ${expiry}`)
   t.notMatch(text, /secret-project-name|QueryTokenValue|zzz/)
   const token = s.proxy.tokens.current()?.authorization.slice(7) ?? 'none'

@@ -1,4 +1,5 @@
 import t from 'tap'
+import type { TokenSettings } from '../src/config.js'
 import { parseAddress } from '../src/config.js'
 import { ProxyError } from '../src/errors.js'
 import { checkPath } from '../src/guard.js'
@@ -23,8 +24,12 @@ t.test('checkPath: what is judged is what is forwarded', async (t) => {
   }
 })
 
+/** The credential sets and file routes of an environment-only configuration. */
+const ONE_SET = { credentialSets: new Map([['default', {} as TokenSettings]]), prefixRoutes: [] }
+
 t.test('the route table: one answer for every part that needs a route', async (t) => {
   const table = new RouteTable(routesOf({
+    ...ONE_SET,
     upstream: new URL('https://admin.example/base/'),
     clusters: new Map([['gpu', new URL('https://gpu.example/researcher')], ['cpu', new URL('https://cpu.example')]])
   }))
@@ -41,13 +46,35 @@ t.test('the route table: one answer for every part that needs a route', async (t
   t.equal(resolve('/clusters'), 'admin /base/clusters', 'no trailing slash: the admin API\'s own path')
   t.match(resolve('/-/ready'), /^not_found/)
   t.match(resolve('/x'), /^admin/)
-  const none = new RouteTable(routesOf({ upstream: undefined, clusters: new Map() }))
+  const none = new RouteTable(routesOf({ ...ONE_SET, upstream: undefined, clusters: new Map() }))
   t.match(none.resolve('/x'), { code: 'not_found' })
   t.match(none.resolve('/clusters/a/x'), { code: 'unknown_cluster', message: /no clusters are configured/ })
+
+  // The routes of a configuration file, at their prefixes: whole segments, longest first.
+  const credentialSets = new Map([['a', {} as TokenSettings], ['b', {} as TokenSettings]])
+  const prefixed = new RouteTable(routesOf({
+    upstream: undefined,
+    clusters: new Map(),
+    credentialSets,
+    prefixRoutes: [
+      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a' },
+      { name: 'runai-v2', prefix: '/runai/v2', upstream: new URL('https://v2.example/base'), credentials: 'b' }
+    ]
+  }))
+  const at = (target: string): string => {
+    const resolved = prefixed.resolve(target)
+    return resolved instanceof ProxyError ? resolved.code : `${resolved.route.name} ${resolved.path}`
+  }
+  t.equal(at('/runai/api/x?y'), 'runai /api/x?y')
+  t.equal(at('/runai'), 'runai /')
+  t.equal(at('/runai?q'), 'runai /?q')
+  t.equal(at('/runai/v2/x'), 'runai-v2 /base/x', 'the longer prefix wins')
+  t.equal(at('/runaix/y'), 'not_found', 'a prefix is whole segments')
+  t.same(prefixed.names(), ['runai-v2', 'runai'])
 })
 
 t.test('Location rewriting: the route\'s own upstream back to the proxy, anything else untouched', async (t) => {
-  const [gpu, admin] = routesOf({ upstream: new URL('https://admin.example'), clusters: new Map([['gpu', new URL('https://gpu.example/base/')]]) })
+  const [gpu, admin] = routesOf({ ...ONE_SET, upstream: new URL('https://admin.example'), clusters: new Map([['gpu', new URL('https://gpu.example/base/')]]) })
   const onGpu = locationRewriter(gpu!)
   t.equal(onGpu('https://gpu.example/base/jobs/1?x=1'), '/clusters/gpu/jobs/1?x=1')
   t.equal(onGpu('https://gpu.example/base'), '/clusters/gpu/')

@@ -15,8 +15,34 @@ export interface FileSettings {
   readonly values: Record<string, string>
   /** Where each setting was written, as `PATH:LINE: key`. */
   readonly origins: Record<string, string>
+  /** `credentials:`: named credential sets, each its own settings. */
+  readonly credentialSets: CredentialSetEntry[]
+  /** `routes:`: each a prefix, an upstream and the credential set it uses. */
+  readonly routes: RouteEntry[]
   readonly problems: string[]
 }
+
+export interface CredentialSetEntry {
+  readonly name: string
+  readonly values: Record<string, string>
+  readonly origins: Record<string, string>
+}
+
+export interface RouteEntry {
+  /** `name`, `prefix`, `upstream`, `credentials`, as written. */
+  readonly values: Record<string, string>
+  readonly origins: Record<string, string>
+  /** Where the entry starts, for problems about the entry as a whole. */
+  readonly at: string
+}
+
+/** The settings a credential set may hold: how it gets tokens, and the control plane they come from. */
+export const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
+  'AUTH', 'GRANT', 'TOKEN_URL', 'ISSUER', 'REALM', 'CLIENT_ID', 'CLIENT_AUTH', 'USERNAME', 'SCOPE', 'AUDIENCE', 'TOKEN_PARAMS',
+  'APP_NAME', 'RUNAI_TOKEN_API', 'UPSTREAM', 'REFRESH_SKEW', 'TIMEOUT', 'ALLOW_HTTP_TOKEN_ENDPOINT',
+  ...['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY'].flatMap((name) => [name, `${name}_FILE`])
+])
+const ROUTE_KEYS = ['name', 'prefix', 'upstream', 'credentials']
 
 /** A setting's key in the file: `CLIENT_SECRET_FILE` → `clientSecretFile`. */
 export function fileKey (setting: string): string {
@@ -28,7 +54,7 @@ const SETTING_OF = new Map(Object.keys(SETTINGS).map((setting) => [fileKey(setti
 const LISTS = new Set(['ALLOWED_HOSTS', 'ALLOWED_ORIGINS', 'ALLOW_PATHS', 'DENY_PATHS', 'CLUSTERS'])
 
 export function readConfigFile (path: string): FileSettings {
-  const result: FileSettings = { values: {}, origins: {}, problems: [] }
+  const result: FileSettings = { values: {}, origins: {}, credentialSets: [], routes: [], problems: [] }
   let text: string
   try {
     text = readFileSync(path, 'utf8')
@@ -57,22 +83,84 @@ export function readConfigFile (path: string): FileSettings {
   for (const pair of root.items) {
     const keyNode = pair.key as Node
     const key = isScalar(keyNode) ? String(keyNode.value) : ''
-    const where = `${at(keyNode)}: ${key}`
-    const setting = SETTING_OF.get(key)
-    if (setting === undefined) {
-      result.problems.push(`${where}: unknown setting${didYouMean(key, SETTING_OF.keys())}`)
-      continue
-    }
-    const value = valueOf(setting, pair.value as Node | null)
-    if (value === undefined) {
-      result.problems.push(`${where}: expected ${LISTS.has(setting) ? 'a value or a list of values' : 'a single value'}${setting === 'CLUSTERS' ? ', or a mapping of names to URLs' : setting === 'TOKEN_PARAMS' ? ', or a mapping' : ''}`)
-      continue
-    }
-    if (value === null) continue
-    result.values[setting] = value
-    result.origins[setting] = where
+    if (key === 'credentials') readCredentialSets(pair.value as Node | null, `${at(keyNode)}: credentials`, at, result)
+    else if (key === 'routes') readRoutes(pair.value as Node | null, `${at(keyNode)}: routes`, at, result)
+    else readSetting(key, pair.value as Node | null, `${at(keyNode)}: ${key}`, result, result.problems, undefined)
   }
   return result
+}
+
+/** One `key: value` into `into`, checked against the settings (all of them, or only `allowed`). */
+function readSetting (key: string, node: Node | null, where: string, into: { values: Record<string, string>, origins: Record<string, string> },
+  problems: string[], allowed: ReadonlySet<string> | undefined): void {
+  const setting = SETTING_OF.get(key)
+  if (setting === undefined || (allowed !== undefined && !allowed.has(setting))) {
+    const known = [...SETTING_OF].filter(([, name]) => allowed === undefined || allowed.has(name)).map(([written]) => written)
+    problems.push(`${where}: ${setting === undefined ? 'unknown setting' : 'not a setting of a credential set (it belongs at the top level)'}${setting === undefined ? didYouMean(key, known) : ''}`)
+    return
+  }
+  const value = valueOf(setting, node)
+  if (value === undefined) {
+    problems.push(`${where}: expected ${LISTS.has(setting) ? 'a value or a list of values' : 'a single value'}${setting === 'CLUSTERS' ? ', or a mapping of names to URLs' : setting === 'TOKEN_PARAMS' ? ', or a mapping' : ''}`)
+    return
+  }
+  if (value === null) return
+  into.values[setting] = value
+  into.origins[setting] = where
+}
+
+const SET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
+
+function readCredentialSets (node: Node | null, where: string, at: (node: Node | null | undefined) => string, result: FileSettings): void {
+  if (!isMap(node)) {
+    result.problems.push(`${where}: expected a mapping of names to credential sets`)
+    return
+  }
+  for (const pair of node.items) {
+    const name = isScalar(pair.key) ? String(pair.key.value) : ''
+    const setWhere = `${at(pair.key as Node)}: credentials.${name}`
+    if (!SET_NAME.test(name)) {
+      result.problems.push(`${setWhere}: a credential set's name is letters, digits, ".", "_" or "-"`)
+      continue
+    }
+    if (!isMap(pair.value)) {
+      result.problems.push(`${setWhere}: expected a mapping of settings`)
+      continue
+    }
+    const set: CredentialSetEntry = { name, values: {}, origins: {} }
+    for (const item of pair.value.items) {
+      const key = isScalar(item.key) ? String(item.key.value) : ''
+      readSetting(key, item.value as Node | null, `${at(item.key as Node)}: credentials.${name}.${key}`, set, result.problems, CREDENTIAL_SETTINGS)
+    }
+    result.credentialSets.push(set)
+  }
+}
+
+function readRoutes (node: Node | null, where: string, at: (node: Node | null | undefined) => string, result: FileSettings): void {
+  if (!isSeq(node)) {
+    result.problems.push(`${where}: expected a list of routes (- prefix: …, upstream: …, credentials: …)`)
+    return
+  }
+  for (const [index, item] of node.items.entries()) {
+    const entryWhere = `${at(item as Node)}: routes[${index}]`
+    if (!isMap(item)) {
+      result.problems.push(`${entryWhere}: expected a mapping (prefix, upstream, credentials)`)
+      continue
+    }
+    const route: RouteEntry = { values: {}, origins: {}, at: entryWhere }
+    for (const pair of item.items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : ''
+      const keyWhere = `${at(pair.key as Node)}: routes[${index}].${key}`
+      const value = isScalar(pair.value) ? scalar(pair.value.value) : undefined
+      if (!ROUTE_KEYS.includes(key)) result.problems.push(`${keyWhere}: not a key of a route (${ROUTE_KEYS.join(', ')})${didYouMean(key, ROUTE_KEYS)}`)
+      else if (value === undefined) result.problems.push(`${keyWhere}: expected a single value`)
+      else {
+        route.values[key] = value
+        route.origins[key] = keyWhere
+      }
+    }
+    result.routes.push(route)
+  }
 }
 
 /** The variable's string for a node; `null` for an empty value (unset); undefined when its shape is wrong. */

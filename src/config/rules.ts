@@ -5,6 +5,9 @@ import type { Client, Config, Credentials, DialectName, Endpoint, TokenEndpoint,
 import { type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
 
+/** The credential set of the top-level settings (the only one without `--config`'s `credentials:`). */
+export const DEFAULT_SET = 'default'
+
 /** The token endpoint path each non-OIDC flavour has on `UPSTREAM` (Run:ai's first choice is `/api/v2/token`). */
 const RUNAI_V2_PATH = '/api/v2/token'
 const DERIVED_PATHS: Readonly<Record<Exclude<Flavour, 'oidc'>, string>> = {
@@ -26,6 +29,11 @@ export interface Input {
   readonly given: ReadonlySet<string>
   /** Settings the schema refused: rules that depend on them are not applied, so each problem is reported once, at its cause. */
   readonly invalid: ReadonlySet<string>
+  /**
+   * With named credential sets (`--config`'s `credentials:`), the top level holds no
+   * credentials of its own: this set stands for them, and what a flavour needs is not asked.
+   */
+  readonly token?: TokenSettings | undefined
 }
 
 /** Settings that only some flavours or grants read: set elsewhere, they would be silently ignored. */
@@ -60,7 +68,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const grant = (get('GRANT') as Grant | undefined) ?? grants[0] as Grant
   // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
   const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
-  const flavourProblems = unsure ? [] : problems
+  const flavourProblems = unsure || input.token !== undefined ? [] : problems
   if (!grants.includes(grant)) flavourProblems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
   for (const [name, reads, who] of READ_BY) {
     if (given.has(name) || given.has(`${name}_FILE`)) {
@@ -112,12 +120,12 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const tokenFile = get('TOKEN_FILE')
   if (tokenFile !== undefined && forwarding) writableDirectory(tokenFile, problems)
 
-  if (unsure || credentials === undefined || endpoint === undefined) return undefined
   const timeout = number('TIMEOUT')
-  const token: TokenSettings = {
+  if (input.token === undefined && (unsure || credentials === undefined || endpoint === undefined)) return undefined
+  const token: TokenSettings = input.token ?? {
     flavour,
-    credentials,
-    endpoint,
+    credentials: credentials as Credentials,
+    endpoint: endpoint as TokenEndpoint,
     clientAuth: get('CLIENT_AUTH') as TokenSettings['clientAuth'],
     realm: get('REALM'),
     scope: get('SCOPE'),
@@ -130,6 +138,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
   return {
     token,
+    credentialSets: new Map([[DEFAULT_SET, token]]),
+    prefixRoutes: [],
     upstream,
     clusters,
     discoverClusters,

@@ -1,0 +1,207 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { request } from 'undici'
+import { loadConfig } from '../src/config.js'
+import { assertNoSecret, fragments } from './helpers/secrets.js'
+import { CLIENT, LogCapture, runCli, startApiOf, startIdentity } from './helpers/stack.js'
+import { createLogger } from '../src/log.js'
+import { startProxy } from '../src/server.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-sets-'))
+const write = (name: string, text: string): string => {
+  writeFileSync(join(dir, name), text)
+  return join(dir, name)
+}
+
+t.test('two credential sets behind one port: each route gets its own set\'s tokens, under load on both, one provider down', async (t) => {
+  // Two providers; each API accepts only its own provider's tokens.
+  const north = await startIdentity(t)
+  const south = await startIdentity(t, { clients: [{ clientId: 'south-client', clientSecret: 'south-Secret-7731' }] })
+  const northApi = await startApiOf(t, north)
+  const southApi = await startApiOf(t, south)
+  writeFileSync(join(dir, 'south-secret'), 'south-Secret-7731\n')
+  const file = write('two.yaml', `port: 0
+credentials:
+  north:
+    tokenUrl: ${north.tokenUrl}
+    clientId: ${CLIENT.clientId}
+    clientSecret: ${CLIENT.clientSecret}
+  south:
+    issuer: ${south.issuer}
+    clientId: south-client
+    clientSecretFile: ${join(dir, 'south-secret')}
+routes:
+  - prefix: /north
+    upstream: ${northApi.url}/v1
+    credentials: north
+  - prefix: /south
+    upstream: ${southApi.url}
+    credentials: south
+`)
+  const config = loadConfig({ configFile: file, env: {} })
+  t.same([...config.credentialSets.keys()], ['north', 'south'])
+  const logs = new LogCapture()
+  const proxy = await startProxy(config, createLogger('info', logs), { backoffMs: 60_000 })
+  t.teardown(() => proxy.close())
+
+  // Concurrent load on both routes.
+  const paths = Array.from({ length: 60 }, (_, i) => i % 2 === 0 ? `/north/items/${i}` : `/south/items/${i}`)
+  const answers = await Promise.all(paths.map(async (path) => {
+    const answer = await request(`${proxy.address}${path}`)
+    await answer.body.dump()
+    return answer.statusCode
+  }))
+  t.same(answers, paths.map(() => 200), 'all 60 answered 200')
+  t.equal(northApi.seen.length, 30)
+  t.equal(southApi.seen.length, 30)
+  t.ok(northApi.seen.every((seen) => seen.authorized && seen.sub === CLIENT.clientId && seen.url.startsWith('/v1/items/')), 'north saw only north\'s tokens')
+  t.ok(southApi.seen.every((seen) => seen.authorized && seen.sub === 'south-client'), 'south saw only south\'s tokens')
+  t.equal(north.tokenRequests, 1, 'one token request per set')
+  t.equal(south.tokenRequests, 1)
+
+  const ready = await request(`${proxy.address}/-/ready`)
+  t.equal(ready.statusCode, 200)
+  t.match(await ready.body.json(), { ready: true, routes: ['north', 'south'] })
+  const metrics = await (await request(`${proxy.address}/-/metrics`)).body.text()
+  t.match(metrics, /bearer_proxy_token_fetches_total\{credentials="north",result="success"\} 1/)
+  t.match(metrics, /bearer_proxy_token_ready\{credentials="south"\} 1/)
+
+  // South's provider goes down and its token is revoked: south answers 503, north keeps answering 200.
+  south.mode = 'down'
+  southApi.revoked.add(southApi.seen[0]?.jti as string)
+  const [northAfter, southAfter] = await Promise.all([request(`${proxy.address}/north/x`), request(`${proxy.address}/south/x`)])
+  t.equal(northAfter.statusCode, 200)
+  await northAfter.body.dump()
+  t.equal(southAfter.statusCode, 503)
+  t.match(await southAfter.body.json(), { error: 'token_unavailable' })
+  const notReady = await request(`${proxy.address}/-/ready`)
+  t.equal(notReady.statusCode, 503)
+  t.match(await notReady.body.json(), { ready: false, credentials: [{ name: 'south', reason: /token endpoint .* is unreachable|answered/ }] })
+  t.match(logs.text, /"set":"south"/, 'token lines name their set')
+  assertNoSecret(t, 'the log', logs.text, fragments([CLIENT.clientSecret, 'south-Secret-7731', ...northApi.seen.concat(southApi.seen).map((seen) => (seen.headers.authorization ?? '').slice(7))]))
+})
+
+t.test('check and token take --credentials NAME: the only set by default, else an error listing the names', async (t) => {
+  const north = await startIdentity(t, { accessTokenTtl: 600 })
+  const northApi = await startApiOf(t, north)
+  const two = write('cli.yaml', `credentials:
+  north:
+    tokenUrl: ${north.tokenUrl}
+    clientId: ${CLIENT.clientId}
+    clientSecret: ${CLIENT.clientSecret}
+  other:
+    tokenUrl: ${north.tokenUrl}
+    clientId: ${CLIENT.clientId}
+    clientSecret: ${CLIENT.clientSecret}
+routes:
+  - { prefix: /north, upstream: "${northApi.url}", credentials: north }
+`)
+  const ambiguous = await runCli(['check', '--config', two], {})
+  t.equal(ambiguous.code, 2)
+  t.match(ambiguous.stderr, /several credential sets \(north, other\): choose one with --credentials NAME/)
+  const check = await runCli(['check', '--config', two, '--credentials', 'north'], {})
+  t.equal(check.code, 0, check.stderr + check.stdout)
+  t.match(check.stdout, `ok: upstream north (${northApi.url}/) answered 200, token accepted`)
+  const token = await runCli(['token', '--config', two, '--credentials', 'north'], {})
+  t.match(token.stdout, /^ey[\w-]+\.[\w-]+\.[\w-]+\n$/)
+  const typo = await runCli(['token', '--config', two, '--credentials', 'nort'], {})
+  t.equal(typo.code, 2)
+  t.match(typo.stderr, /--credentials nort: no such credential set \(north, other\); did you mean north\?/)
+})
+
+t.test('credential sets and routes are checked: file, line and key, once each, never a value', async (t) => {
+  const bad = write('bad-sets.yaml', `clientId: top-level
+credentials:
+  north:
+    tokenUrl: http://127.0.0.1:1/token
+    clientId: c
+    clientSecret: Hunter2-secret
+    port: 9000
+  south:
+    auth: runia
+    upstream: http://127.0.0.1:2
+routes:
+  - prefix: /north
+    upstream: http://127.0.0.1:3
+    credentials: nrth
+  - prefix: /-/evil
+    credentials: north
+  - prefix: /dup
+    credentials: north
+  - prefix: /dup
+    upstream: http://127.0.0.1:4
+    credentials: north
+    readonly: true
+`)
+  const result = await runCli(['check', '--config', bad], {})
+  t.equal(result.code, 2)
+  for (const line of [
+    /bad-sets\.yaml:7: credentials\.north\.port: not a setting of a credential set/,
+    /bad-sets\.yaml:22: routes\[3\]\.readonly: not a key of a route/
+  ]) t.match(result.stderr, line)
+  t.notMatch(result.stderr, /Hunter2/)
+
+  const second = write('bad-sets-2.yaml', `clientId: top-level
+credentials:
+  north:
+    tokenUrl: http://127.0.0.1:1/token
+    clientId: c
+    clientSecret: Hunter2-secret
+  south:
+    auth: runia
+    upstream: http://127.0.0.1:2
+routes:
+  - prefix: /north
+    upstream: http://127.0.0.1:3
+    credentials: nrth
+  - prefix: /-/evil
+    credentials: north
+  - prefix: /dup
+    credentials: north
+  - prefix: /dup
+    upstream: http://127.0.0.1:4
+    credentials: north
+`)
+  const more = await runCli(['serve', '--config', second], {})
+  t.equal(more.code, 2)
+  for (const line of [
+    /bad-sets-2\.yaml:1: clientId: with credential sets, credentials and upstreams belong to a set/,
+    /bad-sets-2\.yaml:8: credentials\.south\.auth: must be equal to one of the allowed values: .*; did you mean runai\?/,
+    /bad-sets-2\.yaml:13: routes\[0\]\.credentials: no credential set named "nrth"; did you mean north\?/,
+    /bad-sets-2\.yaml:14: routes\[1\]\.prefix: a path of letters/,
+    /bad-sets-2\.yaml:16: routes\[2\]\.upstream: required \(or an upstream in credential set north\)/
+  ]) t.match(more.stderr, line)
+  t.notMatch(more.stderr, /Hunter2|BEARER_PROXY_/)
+})
+
+t.test('config/two-apis.yaml, filled in, serves a Run:ai control plane and an API Connect platform with their own tokens', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { APIC, RUNAI, startApiConnect, startRunai } = await import('./helpers/emulators.js')
+  const runai = await startRunai(t)
+  const apic = await startApiConnect(t, { expiresIn: 600 })
+  writeFileSync(join(dir, 'runai-secret'), RUNAI.client.secret)
+  writeFileSync(join(dir, 'apic-key'), APIC.apiKey)
+  writeFileSync(join(dir, 'apic-secret'), APIC.client.secret)
+  const filled = readFileSync(new URL('../config/two-apis.yaml', import.meta.url), 'utf8')
+    .replace(/^port: .*$/m, 'port: 0')
+    .replace('https://mycompany.run.ai', runai.url)
+    .replace('https://platform-api.apic.example.com', apic.url)
+    .replace('my-access-key', RUNAI.client.id)
+    .replace('/run/secrets/runai-client-secret', join(dir, 'runai-secret'))
+    .replace('/run/secrets/apic-api-key', join(dir, 'apic-key'))
+    .replace('599b7aef-8841-4ee2-88a0-84d49c4d6ff2', APIC.client.id)
+    .replace('/run/secrets/apic-toolkit-secret', join(dir, 'apic-secret'))
+  const config = loadConfig({ configFile: write('two-apis.yaml', filled), env: {} })
+  const proxy = await startProxy(config, createLogger('silent', new LogCapture()))
+  t.teardown(() => proxy.close())
+  for (const [path, emulator, served] of [['/runai/api/v1/projects', runai, '/api/v1/projects'], ['/apic/api/orgs', apic, '/api/orgs']] as const) {
+    const answer = await request(`${proxy.address}${path}`)
+    t.equal(answer.statusCode, 200, path)
+    await answer.body.dump()
+    t.same(emulator.served, [served], 'each emulator accepts only its own tokens, and got its request')
+  }
+  t.equal(runai.calls[0]?.path, '/api/v2/token')
+  t.equal(apic.calls[0]?.body.grant_type, 'api_key')
+})
