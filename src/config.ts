@@ -5,7 +5,7 @@ import type { SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
 import { CREDENTIAL_SETTINGS, type FileSettings, readConfigFile, type RouteEntry } from './config/file.js'
-import { parseAddress, parseHttpUrl } from './config/values.js'
+import { list, parseAddress, parseHttpUrl } from './config/values.js'
 import { CLUSTERS_PREFIX } from './routes.js'
 import { closest, didYouMean } from './suggest.js'
 
@@ -84,6 +84,10 @@ export interface PrefixRoute {
   readonly prefix: string
   readonly upstream: URL
   readonly credentials: string
+  /** The route's own policy, besides the top level's: paths are those below its prefix. */
+  readonly readOnly: boolean
+  readonly allowPaths: readonly string[]
+  readonly denyPaths: readonly string[]
 }
 
 export interface Config {
@@ -267,7 +271,9 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
       problems.push(`${where('prefix')}: another route has this prefix or name`)
       continue
     }
-    routes.push({ name, prefix, upstream, credentials: values.credentials as string })
+    const readOnly = values.readOnly === undefined || values.readOnly === 'false' ? false : values.readOnly === 'true' ? true : undefined
+    if (readOnly === undefined) problems.push(`${where('readOnly')}: must be true or false`)
+    routes.push({ name, prefix, upstream, credentials: values.credentials as string, readOnly: readOnly ?? true, allowPaths: list(values.allowPaths), denyPaths: list(values.denyPaths) })
   }
   return routes
 }

@@ -131,6 +131,20 @@ export function createGuard (config: Config): Guard {
   const allowed = prefixMatcher(config.allowPaths)
   const denied = prefixMatcher(config.denyPaths)
   const forbidden = (message: string): ProxyError => new ProxyError('forbidden', message)
+  // The routes of a configuration file with a policy of their own, longest prefix first.
+  const routes = config.prefixRoutes
+    .filter((route) => route.readOnly || route.allowPaths.length > 0 || route.denyPaths.length > 0)
+    .sort((a, b) => b.prefix.length - a.prefix.length)
+    .map((route) => ({ route, allowed: prefixMatcher(route.allowPaths), denied: prefixMatcher(route.denyPaths) }))
+  /** The policy of the route that serves `path`, with `path` as seen below its prefix. */
+  const ownPolicy = (path: string): { policy: typeof routes[number], below: string } | undefined => {
+    for (const policy of routes) {
+      const { prefix } = policy.route
+      if (prefix === '/') return { policy, below: path }
+      if (path === prefix || path.startsWith(`${prefix}/`)) return { policy, below: path.slice(prefix.length) || '/' }
+    }
+    return undefined
+  }
 
   return (request) => {
     const url = request.url ?? ''
@@ -169,16 +183,21 @@ export function createGuard (config: Config): Guard {
       }
     }
     if (!path.startsWith('/-/')) {
-      if (config.readOnly) {
-        if (!SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: BEARER_PROXY_READ_ONLY is on`)
+      const own = routes.length === 0 ? undefined : ownPolicy(path)
+      if (config.readOnly || own?.policy.route.readOnly === true) {
+        const why = config.readOnly ? 'BEARER_PROXY_READ_ONLY is on' : `route ${own?.policy.route.name ?? ''} is readOnly`
+        if (!SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: ${why}`)
         if (overridesMethod(headers, query === -1 ? '' : url.slice(query + 1))) {
-          return forbidden('a method override (X-HTTP-Method-Override, _method…) is not forwarded: BEARER_PROXY_READ_ONLY is on')
+          return forbidden(`a method override (X-HTTP-Method-Override, _method…) is not forwarded: ${why}`)
         }
         // A tunnel carries writes as well as reads (exec, attach).
-        if (headers.upgrade !== undefined) return forbidden('WebSocket upgrades are not forwarded: BEARER_PROXY_READ_ONLY is on')
+        if (headers.upgrade !== undefined) return forbidden(`WebSocket upgrades are not forwarded: ${why}`)
       }
       if (denied?.(path) === true || (allowed !== undefined && !allowed(path))) {
         return forbidden('this path is not forwarded (BEARER_PROXY_ALLOW_PATHS / DENY_PATHS)')
+      }
+      if (own !== undefined && (own.policy.denied?.(own.below) === true || (own.policy.allowed !== undefined && !own.policy.allowed(own.below)))) {
+        return forbidden(`this path is not forwarded (route ${own.policy.route.name}'s allowPaths / denyPaths)`)
       }
     }
     return { path, origin: typeof origin === 'string' ? origin : undefined }

@@ -183,3 +183,49 @@ t.test('config/two-apis.yaml, filled in, serves a Run:ai control plane and an AP
   t.equal(runai.calls[0]?.path, '/api/v2/token')
   t.equal(apic.calls[0]?.body.grant_type, 'api_key')
 })
+
+t.test('a route\'s own policy: readOnly, allowPaths and denyPaths below its prefix, besides the top level\'s', async (t) => {
+  const north = await startIdentity(t)
+  const api = await startApiOf(t, north)
+  const file = write('policy.yaml', `port: 0
+denyPaths: [/open/secret-area]
+credentials:
+  north:
+    tokenUrl: ${north.tokenUrl}
+    clientId: ${CLIENT.clientId}
+    clientSecret: ${CLIENT.clientSecret}
+routes:
+  - prefix: /ro
+    upstream: ${api.url}
+    credentials: north
+    readOnly: true
+    allowPaths: [/api/v1/projects, /api/v1/clusters]
+  - prefix: /open
+    upstream: ${api.url}/open
+    credentials: north
+    denyPaths: /api/v1/users
+`)
+  const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('silent', new LogCapture()))
+  t.teardown(() => proxy.close())
+  const cases: Array<[string, string, number, RegExp?]> = [
+    ['GET', '/ro/api/v1/projects/7', 200],
+    ['POST', '/ro/api/v1/projects', 403, /POST is not forwarded: route ro is readOnly/],
+    ['GET', '/ro/api/v1/users', 403, /route ro's allowPaths \/ denyPaths/],
+    ['GET', '/ro/API/V1/PROJECTS', 200],
+    ['POST', '/open/api/v1/projects', 200],
+    ['GET', '/open/api/v1/users/1', 403, /route open's allowPaths \/ denyPaths/],
+    ['GET', '/open/API/v1/Users', 403],
+    ['GET', '/open/secret-area/x', 403, /BEARER_PROXY_ALLOW_PATHS \/ DENY_PATHS/]
+  ]
+  for (const [method, path, status, message] of cases) {
+    const answer = await request(`${proxy.address}${path}`, { method, body: method === 'POST' ? '{}' : undefined })
+    t.equal(answer.statusCode, status, `${method} ${path}`)
+    const body = await answer.body.text()
+    if (message !== undefined) t.match(body, message)
+  }
+  t.same(api.seen.map((seen) => `${seen.method} ${seen.url}`), ['GET /api/v1/projects/7', 'GET /API/V1/PROJECTS', 'POST /open/api/v1/projects'], 'nothing refused reached the API')
+  // A method override is a write too.
+  const override = await request(`${proxy.address}/ro/api/v1/projects?_method=DELETE`)
+  t.equal(override.statusCode, 403)
+  await override.body.dump()
+})

@@ -26,6 +26,7 @@ t.test('checkPath: what is judged is what is forwarded', async (t) => {
 
 /** The credential sets and file routes of an environment-only configuration. */
 const ONE_SET = { credentialSets: new Map([['default', {} as TokenSettings]]), prefixRoutes: [] }
+const NO_POLICY = { readOnly: false, allowPaths: [], denyPaths: [] }
 
 t.test('the route table: one answer for every part that needs a route', async (t) => {
   const table = new RouteTable(routesOf({
@@ -57,8 +58,8 @@ t.test('the route table: one answer for every part that needs a route', async (t
     clusters: new Map(),
     credentialSets,
     prefixRoutes: [
-      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a' },
-      { name: 'runai-v2', prefix: '/runai/v2', upstream: new URL('https://v2.example/base'), credentials: 'b' }
+      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a', ...NO_POLICY },
+      { name: 'runai-v2', prefix: '/runai/v2', upstream: new URL('https://v2.example/base'), credentials: 'b', ...NO_POLICY }
     ]
   }))
   const at = (target: string): string => {

@@ -42,7 +42,9 @@ export const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
   'APP_NAME', 'RUNAI_TOKEN_API', 'UPSTREAM', 'REFRESH_SKEW', 'TIMEOUT', 'ALLOW_HTTP_TOKEN_ENDPOINT',
   ...['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY'].flatMap((name) => [name, `${name}_FILE`])
 ])
-const ROUTE_KEYS = ['name', 'prefix', 'upstream', 'credentials']
+const ROUTE_KEYS = ['name', 'prefix', 'upstream', 'credentials', 'readOnly', 'allowPaths', 'denyPaths']
+/** Route keys that hold a list (a YAML sequence, or comma-separated). */
+const ROUTE_LISTS = new Set(['allowPaths', 'denyPaths'])
 
 /** A setting's key in the file: `CLIENT_SECRET_FILE` → `clientSecretFile`. */
 export function fileKey (setting: string): string {
@@ -151,7 +153,9 @@ function readRoutes (node: Node | null, where: string, at: (node: Node | null | 
     for (const pair of item.items) {
       const key = isScalar(pair.key) ? String(pair.key.value) : ''
       const keyWhere = `${at(pair.key as Node)}: routes[${index}].${key}`
-      const value = isScalar(pair.value) ? scalar(pair.value.value) : undefined
+      const value = isScalar(pair.value)
+        ? scalar(pair.value.value)
+        : ROUTE_LISTS.has(key) && isSeq(pair.value) ? joined(pair.value.items) : undefined
       if (!ROUTE_KEYS.includes(key)) result.problems.push(`${keyWhere}: not a key of a route (${ROUTE_KEYS.join(', ')})${didYouMean(key, ROUTE_KEYS)}`)
       else if (value === undefined) result.problems.push(`${keyWhere}: expected a single value`)
       else {
@@ -168,8 +172,7 @@ function valueOf (setting: string, node: Node | null): string | null | undefined
   if (node === null || (isScalar(node) && node.value === null)) return null
   if (isScalar(node)) return scalar(node.value)
   if (isSeq(node) && LISTS.has(setting)) {
-    const items = node.items.map((item) => isScalar(item) ? scalar(item.value) : undefined)
-    return items.every((item) => item !== undefined) ? items.join(',') : undefined
+    return joined(node.items)
   }
   if (isMap(node) && (setting === 'CLUSTERS' || setting === 'TOKEN_PARAMS')) {
     const entries = node.items.map((pair) => [isScalar(pair.key) ? scalar(pair.key.value) : undefined, isScalar(pair.value) ? scalar(pair.value.value) : undefined])
@@ -179,6 +182,12 @@ function valueOf (setting: string, node: Node | null): string | null | undefined
       : new URLSearchParams(entries as Array<[string, string]>).toString()
   }
   return undefined
+}
+
+/** A sequence of scalars as a comma-separated list; undefined when an item is not a scalar. */
+function joined (items: readonly unknown[]): string | undefined {
+  const values = items.map((item) => isScalar(item) ? scalar(item.value) : undefined)
+  return values.every((value) => value !== undefined) ? values.join(',') : undefined
 }
 
 function scalar (value: unknown): string | undefined {
