@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from 'yaml'
+import { createRequire } from 'node:module'
+import type { Node } from 'yaml'
 import { didYouMean } from '../suggest.js'
 import { SETTINGS } from './settings.js'
 
@@ -55,6 +56,11 @@ const SETTING_OF = new Map(Object.keys(SETTINGS).map((setting) => [fileKey(setti
 /** Settings that hold a comma-separated list: a YAML sequence is joined. */
 const LISTS = new Set(['ALLOWED_HOSTS', 'ALLOWED_ORIGINS', 'ALLOW_PATHS', 'DENY_PATHS', 'CLUSTERS'])
 
+type Yaml = typeof import('yaml')
+let parser: Yaml | undefined
+/** The YAML parser, loaded on first use: a proxy configured by its environment never pays for it. */
+const yaml = (): Yaml => (parser ??= createRequire(import.meta.url)('yaml') as Yaml)
+
 export function readConfigFile (path: string): FileSettings {
   const result: FileSettings = { values: {}, origins: {}, credentialSets: [], routes: [], problems: [] }
   let text: string
@@ -64,6 +70,7 @@ export function readConfigFile (path: string): FileSettings {
     result.problems.push(`--config ${path}: cannot read it (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
     return result
   }
+  const { LineCounter, parseDocument } = yaml()
   const lines = new LineCounter()
   const document = parseDocument(text, { lineCounter: lines, uniqueKeys: true })
   const at = (node: Node | null | undefined): string => {
@@ -78,13 +85,13 @@ export function readConfigFile (path: string): FileSettings {
   if (document.errors.length > 0) return result
   const root = document.contents
   if (root === null) return result
-  if (!isMap(root)) {
+  if (!yaml().isMap(root)) {
     result.problems.push(`${path}: expected a mapping of settings (key: value), one per line`)
     return result
   }
   for (const pair of root.items) {
     const keyNode = pair.key as Node
-    const key = isScalar(keyNode) ? String(keyNode.value) : ''
+    const key = yaml().isScalar(keyNode) ? String(keyNode.value) : ''
     if (key === 'credentials') readCredentialSets(pair.value as Node | null, `${at(keyNode)}: credentials`, at, result)
     else if (key === 'routes') readRoutes(pair.value as Node | null, `${at(keyNode)}: routes`, at, result)
     else readSetting(key, pair.value as Node | null, `${at(keyNode)}: ${key}`, result, result.problems, undefined)
@@ -114,24 +121,24 @@ function readSetting (key: string, node: Node | null, where: string, into: { val
 const SET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
 
 function readCredentialSets (node: Node | null, where: string, at: (node: Node | null | undefined) => string, result: FileSettings): void {
-  if (!isMap(node)) {
+  if (!yaml().isMap(node)) {
     result.problems.push(`${where}: expected a mapping of names to credential sets`)
     return
   }
   for (const pair of node.items) {
-    const name = isScalar(pair.key) ? String(pair.key.value) : ''
+    const name = yaml().isScalar(pair.key) ? String(pair.key.value) : ''
     const setWhere = `${at(pair.key as Node)}: credentials.${name}`
     if (!SET_NAME.test(name)) {
       result.problems.push(`${setWhere}: a credential set's name is letters, digits, ".", "_" or "-"`)
       continue
     }
-    if (!isMap(pair.value)) {
+    if (!yaml().isMap(pair.value)) {
       result.problems.push(`${setWhere}: expected a mapping of settings`)
       continue
     }
     const set: CredentialSetEntry = { name, values: {}, origins: {} }
     for (const item of pair.value.items) {
-      const key = isScalar(item.key) ? String(item.key.value) : ''
+      const key = yaml().isScalar(item.key) ? String(item.key.value) : ''
       readSetting(key, item.value as Node | null, `${at(item.key as Node)}: credentials.${name}.${key}`, set, result.problems, CREDENTIAL_SETTINGS)
     }
     result.credentialSets.push(set)
@@ -139,23 +146,23 @@ function readCredentialSets (node: Node | null, where: string, at: (node: Node |
 }
 
 function readRoutes (node: Node | null, where: string, at: (node: Node | null | undefined) => string, result: FileSettings): void {
-  if (!isSeq(node)) {
+  if (!yaml().isSeq(node)) {
     result.problems.push(`${where}: expected a list of routes (- prefix: …, upstream: …, credentials: …)`)
     return
   }
   for (const [index, item] of node.items.entries()) {
     const entryWhere = `${at(item as Node)}: routes[${index}]`
-    if (!isMap(item)) {
+    if (!yaml().isMap(item)) {
       result.problems.push(`${entryWhere}: expected a mapping (prefix, upstream, credentials)`)
       continue
     }
     const route: RouteEntry = { values: {}, origins: {}, at: entryWhere }
     for (const pair of item.items) {
-      const key = isScalar(pair.key) ? String(pair.key.value) : ''
+      const key = yaml().isScalar(pair.key) ? String(pair.key.value) : ''
       const keyWhere = `${at(pair.key as Node)}: routes[${index}].${key}`
-      const value = isScalar(pair.value)
+      const value = yaml().isScalar(pair.value)
         ? scalar(pair.value.value)
-        : ROUTE_LISTS.has(key) && isSeq(pair.value) ? joined(pair.value.items) : undefined
+        : ROUTE_LISTS.has(key) && yaml().isSeq(pair.value) ? joined(pair.value.items) : undefined
       if (!ROUTE_KEYS.includes(key)) result.problems.push(`${keyWhere}: not a key of a route (${ROUTE_KEYS.join(', ')})${didYouMean(key, ROUTE_KEYS)}`)
       else if (value === undefined) result.problems.push(`${keyWhere}: expected a single value`)
       else {
@@ -169,13 +176,13 @@ function readRoutes (node: Node | null, where: string, at: (node: Node | null | 
 
 /** The variable's string for a node; `null` for an empty value (unset); undefined when its shape is wrong. */
 function valueOf (setting: string, node: Node | null): string | null | undefined {
-  if (node === null || (isScalar(node) && node.value === null)) return null
-  if (isScalar(node)) return scalar(node.value)
-  if (isSeq(node) && LISTS.has(setting)) {
+  if (node === null || (yaml().isScalar(node) && node.value === null)) return null
+  if (yaml().isScalar(node)) return scalar(node.value)
+  if (yaml().isSeq(node) && LISTS.has(setting)) {
     return joined(node.items)
   }
-  if (isMap(node) && (setting === 'CLUSTERS' || setting === 'TOKEN_PARAMS')) {
-    const entries = node.items.map((pair) => [isScalar(pair.key) ? scalar(pair.key.value) : undefined, isScalar(pair.value) ? scalar(pair.value.value) : undefined])
+  if (yaml().isMap(node) && (setting === 'CLUSTERS' || setting === 'TOKEN_PARAMS')) {
+    const entries = node.items.map((pair) => [yaml().isScalar(pair.key) ? scalar(pair.key.value) : undefined, yaml().isScalar(pair.value) ? scalar(pair.value.value) : undefined])
     if (entries.some(([name, value]) => name === undefined || value === undefined)) return undefined
     return setting === 'CLUSTERS'
       ? entries.map(([name, value]) => `${name as string}=${value as string}`).join(',')
@@ -186,7 +193,7 @@ function valueOf (setting: string, node: Node | null): string | null | undefined
 
 /** A sequence of scalars as a comma-separated list; undefined when an item is not a scalar. */
 function joined (items: readonly unknown[]): string | undefined {
-  const values = items.map((item) => isScalar(item) ? scalar(item.value) : undefined)
+  const values = items.map((item) => yaml().isScalar(item) ? scalar(item.value) : undefined)
   return values.every((value) => value !== undefined) ? values.join(',') : undefined
 }
 
