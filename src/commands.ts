@@ -98,7 +98,8 @@ async function oneShot<T> (config: Config, work: (tokens: import('./token/manage
 
 /** `token`: the access token alone on stdout; a running proxy's `TOKEN_FILE` when it holds a valid one. */
 async function token (config: Config): Promise<number> {
-  if (config.tokenFile !== undefined) {
+  // The file holds the first credential set's token (the only one without credential sets).
+  if (config.tokenFile !== undefined && config.token === config.credentialSets.values().next().value) {
     const { readTokenFile } = await import('./token/file.js')
     const kept = readTokenFile(config.tokenFile, config.token.refreshSkew)
     if (kept !== undefined) {

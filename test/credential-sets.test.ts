@@ -229,3 +229,30 @@ routes:
   t.equal(override.statusCode, 403)
   await override.body.dump()
 })
+
+t.test('TOKEN_FILE holds the first set\'s token; token --credentials of another set does not hand it out', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { decodeJwt } = await import('jose')
+  const north = await startIdentity(t, { accessTokenTtl: 600 })
+  const south = await startIdentity(t, { accessTokenTtl: 600, clients: [{ clientId: 'south-client', clientSecret: 'south-Secret-7732' }] })
+  const api = await startApiOf(t, north)
+  const tokenFile = join(dir, 'sets-token')
+  const file = write('sets-file.yaml', `port: 0
+tokenFile: ${tokenFile}
+credentials:
+  north: { tokenUrl: "${north.tokenUrl}", clientId: ${CLIENT.clientId}, clientSecret: ${CLIENT.clientSecret} }
+  south: { tokenUrl: "${south.tokenUrl}", clientId: south-client, clientSecret: south-Secret-7732 }
+routes:
+  - { prefix: /north, upstream: "${api.url}", credentials: north }
+`)
+  const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('silent', new LogCapture()))
+  t.teardown(() => proxy.close())
+  const { afterFetch } = await import('./helpers/stack.js')
+  await afterFetch(proxy.tokens, () => proxy.tokens.status().ready, 5000, 'north\'s token')
+  t.equal(decodeJwt(readFileSync(tokenFile, 'utf8')).sub, CLIENT.clientId, 'the first set\'s token')
+  const southToken = await runCli(['token', '--config', file, '--credentials', 'south'], {})
+  t.equal(southToken.code, 0, southToken.stderr)
+  t.equal(decodeJwt(southToken.stdout.trim()).sub, 'south-client', 'south\'s own token, not the file\'s')
+  const northToken = await runCli(['token', '--config', file, '--credentials', 'north'], {})
+  t.equal(northToken.stdout.trim(), readFileSync(tokenFile, 'utf8'), 'north\'s, from the file')
+})
