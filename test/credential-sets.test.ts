@@ -10,6 +10,12 @@ import { createLogger } from '../src/log.js'
 import { startProxy } from '../src/server.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-sets-'))
+/** A credential set named north, for the provider `idp`, as the YAML under `credentials:`. */
+const northSet = (idp: { tokenUrl: string }): string => `  north:
+    tokenUrl: ${idp.tokenUrl}
+    clientId: ${CLIENT.clientId}
+    clientSecret: ${CLIENT.clientSecret}
+`
 const write = (name: string, text: string): string => {
   writeFileSync(join(dir, name), text)
   return join(dir, name)
@@ -24,11 +30,7 @@ t.test('two credential sets behind one port: each route gets its own set\'s toke
   writeFileSync(join(dir, 'south-secret'), 'south-Secret-7731\n')
   const file = write('two.yaml', `port: 0
 credentials:
-  north:
-    tokenUrl: ${north.tokenUrl}
-    clientId: ${CLIENT.clientId}
-    clientSecret: ${CLIENT.clientSecret}
-  south:
+${northSet(north)}  south:
     issuer: ${south.issuer}
     clientId: south-client
     clientSecretFile: ${join(dir, 'south-secret')}
@@ -87,11 +89,7 @@ t.test('check and token take --credentials NAME: the only set by default, else a
   const north = await startIdentity(t, { accessTokenTtl: 600 })
   const northApi = await startApiOf(t, north)
   const two = write('cli.yaml', `credentials:
-  north:
-    tokenUrl: ${north.tokenUrl}
-    clientId: ${CLIENT.clientId}
-    clientSecret: ${CLIENT.clientSecret}
-  other:
+${northSet(north)}  other:
     tokenUrl: ${north.tokenUrl}
     clientId: ${CLIENT.clientId}
     clientSecret: ${CLIENT.clientSecret}
@@ -190,11 +188,7 @@ t.test('a route\'s own policy: readOnly, allowPaths and denyPaths below its pref
   const file = write('policy.yaml', `port: 0
 denyPaths: [/open/secret-area]
 credentials:
-  north:
-    tokenUrl: ${north.tokenUrl}
-    clientId: ${CLIENT.clientId}
-    clientSecret: ${CLIENT.clientSecret}
-routes:
+${northSet(north)}routes:
   - prefix: /ro
     upstream: ${api.url}
     credentials: north

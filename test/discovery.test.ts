@@ -4,11 +4,11 @@ import type { AddressInfo } from 'node:net'
 import { createLocalJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import WebSocket, { WebSocketServer } from 'ws'
+import { WebSocketServer } from 'ws'
 import { servableClusters } from '../src/discovery.js'
 import { type Emulator, RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
-import { bounded, rawHttp, runCli, startTestProxy } from './helpers/stack.js'
+import { bounded, rawHttp, runCli, startTestProxy, wsRoundTrip } from './helpers/stack.js'
 
 const UUID = {
   a: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b',
@@ -138,13 +138,7 @@ t.test('a discovered cluster carries WebSocket upgrades with the token', async (
   runai.clusters = [{ uuid: UUID.a, name: 'gpu-a', domain: `http://127.0.0.1:${(server.address() as AddressInfo).port}/ws` }]
   const { url, proxy } = await startTestProxy(t, env(runai))
   await bounded(once(proxy.discovery as NonNullable<typeof proxy.discovery>, 'change'), 5000, 'the first list')
-  const client = new WebSocket(`${url.replace('http', 'ws')}/clusters/gpu-a/attach`)
-  await once(client, 'open')
-  client.send('hi')
-  const [message] = await once(client, 'message') as [Buffer]
-  t.equal(String(message), 'echo hi')
-  client.close()
-  await once(client, 'close')
+  t.equal(await wsRoundTrip(`${url.replace('http', 'ws')}/clusters/gpu-a/attach`, 'hi'), 'echo hi')
   t.same(upgrades, ['/ws/attach'])
 })
 

@@ -5,7 +5,7 @@ import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { API_AUDIENCE } from '../demo/idp.js'
 import { bearerVerifier } from '../demo/api.js'
-import { baseEnv, bounded, rawHttp, startApiOf, startIdentity, startTestProxy } from './helpers/stack.js'
+import { baseEnv, bounded, rawHttp, startApiOf, startIdentity, startTestProxy, wsRoundTrip } from './helpers/stack.js'
 
 t.test('chunked responses and server-sent events reach the client as each chunk is written', async (t) => {
   const idp = await startIdentity(t)
@@ -140,13 +140,7 @@ t.test('WebSocket: an upgrade meeting a revoked token is retried with a new one'
   await (await request(`${url}/warm`)).body.dump()
   api.revoked.add(api.seen[0]?.jti as string)
   for (let i = 0; i < 2; i++) {
-    const client = new WebSocket(`${url.replace('http', 'ws')}/socket`)
-    await once(client, 'open')
-    client.send('after revocation')
-    const [message] = await once(client, 'message') as [Buffer]
-    t.equal(String(message), 'echo after revocation')
-    client.close()
-    await once(client, 'close')
+    t.equal(await wsRoundTrip(`${url.replace('http', 'ws')}/socket`, 'after revocation'), 'echo after revocation')
     // The next upgrade meets a freshly revoked token again, at once.
     api.revoked.add(tried.at(-1) as string)
   }

@@ -182,6 +182,18 @@ export async function waitForLine (child: ChildProcess, pattern: RegExp, timeout
   })
 }
 
+/** Opens a WebSocket, sends `text`, returns the first message back, closes. */
+export async function wsRoundTrip (url: string, text: string): Promise<string> {
+  const { default: WebSocket } = await import('ws')
+  const client = new WebSocket(url)
+  await once(client, 'open')
+  client.send(text)
+  const [message] = await once(client, 'message') as [Buffer]
+  client.close()
+  await once(client, 'close')
+  return String(message)
+}
+
 export interface RawResponse { status: number, headers: import('node:http').IncomingHttpHeaders, body: string }
 
 /** A request through node:http, which sends headers (keep-alive, te, upgrade…) that fetch and undici refuse. */
