@@ -1,8 +1,9 @@
-import { rmSync } from 'node:fs'
+import { rmSync, type Stats, unwatchFile, watchFile } from 'node:fs'
+import type { Logger } from 'pino'
 import { request } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Arguments } from './cli.js'
-import { type Config, ConfigError, type LoadOptions, loadConfig, loadListening } from './config.js'
+import { type Config, ConfigError, type LoadOptions, loadConfig, loadListening, secretsOf } from './config.js'
 import { joinPath } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
@@ -15,7 +16,7 @@ export async function run (args: Arguments): Promise<number> {
     if (args.command === 'health') return await health(loadListening(options))
     const config = loadConfig(options)
     switch (args.command) {
-      case 'serve': return await serve(config)
+      case 'serve': return await serve(config, options)
       case 'check': return await check(withCredentials(config, args.credentials))
       case 'token': return await token(withCredentials(config, args.credentials))
       case 'clusters': return await clusters(config)
@@ -43,7 +44,7 @@ function withCredentials (config: Config, name: string | undefined): Config {
   return { ...config, token, prefixRoutes: config.prefixRoutes.filter((route) => route.credentials === chosen) }
 }
 
-async function serve (config: Config): Promise<number> {
+async function serve (config: Config, options: LoadOptions): Promise<number> {
   const { ListenError, startProxy } = await import('./server.js')
   const log = createLogger(config.logLevel ?? 'info', 1, config.logFormat)
   let proxy: Awaited<ReturnType<typeof startProxy>>
@@ -55,6 +56,7 @@ async function serve (config: Config): Promise<number> {
     process.stderr.write(`bearer-proxy: ${error.message}\n`)
     return 2
   }
+  const unwatch = watchForReload(config, options, proxy.reconfigure, log)
   let stopping = false
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {
@@ -63,6 +65,7 @@ async function serve (config: Config): Promise<number> {
       process.exit(1)
     }
     stopping = true
+    unwatch()
     log.info({ signal }, 'shutting down: no new connections; in-flight requests get up to 10 s')
     setTimeout(() => {
       log.warn('in-flight requests did not finish within 10 s; exiting')
@@ -77,6 +80,57 @@ async function serve (config: Config): Promise<number> {
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop)
   return await new Promise<number>(() => {})
+}
+
+/** How often watched files are looked at, and how long a burst of changes is let settle before one reload. */
+const WATCH_INTERVAL_MS = 1000
+const RELOAD_DEBOUNCE_MS = 300
+
+/**
+ * Reload on SIGHUP, and when the configuration file, the env file or a credential
+ * set's secret file changes (polled: a Kubernetes Secret is replaced by a symlink
+ * swap that file events miss). A configuration with problems is logged, and the
+ * running one kept untouched. Returns the function that stops watching.
+ */
+function watchForReload (config: Config, options: LoadOptions, reconfigure: (next: Config) => { changed: string[], restart: string[] }, log: Logger): () => void {
+  const reload = (cause: string): void => {
+    let next: Config
+    try {
+      next = loadConfig(options)
+    } catch (error) {
+      const problems = error instanceof ConfigError ? error.problems : [(error as Error).message]
+      for (const problem of problems) log.warn({ event: 'reload_refused', cause, problem }, `reload refused: ${problem}`)
+      log.warn({ event: 'reload_refused', cause }, 'the new configuration has problems; the running one is kept')
+      return
+    }
+    const { changed, restart } = reconfigure(next)
+    log.info({ event: 'reloaded', cause, changed, needsRestart: restart },
+      `reloaded (${cause}): ${changed.length === 0 ? 'no credential set changed' : `new settings for ${changed.join(', ')}`}` +
+      `${restart.length === 0 ? '' : `; ${restart.join(', ')} changed too, which takes a restart`}`)
+  }
+  let timer: NodeJS.Timeout | undefined
+  const soon = (cause: string): void => {
+    clearTimeout(timer)
+    timer = setTimeout(() => reload(cause), RELOAD_DEBOUNCE_MS)
+  }
+  const onSignal = (): void => reload('SIGHUP')
+  process.on('SIGHUP', onSignal)
+  const files = new Set<string>()
+  if (options.configFile !== undefined) files.add(options.configFile)
+  if (options.envFile !== undefined) files.add(options.envFile)
+  for (const settings of config.credentialSets.values()) {
+    for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
+  }
+  const listener = (path: string) => (current: Stats, previous: Stats): void => {
+    if (current.mtimeMs !== previous.mtimeMs || current.ino !== previous.ino || current.size !== previous.size) soon(`${path} changed`)
+  }
+  const listeners = [...files].map((path) => [path, listener(path)] as const)
+  for (const [path, onChange] of listeners) watchFile(path, { interval: WATCH_INTERVAL_MS, persistent: false }, onChange)
+  return () => {
+    clearTimeout(timer)
+    process.off('SIGHUP', onSignal)
+    for (const [path, onChange] of listeners) unwatchFile(path, onChange)
+  }
 }
 
 /** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */

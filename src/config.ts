@@ -1,7 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
-import type { SecretSource } from './secret.js'
+import { createHash } from 'node:crypto'
+import { readSecret, type SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
 import { CREDENTIAL_SETTINGS, type FileSettings, readConfigFile, type RouteEntry } from './config/file.js'
@@ -57,6 +58,24 @@ export function secretsOf (credentials: Credentials): SecretSource[] {
   if (credentials.grant === 'refresh_token') all.push(credentials.refreshToken)
   if (credentials.grant === 'api_key') all.push(credentials.apiKey)
   return all.filter((source): source is SecretSource => source !== undefined)
+}
+
+/**
+ * What identifies a credential set's settings, secrets included (their values and
+ * the contents of their files, hashed): a reload replaces the sets whose print changed.
+ */
+export function fingerprintOf (settings: TokenSettings): string {
+  const hash = createHash('sha256').update(JSON.stringify(settings))
+  for (const source of secretsOf(settings.credentials)) {
+    let value: string
+    try {
+      value = readSecret(source).reveal()
+    } catch (error) {
+      value = `unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`
+    }
+    hash.update('\0').update(value)
+  }
+  return hash.digest('hex')
 }
 
 /** What the token manager needs: where to ask, and with which credentials. */

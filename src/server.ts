@@ -1,9 +1,10 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { chmodSync, rmSync, statSync } from 'node:fs'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
-import type { Config } from './config.js'
+import { type Config, fingerprintOf } from './config.js'
+import { readSecret } from './secret.js'
 import { createDispatcher } from './outbound.js'
 import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
@@ -189,6 +190,12 @@ export interface RunningProxy {
   readonly tokens: TokenManager
   readonly credentials: ReadonlyMap<string, TokenManager>
   readonly discovery: ClusterDiscovery | undefined
+  /**
+   * A reload: credential sets whose settings or secrets changed get new settings (their
+   * tokens dropped, new ones requested); what cannot change in a running proxy is
+   * named in `restart`, and left as it was.
+   */
+  readonly reconfigure: (next: Config) => { readonly changed: string[], readonly restart: string[] }
   /** `http://host:port`, or the socket path. */
   readonly address: string
   /** Stops accepting connections, lets in-flight requests finish, releases the upstream pools. */
@@ -254,11 +261,27 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   // Only once the proxy can be reached: a listener that fails costs no token request.
   discovery?.start()
   for (const manager of credentials.values()) manager.start()
+  const prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
+  const reconfigure = (next: Config): { changed: string[], restart: string[] } => {
+    const restart = needsRestart(config, next)
+    if ([...next.credentialSets.keys()].join() !== [...config.credentialSets.keys()].join()) restart.push('credentials (sets added or removed)')
+    const changed: string[] = []
+    for (const [name, settings] of next.credentialSets) {
+      const manager = credentials.get(name)
+      const print = fingerprintOf(settings)
+      if (manager === undefined || print === prints.get(name)) continue
+      prints.set(name, print)
+      manager.reconfigure(settings)
+      changed.push(name)
+    }
+    return { changed, restart }
+  }
   return {
     app,
     admin,
     tokens,
     credentials,
+    reconfigure,
     discovery,
     address,
     // Once, however often it is called (a second signal, a test's teardown).
@@ -273,6 +296,21 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
       return closing
     }
   }
+}
+
+/** The settings a running proxy cannot take on without a restart, by name, where `next` differs from `running`. */
+function needsRestart (running: Config, next: Config): string[] {
+  const shape = (config: Config): Record<string, string> => ({
+    listener: JSON.stringify([config.host, config.port, config.socket, config.adminAddress]),
+    routes: JSON.stringify(routesOf(config)),
+    clusters: JSON.stringify([config.discoverClusters, [...config.clusters]]),
+    policy: JSON.stringify([config.readOnly, config.allowPaths, config.denyPaths, config.allowedHosts, config.allowedOrigins, config.allowAnonymous]),
+    inboundKey: config.inboundKey === undefined ? '' : createHash('sha256').update(readSecret(config.inboundKey).reveal()).digest('hex'),
+    tls: JSON.stringify([config.caFile, config.insecureSkipVerify, config.timeout]),
+    logs: JSON.stringify([config.logLevel, config.logFormat, config.tokenFile])
+  })
+  const [before, after] = [shape(running), shape(next)]
+  return Object.keys(before).filter((key) => before[key] !== after[key])
 }
 
 /** Token lines name their credential set when there are several. */

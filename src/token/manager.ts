@@ -89,12 +89,14 @@ export interface TokenManagerOptions {
  * Events: `fetch` ({ result: 'success' | 'failure' }).
  */
 export class TokenManager extends EventEmitter implements TokenSource {
-  readonly #settings: TokenSettings
+  #settings: TokenSettings
   readonly #dispatcher: Dispatcher
   readonly #log: Logger
   readonly #backoffMs: number
   readonly #maxBackoffMs: number
-  readonly #secrets: SecretSource[]
+  #secrets: SecretSource[]
+  /** Bumped by `reconfigure`: a request sent under older settings does not give the token held. */
+  #generation = 0
 
   #token: AccessToken | undefined
   #refresh: Secret | undefined
@@ -123,6 +125,25 @@ export class TokenManager extends EventEmitter implements TokenSource {
   /** Fetches the first token in the background; `/-/ready` turns 200 once it is held. */
   start (): void {
     this.#renew()
+  }
+
+  /**
+   * New settings for this credential set (a reload): the token held, and any refresh
+   * token, are dropped at once and a new one is requested; a request in flight under
+   * the old settings is sent again under the new ones rather than trusted.
+   */
+  reconfigure (settings: TokenSettings): void {
+    this.#settings = settings
+    this.#secrets = secretsOf(settings.credentials)
+    this.#endpoint = settings.endpoint.kind === 'url' ? settings.endpoint.endpoint : undefined
+    this.#asked = undefined
+    this.#token = undefined
+    this.#refresh = undefined
+    this.#failures = 0
+    this.#retryAt = 0
+    this.#lastError = undefined
+    this.#generation++
+    if (!this.#closed) this.#renew()
   }
 
   close (): void {
@@ -176,10 +197,12 @@ export class TokenManager extends EventEmitter implements TokenSource {
   async #attempt (): Promise<AccessToken> {
     clearTimeout(this.#timer)
     const renewing = this.#token !== undefined
+    const generation = this.#generation
     let token: AccessToken
     try {
       token = await this.#obtain()
     } catch (error) {
+      if (generation !== this.#generation) return await this.#attempt()
       const failure = this.#failure(error)
       this.#lastError = failure
       const delay = this.#backoff()
@@ -192,6 +215,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       if (held !== undefined) return held
       throw new ProxyError('token_unavailable', failure.message, Math.ceil(delay / 1000))
     }
+    if (generation !== this.#generation) return await this.#attempt()
     this.#token = token
     this.#failures = 0
     this.#retryAt = 0
