@@ -218,6 +218,14 @@ ${northSet(north)}routes:
     if (message !== undefined) t.match(body, message)
   }
   t.same(api.seen.map((seen) => `${seen.method} ${seen.url}`), ['GET /api/v1/projects/7', 'GET /API/V1/PROJECTS', 'POST /open/api/v1/projects'], 'nothing refused reached the API')
+  // Siblings of the denied path, over a raw socket: other encodings and spellings never reach the API.
+  const { rawHttp } = await import('./helpers/stack.js')
+  const seen = api.seen.length
+  for (const target of ['/open/api/v1/%75sers', '/open/api/v1/Users/', '/open/api//v1/users', '/open/api/v1/./users', '/open/api/v1/x/../users', '/open/api/v1/users;x', '/open/api%2fv1/users', '/ro/api/v1/projects/../users']) {
+    const answer = await rawHttp(proxy.address, `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`)
+    t.match(answer, /^HTTP\/1\.1 40[03] /, target)
+  }
+  t.equal(api.seen.length, seen, 'none reached the API')
   // A method override is a write too.
   const override = await request(`${proxy.address}/ro/api/v1/projects?_method=DELETE`)
   t.equal(override.statusCode, 403)
