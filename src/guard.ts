@@ -110,7 +110,12 @@ function prefixMatcher (prefixes: readonly string[]): ((path: string) => boolean
 export type Headers = Record<string, string | string[] | undefined>
 
 /** What a request that passed the guard carries on: its decoded path, and the allowed browser origin, if any. */
-export interface Admitted { readonly path: string, readonly origin: string | undefined }
+export interface Admitted {
+  readonly path: string
+  readonly origin: string | undefined
+  /** Only safe methods are forwarded there (`READ_ONLY`, or the route's own `readOnly`): what a CORS preflight announces. */
+  readonly readOnly: boolean
+}
 
 /** What the guard reads of a request: Node's own message, for HTTP and WebSocket upgrades alike. */
 export type InboundRequest = Pick<IncomingMessage, 'method' | 'url' | 'headers' | 'rawHeaders' | 'httpVersion'>
@@ -164,7 +169,7 @@ export function createGuard (config: Config): Guard {
     if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
       return new ProxyError('bad_request', 'the request has a Transfer-Encoding other than chunked')
     }
-    if (PROBES.has(path)) return { path, origin: undefined }
+    if (PROBES.has(path)) return { path, origin: undefined, readOnly: true }
 
     if (!anyHost && host !== undefined && !hosts.has(hostName(host))) {
       return forbidden('this Host is not accepted (add it to BEARER_PROXY_ALLOWED_HOSTS)')
@@ -182,9 +187,10 @@ export function createGuard (config: Config): Guard {
         return forbidden('this proxy needs Proxy-Authorization: Bearer <inbound key>')
       }
     }
+    const own = routes.length === 0 || path.startsWith('/-/') ? undefined : ownPolicy(path)
+    const readOnly = config.readOnly || own?.policy.route.readOnly === true
     if (!path.startsWith('/-/')) {
-      const own = routes.length === 0 ? undefined : ownPolicy(path)
-      if (config.readOnly || own?.policy.route.readOnly === true) {
+      if (readOnly) {
         const why = config.readOnly ? 'BEARER_PROXY_READ_ONLY is on' : `route ${own?.policy.route.name ?? ''} is readOnly`
         if (!SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: ${why}`)
         if (overridesMethod(headers, query === -1 ? '' : url.slice(query + 1))) {
@@ -200,7 +206,7 @@ export function createGuard (config: Config): Guard {
         return forbidden(`this path is not forwarded (route ${own.policy.route.name}'s allowPaths / denyPaths)`)
       }
     }
-    return { path, origin: typeof origin === 'string' ? origin : undefined }
+    return { path, origin: typeof origin === 'string' ? origin : undefined, readOnly }
   }
 }
 
@@ -208,8 +214,7 @@ export function createGuard (config: Config): Guard {
  * The guard as Fastify's first hook; allowed browser origins get CORS, their preflights
  * answered here. Callback style: no promise per request.
  */
-export function guardHook (guard: Guard, config: Config): onRequestHookHandler {
-  const methods = config.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE'
+export function guardHook (guard: Guard): onRequestHookHandler {
   return (request, reply, done) => {
     const verdict = guard(request.raw)
     if (verdict instanceof ProxyError) {
@@ -222,7 +227,7 @@ export function guardHook (guard: Guard, config: Config): onRequestHookHandler {
       reply.header('access-control-allow-origin', verdict.origin).header('vary', 'Origin')
       if (request.method === 'OPTIONS' && request.headers['access-control-request-method'] !== undefined) {
         reply.code(204)
-          .header('access-control-allow-methods', methods)
+          .header('access-control-allow-methods', verdict.readOnly ? 'GET, HEAD, OPTIONS' : 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE')
           .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? '')
           .header('access-control-max-age', '600')
           .send()

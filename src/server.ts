@@ -116,7 +116,7 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
   const { config, metrics, table, discovery } = parts
   const app = createApp(parts.log, (target) => table.meant(target))
   const guard = createGuard(config)
-  app.addHook('onRequest', guardHook(guard, config))
+  app.addHook('onRequest', guardHook(guard))
 
   // While shutting down, a keep-alive connection is closed as soon as its request is answered.
   let closing = false

@@ -187,6 +187,7 @@ t.test('a route\'s own policy: readOnly, allowPaths and denyPaths below its pref
   const api = await startApiOf(t, north)
   const file = write('policy.yaml', `port: 0
 denyPaths: [/open/secret-area]
+allowedOrigins: [https://app.example]
 credentials:
 ${northSet(north)}routes:
   - prefix: /ro
@@ -226,6 +227,13 @@ ${northSet(north)}routes:
     t.match(answer, /^HTTP\/1\.1 40[03] /, target)
   }
   t.equal(api.seen.length, seen, 'none reached the API')
+  // A browser's preflight is told the methods that route forwards.
+  for (const [path, methods] of [['/ro/api/v1/projects', 'GET, HEAD, OPTIONS'], ['/open/api/v1/projects', 'GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE']]) {
+    const preflight = await request(`${proxy.address}${path as string}`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' } })
+    t.equal(preflight.statusCode, 204)
+    t.equal(preflight.headers['access-control-allow-methods'], methods, path as string)
+    await preflight.body.dump()
+  }
   // A method override is a write too.
   const override = await request(`${proxy.address}/ro/api/v1/projects?_method=DELETE`)
   t.equal(override.statusCode, 403)
