@@ -1,4 +1,4 @@
-import { rmSync, type Stats, unwatchFile, watchFile } from 'node:fs'
+import { existsSync, rmSync, type Stats, unwatchFile, watchFile } from 'node:fs'
 import type { Logger } from 'pino'
 import { request } from 'node:http'
 import type { Dispatcher } from 'undici'
@@ -118,6 +118,8 @@ function watchForReload (config: Config, options: LoadOptions, reconfigure: (nex
   const files = new Set<string>()
   if (options.configFile !== undefined) files.add(options.configFile)
   if (options.envFile !== undefined) files.add(options.envFile)
+  // ./.env, read when neither --env-file nor --config is given, is the configuration file then.
+  else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
   for (const settings of config.credentialSets.values()) {
     for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
   }

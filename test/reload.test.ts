@@ -101,14 +101,15 @@ ${extra}`
   t.notMatch(output().stdout, /north-Second-5520|south-Secret-8841|south-Rotated-9952|south-token-/, 'no secret or token in the log')
 })
 
-t.test('reload: a change that takes a restart is named, the rest applied', async (t) => {
+t.test('reload: ./.env changed; a change that takes a restart is named, the rest applied', async (t) => {
   const north = await startIdentity(t, { accessTokenTtl: 600 })
   const api = await startApiOf(t, north)
-  const envFile = write('proxy.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}\nBEARER_PROXY_PORT=0\n`)
-  const child = spawnCli(['serve', '--env-file', envFile], {})
+  // ./.env of the directory it runs in, read without --env-file, is watched too.
+  write('.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}\nBEARER_PROXY_PORT=0\n`)
+  const child = spawnCli(['serve'], {}, dir)
   t.teardown(() => { child.kill('SIGKILL') })
   await waitForLine(child, /"event":"ready"/)
-  write('proxy.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}/v2\nBEARER_PROXY_PORT=0\nBEARER_PROXY_READ_ONLY=true\n`)
+  write('.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}/v2\nBEARER_PROXY_PORT=0\nBEARER_PROXY_READ_ONLY=true\n`)
   const line = JSON.parse(await waitForLine(child, /"event":"reloaded"/, 15_000)) as { changed: string[], needsRestart: string[], msg: string }
   t.same(line.changed, [])
   t.same(line.needsRestart, ['routes', 'policy'])
