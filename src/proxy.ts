@@ -7,7 +7,7 @@ import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
-import { CLUSTERS_PREFIX, locationRewriter, type Route, type RouteTable } from './routes.js'
+import { basePath, CLUSTERS_PREFIX, locationRewriter, type Route, type RouteTable } from './routes.js'
 
 /** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
@@ -101,6 +101,16 @@ function replyOptionsFor (route: Route, options: Pick<ProxyOptions, 'timeout' | 
   }
 }
 
+/**
+ * The prefix alone (`/api`, `/api?q`) as the prefix with a slash: the upstream's base
+ * path with a slash, as the route table resolves it for WebSocket upgrades and
+ * discovered clusters. (http-proxy would send `/api?q` unchanged to an upstream at its root.)
+ */
+function bareToSlash (prefix: string): (url: string) => string {
+  const query = `${prefix}?`
+  return (url) => url === prefix || url.startsWith(query) ? `${prefix}/${url.slice(prefix.length)}` : url
+}
+
 /** Forwards `/…` and `/clusters/<name>/…` with the token added, through @fastify/http-proxy. */
 export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions): Promise<void> {
   passBodiesThrough(app)
@@ -108,6 +118,8 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
     await app.register(httpProxy, {
       upstream: route.upstream.href,
       prefix: route.prefix,
+      // At `/`, http-proxy would join the upstream's base path and the target without a `/` (`/v2` + `things`).
+      ...(route.prefix === '/' ? { rewritePrefix: `${basePath(route)}/` } : { preRewrite: bareToSlash(route.prefix) }),
       undici: route.dispatcher,
       proxyPayloads: false,
       internalRewriteLocationHeader: false,

@@ -110,7 +110,8 @@ export class RouteTable<R extends Route> {
   }
 }
 
-function basePath (route: Route): string {
+/** The upstream's path without its trailing slashes: `''` for an upstream at its root. */
+export function basePath (route: Route): string {
   return route.upstream.pathname.replace(/\/+$/, '')
 }
 

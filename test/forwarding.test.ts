@@ -2,7 +2,13 @@ import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { baseEnv, CLIENT, httpRequest, rawHttp, startApiOf, startIdentity, startTestProxy, afterFetch } from './helpers/stack.js'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { loadConfig } from '../src/config.js'
+import { createLogger } from '../src/log.js'
+import { startProxy } from '../src/server.js'
+import { baseEnv, CLIENT, httpRequest, LogCapture, rawHttp, startApiOf, startIdentity, startTestProxy, afterFetch } from './helpers/stack.js'
 
 t.test('a request through the proxy reaches the API with the token added and the client credentials removed', async (t) => {
   const idp = await startIdentity(t)
@@ -74,6 +80,48 @@ t.test('upstream statuses, headers and bodies pass through unchanged', async (t)
   t.equal(moved.statusCode, 302)
   t.equal(moved.headers.location, '/elsewhere?x=1', 'a Location on the upstream points back at the proxy')
   await moved.body.dump()
+})
+
+t.test('an upstream with a base path: every target lands below it, with or without a trailing slash, at / and under a prefix', async (t) => {
+  const idp = await startIdentity(t)
+  const api = await startApiOf(t, idp)
+  const seen = async (base: string, target: string): Promise<string> => {
+    const { url } = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_UPSTREAM: `${api.url}${base}` })
+    const answer = await request(`${url}${target}`)
+    t.equal(answer.statusCode, 200, `${base} ${target}`)
+    return (await answer.body.json() as { url: string }).url
+  }
+  t.equal(await seen('/v2', '/things?x=1'), '/v2/things?x=1')
+  t.equal(await seen('/v2', '/'), '/v2/')
+  t.equal(await seen('/v2/', '/things/'), '/v2/things/')
+  t.equal(await seen('/a/b', '/c/d?e'), '/a/b/c/d?e')
+  t.equal(await seen('/v2', '/?q=1'), '/v2/?q=1')
+  t.equal(api.seen.every((request) => request.authorized), true)
+
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-base-'))
+  const file = join(dir, 'routes.yaml')
+  writeFileSync(file, `port: 0
+credentials:
+  idp: { tokenUrl: "${idp.tokenUrl}", clientId: ${CLIENT.clientId}, clientSecret: ${CLIENT.clientSecret} }
+routes:
+  - { prefix: /one, upstream: "${api.url}/v1", credentials: idp }
+  - { prefix: /two, upstream: "${api.url}/v2/", credentials: idp }
+  - { prefix: /three, upstream: "${api.url}", credentials: idp }
+`)
+  const config = loadConfig({ configFile: file, env: {} })
+  const proxy = await startProxy(config, createLogger('silent', new LogCapture()))
+  t.teardown(() => proxy.close())
+  const through = async (target: string): Promise<string> => {
+    const answer = await request(`${proxy.address}${target}`)
+    t.equal(answer.statusCode, 200, target)
+    return (await answer.body.json() as { url: string }).url
+  }
+  t.equal(await through('/one/x?y=1'), '/v1/x?y=1')
+  t.equal(await through('/one'), '/v1/', 'the prefix alone is the base path with a slash, as for WebSocket upgrades')
+  t.equal(await through('/one?y'), '/v1/?y')
+  t.equal(await through('/two/x'), '/v2/x')
+  t.equal(await through('/three/x'), '/x')
+  t.equal(await through('/three?z'), '/?z')
 })
 
 t.test('clusters are served under /clusters/<name>/ with their own base path; unknown ones are 404', async (t) => {
