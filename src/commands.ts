@@ -8,6 +8,7 @@ import { joinPath } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
 import { didYouMean } from './suggest.js'
+import type { Changes, ReloadSummary, RunningProxy } from './server.js'
 
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
@@ -92,47 +93,86 @@ const RELOAD_DEBOUNCE_MS = 300
  * swap that file events miss). A configuration with problems is logged, and the
  * running one kept untouched. Returns the function that stops watching.
  */
-function watchForReload (config: Config, options: LoadOptions, reconfigure: (next: Config) => { changed: string[], restart: string[] }, log: Logger): () => void {
-  const reload = (cause: string): void => {
+function watchForReload (config: Config, options: LoadOptions, reconfigure: RunningProxy['reconfigure'], log: Logger): () => void {
+  const refuse = (cause: string, problems: readonly string[]): void => {
+    for (const problem of problems) log.warn({ event: 'reload_refused', cause, problem }, `reload refused: ${problem}`)
+    log.warn({ event: 'reload_refused', cause }, 'the new configuration has problems; the running one is kept')
+  }
+  const reload = async (cause: string): Promise<void> => {
     let next: Config
     try {
       next = loadConfig(options)
     } catch (error) {
-      const problems = error instanceof ConfigError ? error.problems : [(error as Error).message]
-      for (const problem of problems) log.warn({ event: 'reload_refused', cause, problem }, `reload refused: ${problem}`)
-      log.warn({ event: 'reload_refused', cause }, 'the new configuration has problems; the running one is kept')
+      refuse(cause, error instanceof ConfigError ? error.problems : [(error as Error).message])
       return
     }
-    const { changed, restart } = reconfigure(next)
-    log.info({ event: 'reloaded', cause, changed, needsRestart: restart },
-      `reloaded (${cause}): ${changed.length === 0 ? 'no credential set changed' : `new settings for ${changed.join(', ')}`}` +
-      `${restart.length === 0 ? '' : `; ${restart.join(', ')} changed too, which takes a restart`}`)
+    let summary: ReloadSummary
+    try {
+      summary = await reconfigure(next)
+    } catch (error) {
+      refuse(cause, [`the new routes could not be set up: ${(error as Error).message}`])
+      return
+    }
+    watch(next)
+    log.info({ event: 'reloaded', cause, ...summary }, `reloaded (${cause}): ${describeReload(summary)}`)
   }
+  // One reload at a time, in the order asked: each reads the files as they are when it starts.
+  let reloading = Promise.resolve()
+  const queue = (cause: string): void => { reloading = reloading.then(async () => { await reload(cause) }) }
   let timer: NodeJS.Timeout | undefined
   const soon = (cause: string): void => {
     clearTimeout(timer)
-    timer = setTimeout(() => reload(cause), RELOAD_DEBOUNCE_MS)
+    timer = setTimeout(() => { queue(cause) }, RELOAD_DEBOUNCE_MS)
   }
-  const onSignal = (): void => reload('SIGHUP')
+  const onSignal = (): void => { queue('SIGHUP') }
   process.on('SIGHUP', onSignal)
-  const files = new Set<string>()
-  if (options.configFile !== undefined) files.add(options.configFile)
-  if (options.envFile !== undefined) files.add(options.envFile)
-  // ./.env, read when neither --env-file nor --config is given, is the configuration file then.
-  else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
-  for (const settings of config.credentialSets.values()) {
-    for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
-  }
   const listener = (path: string) => (current: Stats, previous: Stats): void => {
     if (current.mtimeMs !== previous.mtimeMs || current.ino !== previous.ino || current.size !== previous.size) soon(`${path} changed`)
   }
-  const listeners = [...files].map((path) => [path, listener(path)] as const)
-  for (const [path, onChange] of listeners) watchFile(path, { interval: WATCH_INTERVAL_MS, persistent: false }, onChange)
+  // The configuration's own files, and the secret files of the sets configured now (a reload can add some).
+  const watched = new Map<string, ReturnType<typeof listener>>()
+  const watch = (of: Config): void => {
+    const files = new Set<string>()
+    if (options.configFile !== undefined) files.add(options.configFile)
+    if (options.envFile !== undefined) files.add(options.envFile)
+    // ./.env, read when neither --env-file nor --config is given, is the configuration file then.
+    else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
+    for (const settings of of.credentialSets.values()) {
+      for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
+    }
+    for (const [path, onChange] of watched) {
+      if (files.has(path)) continue
+      unwatchFile(path, onChange)
+      watched.delete(path)
+    }
+    for (const path of files) {
+      if (watched.has(path)) continue
+      const onChange = listener(path)
+      watchFile(path, { interval: WATCH_INTERVAL_MS, persistent: false }, onChange)
+      watched.set(path, onChange)
+    }
+  }
+  watch(config)
   return () => {
     clearTimeout(timer)
     process.off('SIGHUP', onSignal)
-    for (const [path, onChange] of listeners) unwatchFile(path, onChange)
+    for (const [path, onChange] of watched) unwatchFile(path, onChange)
   }
+}
+
+/** A reload in one line, by name only. */
+function describeReload ({ sets, routes, settings, needsRestart }: ReloadSummary): string {
+  const parts: string[] = []
+  const named = (what: string, changes: Changes): void => {
+    for (const verb of ['added', 'changed', 'removed'] as const) {
+      if (changes[verb].length > 0) parts.push(`${what} ${verb}: ${changes[verb].join(', ')}`)
+    }
+  }
+  named('credential sets', sets)
+  named('routes', routes)
+  if (settings.length > 0) parts.push(`settings changed: ${settings.join(', ')}`)
+  const done = parts.length === 0 ? 'nothing changed' : parts.join('; ')
+  return needsRestart.length === 0 ? done : `${done}; ${needsRestart.join(', ')} changed too, which takes a restart`
 }
 
 /** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */

@@ -11,8 +11,14 @@ export class Metrics {
   readonly #requests: Counter<'upstream' | 'status'>
   readonly #duration: Histogram<'upstream'>
   readonly #recorders = new Map<string, { count: Map<number, Counter.Internal>, duration: Histogram.Internal<'upstream'> }>()
+  readonly #fetches: Counter<'credentials' | 'result'>
+  readonly #counting = new Map<TokenManager, (fetch: { result: 'success' | 'failure' }) => void>()
 
-  /** Token series are labelled by credential set (`default` without a configuration file's `credentials:`). */
+  /**
+   * Token series are labelled by credential set (`default` without a configuration
+   * file's `credentials:`), read from `credentials` at each scrape: a reload that adds
+   * or removes sets changes that map, and calls `count` and `forget`.
+   */
   constructor (credentials: ReadonlyMap<string, TokenManager>) {
     collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_' })
     this.#requests = new Counter({
@@ -28,17 +34,13 @@ export class Metrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [this.registry]
     })
-    const fetches = new Counter({
+    this.#fetches = new Counter({
       name: 'bearer_proxy_token_fetches_total',
       help: 'Token requests, by credential set and result',
       labelNames: ['credentials', 'result'],
       registers: [this.registry]
     })
-    for (const [name, tokens] of credentials) {
-      fetches.inc({ credentials: name, result: 'success' }, 0)
-      fetches.inc({ credentials: name, result: 'failure' }, 0)
-      tokens.on('fetch', ({ result }: { result: 'success' | 'failure' }) => fetches.inc({ credentials: name, result }))
-    }
+    for (const [name, tokens] of credentials) this.count(name, tokens)
     new Gauge({ // eslint-disable-line no-new
       name: 'bearer_proxy_token_expiry_seconds',
       help: 'Seconds until the held token expires (0 when none is held), by credential set',
@@ -60,6 +62,24 @@ export class Metrics {
         for (const [name, tokens] of credentials) this.set({ credentials: name }, tokens.status().ready ? 1 : 0)
       }
     })
+  }
+
+  /** Counts the token requests of a credential set, from zero. */
+  count (name: string, tokens: TokenManager): void {
+    this.#fetches.inc({ credentials: name, result: 'success' }, 0)
+    this.#fetches.inc({ credentials: name, result: 'failure' }, 0)
+    const counted = ({ result }: { result: 'success' | 'failure' }): void => { this.#fetches.inc({ credentials: name, result }) }
+    tokens.on('fetch', counted)
+    this.#counting.set(tokens, counted)
+  }
+
+  /** A credential set removed by a reload: its series go with it. */
+  forget (name: string, tokens: TokenManager): void {
+    const counted = this.#counting.get(tokens)
+    if (counted !== undefined) tokens.off('fetch', counted)
+    this.#counting.delete(tokens)
+    this.#fetches.remove({ credentials: name, result: 'success' })
+    this.#fetches.remove({ credentials: name, result: 'failure' })
   }
 
   /** Records one answered request; label children are made once per route and status. */

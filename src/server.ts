@@ -1,18 +1,19 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { chmodSync, rmSync, statSync } from 'node:fs'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyServerFactory } from 'fastify'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
-import { type Config, fingerprintOf } from './config.js'
-import { readSecret } from './secret.js'
+import { createServer, type Server } from 'node:http'
+import { type Config, fingerprintOf, type TokenSettings } from './config.js'
+import { readSecret, type SecretSource } from './secret.js'
 import { createDispatcher } from './outbound.js'
 import { RequestLogger } from './log.js'
 import { displayUrl, PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
-import { createGuard, guardHook } from './guard.js'
+import { createGuard, type Guard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
 import { ClusterDiscovery, type DiscoveredCluster } from './discovery.js'
-import { CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
+import { CLUSTERS_PREFIX, type Route, RouteTable, routesOf } from './routes.js'
 import { tokenFileSink } from './token/file.js'
 import { TokenManager } from './token/manager.js'
 import { websocketTunnel } from './websocket.js'
@@ -29,24 +30,41 @@ function clientError (error: NodeJS.ErrnoException & { reason?: unknown }): Prox
   return new ProxyError('bad_request', `the HTTP parser refused the request: ${reason}${code === '' ? '' : ` (${code})`}`)
 }
 
-export interface ServerParts {
-  readonly config: Config
-  /** One token manager per credential set, by name. */
-  readonly credentials: ReadonlyMap<string, TokenManager>
-  readonly metrics: Metrics
-  readonly dispatcher: Dispatcher
+/** What the listener and every generation of the configuration share. */
+interface Shared {
   readonly log: Logger
-  /** Every route, configured or discovered. */
+  readonly dispatcher: Dispatcher
+  readonly metrics: Metrics
+  /** One token manager per credential set, by name: reloads add and remove sets; read at each request. */
+  readonly credentials: Map<string, TokenManager>
+  /** Set once shutdown starts: each keep-alive connection is then closed when its request is answered. */
+  closing: boolean
+  /** Where idle connections are closed during shutdown. */
+  server: Server | undefined
+}
+
+/**
+ * What one configuration serves: its routes and their policy, its discovered clusters
+ * and the Fastify app that routes its requests. A reload builds a new one and swaps
+ * it in whole; a request routed before the swap finishes on the one it started on.
+ */
+interface Generation {
+  readonly config: Config
   readonly table: RouteTable<ServedRoute>
-  /** The clusters of a Run:ai control plane, when they are discovered rather than configured. */
-  readonly discovery: ClusterDiscovery | undefined
+  readonly guard: Guard
+  readonly app: FastifyInstance
+  readonly clusters: DiscoveredClusters | undefined
 }
 
 const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
-
-/** A Fastify instance with what both listeners share: logging, error bodies, CONNECT refused. */
-function createApp (log: Logger, meant: (target: string) => string | undefined = () => undefined): FastifyInstance {
+/**
+ * A Fastify instance with what every app shares: logging, error bodies, CONNECT
+ * refused. `serverFactory` makes the server of the listener that hands each request
+ * to the generation serving now.
+ */
+function createApp (log: Logger, meant: (target: string) => string | undefined = () => undefined, serverFactory?: FastifyServerFactory): FastifyInstance {
   const app = Fastify({
+    ...(serverFactory === undefined ? {} : { serverFactory }),
     loggerInstance: log as FastifyBaseLogger,
     // One line per request, written in onResponse, instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
@@ -87,12 +105,19 @@ function createApp (log: Logger, meant: (target: string) => string | undefined =
   return app
 }
 
+/** What `/-/ready` and `/-/metrics` read: the credential sets, and the route table serving now. */
+interface View {
+  readonly credentials: ReadonlyMap<string, TokenManager>
+  readonly metrics: Metrics
+  readonly table: () => RouteTable<ServedRoute>
+}
+
 /** The proxy's own endpoints under `/-/`: never forwarded, never holding a token. */
-function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: Pick<ServerParts, 'credentials' | 'metrics' | 'table'>): void {
+function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: View): void {
   app.get('/-/healthy', async () => ({ healthy: true }))
   // Ready when every credential set holds a valid token; otherwise which do not, and why (never a token).
   app.get('/-/ready', async (_request, reply) => {
-    const routes = table.names()
+    const routes = table().names()
     const sets = [...credentials].map(([name, tokens]) => ({ name, status: tokens.status(), reason: tokens.lastError() }))
     const waiting = sets.filter(({ status }) => !status.ready)
     if (waiting.length === 0) {
@@ -111,19 +136,19 @@ function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: Pi
   app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
 }
 
-/** Assembles the proxy: the guard, its own `/-/` endpoints, and one forwarding route per upstream. */
-export async function buildServer (parts: ServerParts): Promise<FastifyInstance> {
-  const { config, metrics, table, discovery } = parts
-  const app = createApp(parts.log, (target) => table.meant(target))
+/**
+ * The app of one configuration: the guard, the proxy's own endpoints, one forwarding
+ * route per upstream and the discovered clusters. It never listens: the listener
+ * hands it requests while it is the generation serving.
+ */
+async function buildGeneration (config: Config, shared: Shared, routes: readonly ServedRoute[], clusters: DiscoveredClusters | undefined): Promise<Generation> {
+  const { log, metrics } = shared
+  const table = new RouteTable(routes)
+  const app = createApp(log, (target) => table.meant(target))
   const guard = createGuard(config)
   app.addHook('onRequest', guardHook(guard))
 
-  // While shutting down, a keep-alive connection is closed as soon as its request is answered.
-  let closing = false
-  app.addHook('preClose', async () => { closing = true })
-
   // Callback style: no promise per request; the log line is only built when it is written.
-  const log = parts.log
   const hinted = new Set<string>()
   const hintCluster = (target: string): void => {
     const hint = table.meant(target)
@@ -132,7 +157,8 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     log.warn({ event: 'cluster_path_hint', meant: hint }, `the admin API answered 404 to a path that starts with a cluster's name; clusters are served at ${hint}`)
   }
   app.addHook('onResponse', (request, reply, done) => {
-    if (closing) setImmediate(() => app.server.closeIdleConnections())
+    // While shutting down, a keep-alive connection is closed as soon as its request is answered.
+    if (shared.closing) setImmediate(() => shared.server?.closeIdleConnections())
     const upstream = request.upstreamName ?? request.routeOptions.config.upstream
     const elapsed = reply.elapsedTime
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
@@ -156,10 +182,10 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     done()
   })
 
-  ownEndpoints(app, parts)
+  ownEndpoints(app, { credentials: shared.credentials, metrics, table: () => table })
 
   app.decorateRequest('upstreamName', undefined)
-  if (discovery === undefined) {
+  if (clusters === undefined) {
     // A cluster that is not configured must never fall through to the admin API.
     app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
       const resolved = table.resolve(request.raw.url ?? '')
@@ -167,35 +193,85 @@ export async function buildServer (parts: ServerParts): Promise<FastifyInstance>
     })
   } else {
     // Clusters that come and go: one route resolves them in the table at each request.
-    await app.register(discoveredRoutes, { table, refresh: async () => await discovery.refreshIfStale(), timeout: config.timeout, log: parts.log })
+    clusters.attach(table)
+    await app.register(discoveredRoutes, { table, refresh: async () => await clusters.discovery.refreshIfStale(), timeout: config.timeout, log })
   }
+  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log })
+  try {
+    await app.ready()
+  } catch (error) {
+    clusters?.detach(table)
+    throw error
+  }
+  return { config, table, guard, app, clusters }
+}
 
-  const tunnels = websocketTunnel(app.server, { table, guard, log: parts.log, timeout: config.timeout })
-  app.addHook('preClose', async () => { tunnels.closeAll() })
-  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log: parts.log })
+/**
+ * The listening app: it owns the server (timeouts, malformed requests, CONNECT,
+ * WebSocket upgrades, shutdown) and routes nothing itself; each request goes to the
+ * generation `serving()` names at that instant.
+ */
+function buildListener (shared: Shared, serving: () => Generation): FastifyInstance {
+  const app = createApp(shared.log, undefined, (_handler, options) => {
+    const server = createServer(options.http ?? {}, (request, response) => { serving().app.routing(request, response) })
+    // As Fastify sets up a server it makes itself.
+    server.keepAliveTimeout = Number(options.keepAliveTimeout ?? 72_000)
+    server.requestTimeout = Number(options.requestTimeout ?? 0)
+    return server
+  })
+  shared.server = app.server
+  const tunnels = websocketTunnel(app.server, {
+    resolve: (request) => {
+      const { guard, table } = serving()
+      const verdict = guard(request)
+      return verdict instanceof ProxyError ? verdict : table.resolve(request.url ?? '')
+    },
+    log: shared.log,
+    timeout: serving().config.timeout
+  })
+  app.addHook('preClose', async () => {
+    shared.closing = true
+    tunnels.closeAll()
+  })
   return app
 }
 
 /** The `ADMIN_ADDRESS` listener: only `/-/` (probes and Prometheus scrapes), no credentials used. */
-export function buildAdminServer (parts: Pick<ServerParts, 'credentials' | 'metrics' | 'log' | 'table'>): FastifyInstance {
-  const app = createApp(parts.log)
-  ownEndpoints(app, parts)
+export function buildAdminServer (log: Logger, view: View): FastifyInstance {
+  const app = createApp(log)
+  ownEndpoints(app, view)
   return app
 }
+
+/** What a reload changed, by name (never a value): credential sets, routes, other settings, and what waits for a restart. */
+export interface ReloadSummary {
+  readonly sets: Changes
+  readonly routes: Changes
+  /** The names of the other settings that changed and now apply (the inbound policy, clusters). */
+  readonly settings: string[]
+  /** Settings a running proxy cannot take on, left as they were until a restart. */
+  readonly needsRestart: string[]
+}
+
+export interface Changes { readonly added: string[], readonly changed: string[], readonly removed: string[] }
 
 export interface RunningProxy {
   readonly app: FastifyInstance
   readonly admin: FastifyInstance | undefined
   /** The first credential set's token manager (the only one without credential sets). */
   readonly tokens: TokenManager
+  /** The credential sets configured now, by name. */
   readonly credentials: ReadonlyMap<string, TokenManager>
+  /** The discovery of the configuration serving now, if it discovers clusters. */
   readonly discovery: ClusterDiscovery | undefined
   /**
-   * A reload: credential sets whose settings or secrets changed get new settings (their
-   * tokens dropped, new ones requested); what cannot change in a running proxy is
-   * named in `restart`, and left as it was.
+   * A reload: the new configuration is built in full beside the running one, then
+   * swapped in at once. Credential sets whose settings and secrets are unchanged keep
+   * their tokens; changed ones drop theirs; removed ones are closed (their tokens
+   * never used again); new ones fetch theirs. Requests already routed finish on the
+   * routes they started on. Throws, changing nothing, when the new routes cannot be built.
    */
-  readonly reconfigure: (next: Config) => { readonly changed: string[], readonly restart: string[] }
+  readonly reconfigure: (next: Config) => Promise<ReloadSummary>
   /** `http://host:port`, or the socket path. */
   readonly address: string
   /** Stops accepting connections, lets in-flight requests finish, releases the upstream pools. */
@@ -209,20 +285,48 @@ export interface StartOptions {
   readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
 
-/** Everything `serve` runs: dispatcher, token manager (first token requested at once), servers, listeners. */
+/** Everything `serve` runs: dispatcher, token managers (first tokens requested at once), listeners, reloads. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
   const dispatcher = createDispatcher(config, log)
+  const managerFor = (name: string, settings: TokenSettings, of: Config): TokenManager =>
+    new TokenManager(settings, { dispatcher, log: credentialsLog(log, name, of), backoffMs: options.backoffMs })
   // One token manager per credential set: a route's tokens come from its own set, and no other.
-  const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, new TokenManager(settings, { dispatcher, log: credentialsLog(log, name, config), backoffMs: options.backoffMs })]))
-  const [defaultSet, tokens] = [...credentials][0] as [string, TokenManager]
+  const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, managerFor(name, settings, config)]))
+  const [tokenSet, tokens] = [...credentials][0] as [string, TokenManager]
   const metrics = new Metrics(credentials)
-  // Each route holds its own credential in its dispatcher.
-  const table = new RouteTable(routesOf(config).map((route) => serveRoute(route, dispatcher, credentials.get(route.credentials) as TokenManager, log)))
-  const discovery = config.discoverClusters && config.upstream !== undefined
-    ? discoverInto(table, new ClusterDiscovery({ controlPlane: config.upstream, tokens, dispatcher, log, timeout: config.timeout, ...options.discovery }), { dispatcher, tokens, log, credentials: defaultSet })
-    : undefined
-  const app = await buildServer({ config, credentials, metrics, dispatcher, log, table, discovery })
-  const admin = config.adminAddress === undefined ? undefined : buildAdminServer({ credentials, metrics, log, table })
+  const shared: Shared = { log, dispatcher, metrics, credentials, closing: false, server: undefined }
+
+  // Each route holds its own credential in its dispatcher; a route a reload keeps (same
+  // name, prefix, upstream and set) is kept whole, with what its 401s taught it.
+  let served = new Map<string, ServedRoute>()
+  const serveAll = (of: Config, sets: ReadonlyMap<string, TokenManager>): { routes: ServedRoute[], keep: () => void } => {
+    const next = new Map<string, ServedRoute>()
+    const routes = routesOf(of).map((route) => {
+      const key = JSON.stringify(route)
+      const kept = served.get(key)
+      const made = kept !== undefined && sets.get(route.credentials) === credentials.get(route.credentials)
+        ? kept
+        : serveRoute(route, dispatcher, sets.get(route.credentials) as TokenManager, log)
+      next.set(key, made)
+      return made
+    })
+    return { routes, keep: () => { served = next } }
+  }
+  /** The discovered clusters a configuration serves: the running discovery when it asks the same control plane with the same set. */
+  const clustersFor = (of: Config, sets: ReadonlyMap<string, TokenManager>, running: DiscoveredClusters | undefined): DiscoveredClusters | undefined => {
+    if (!of.discoverClusters || of.upstream === undefined) return undefined
+    const [name, manager] = [...sets][0] as [string, TokenManager]
+    if (running?.serves(of.upstream, manager) === true) return running
+    const discovery = new ClusterDiscovery({ controlPlane: of.upstream, tokens: manager, dispatcher, log, timeout: of.timeout, ...options.discovery })
+    return new DiscoveredClusters(discovery, of.upstream, manager, (route) => serveRoute({ ...route, credentials: name }, dispatcher, manager, log))
+  }
+
+  const first = serveAll(config, credentials)
+  first.keep()
+  let current = await buildGeneration(config, shared, first.routes, clustersFor(config, credentials, undefined))
+  const app = buildListener(shared, () => current)
+  const view: View = { credentials, metrics, table: () => current.table }
+  const admin = config.adminAddress === undefined ? undefined : buildAdminServer(log, view)
   // Fastify logs "Server listening at …" for each address; the proxy's own line below says it once, with the routes.
   const level = log.level
   if (log.isLevelEnabled('info')) log.level = 'warn'
@@ -234,7 +338,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     }
     if (admin !== undefined && config.adminAddress !== undefined) await admin.listen(config.adminAddress)
   } catch (error) {
-    await Promise.all([app.close(), admin?.close()])
+    await Promise.all([app.close(), admin?.close(), current.app.close()])
     await dispatcher.close()
     throw listenProblem(error, config) ?? error
   } finally {
@@ -248,10 +352,10 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     address,
     admin: admin === undefined ? undefined : addressOf(admin, undefined),
     routes,
-    clusters: discovery === undefined ? undefined : `discovered from ${displayUrl(config.upstream as URL)}`
+    clusters: current.clusters === undefined ? undefined : `discovered from ${displayUrl(config.upstream as URL)}`
   }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
   // Before the ready line: when it is read, the token file is there.
-  const removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
+  let removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
   const announceReady = ({ result }: { result: string }): void => {
     if (result !== 'success') return
     tokens.off('fetch', announceReady)
@@ -259,38 +363,75 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }
   tokens.on('fetch', announceReady)
   // Only once the proxy can be reached: a listener that fails costs no token request.
-  discovery?.start()
+  current.clusters?.discovery.start()
   for (const manager of credentials.values()) manager.start()
+
   const prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
-  const reconfigure = (next: Config): { changed: string[], restart: string[] } => {
-    const restart = needsRestart(config, next)
-    if ([...next.credentialSets.keys()].join() !== [...config.credentialSets.keys()].join()) restart.push('credentials (sets added or removed)')
-    const changed: string[] = []
-    for (const [name, settings] of next.credentialSets) {
-      const manager = credentials.get(name)
-      const print = fingerprintOf(settings)
-      if (manager === undefined || print === prints.get(name)) continue
-      prints.set(name, print)
-      manager.reconfigure(settings)
-      changed.push(name)
+  const reconfigure = async (next: Config): Promise<ReloadSummary> => {
+    const restart = changedSettings(config, next, RESTART)
+    const sets = diff([...prints.keys()], [...next.credentialSets.keys()], (name) => fingerprintOf(next.credentialSets.get(name) as TokenSettings) !== prints.get(name))
+    // The new sets' managers, made but not started until the new routes serve.
+    const nextSets = new Map([...next.credentialSets.keys()].map((name) => [name, credentials.get(name) ?? managerFor(name, next.credentialSets.get(name) as TokenSettings, next)]))
+    const nextRoutes = serveAll(next, nextSets)
+    const clusters = clustersFor(next, nextSets, current.clusters)
+    let generation: Generation
+    try {
+      generation = await buildGeneration(next, shared, nextRoutes.routes, clusters)
+    } catch (error) {
+      if (clusters !== current.clusters) clusters?.discovery.close()
+      throw error
     }
-    return { changed, restart }
+    // The swap: from here to the end, nothing awaits.
+    const previous = current
+    current = generation
+    nextRoutes.keep()
+    if (previous.clusters !== generation.clusters) previous.clusters?.discovery.close()
+    previous.clusters?.detach(previous.table)
+    for (const name of sets.removed) {
+      const manager = credentials.get(name) as TokenManager
+      manager.close()
+      metrics.forget(name, manager)
+      credentials.delete(name)
+      prints.delete(name)
+      if (name === tokenSet && removeTokenFile !== undefined) {
+        removeTokenFile()
+        removeTokenFile = undefined
+        restart.push('tokenFile (its credential set was removed)')
+      }
+    }
+    for (const name of sets.changed) {
+      const settings = next.credentialSets.get(name) as TokenSettings
+      credentials.get(name)?.reconfigure(settings)
+      prints.set(name, fingerprintOf(settings))
+    }
+    for (const name of sets.added) {
+      const manager = nextSets.get(name) as TokenManager
+      const settings = next.credentialSets.get(name) as TokenSettings
+      credentials.set(name, manager)
+      prints.set(name, fingerprintOf(settings))
+      metrics.count(name, manager)
+      manager.start()
+    }
+    if (previous.clusters !== generation.clusters) generation.clusters?.discovery.start()
+    const [before, after] = [routesByName(previous.config), routesByName(next)]
+    const routeChanges = diff([...before.keys()], [...after.keys()], (name) => before.get(name) !== after.get(name))
+    return { sets, routes: routeChanges, settings: changedSettings(previous.config, next, APPLIED), needsRestart: restart }
   }
   return {
     app,
     admin,
     tokens,
     credentials,
+    get discovery () { return current.clusters?.discovery },
     reconfigure,
-    discovery,
     address,
     // Once, however often it is called (a second signal, a test's teardown).
     close: () => {
       closing ??= (async () => {
         removeTokenFile?.()
-        discovery?.close()
+        current.clusters?.discovery.close()
+        await Promise.all([app.close(), admin?.close(), current.app.close()])
         for (const manager of credentials.values()) manager.close()
-        await Promise.all([app.close(), admin?.close()])
         await dispatcher.close()
       })()
       return closing
@@ -298,20 +439,42 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }
 }
 
-/** The settings a running proxy cannot take on without a restart, by name, where `next` differs from `running`. */
-function needsRestart (running: Config, next: Config): string[] {
-  const shape = (config: Config): Record<string, string> => ({
-    listener: JSON.stringify([config.host, config.port, config.socket, config.adminAddress]),
-    routes: JSON.stringify(routesOf(config)),
-    clusters: JSON.stringify([config.discoverClusters, [...config.clusters]]),
-    policy: JSON.stringify([config.readOnly, config.allowPaths, config.denyPaths, config.allowedHosts, config.allowedOrigins, config.allowAnonymous]),
-    inboundKey: config.inboundKey === undefined ? '' : createHash('sha256').update(readSecret(config.inboundKey).reveal()).digest('hex'),
-    tls: JSON.stringify([config.caFile, config.insecureSkipVerify, config.timeout]),
-    logs: JSON.stringify([config.logLevel, config.logFormat, config.tokenFile])
-  })
-  const [before, after] = [shape(running), shape(next)]
-  return Object.keys(before).filter((key) => before[key] !== after[key])
+/** A configuration's routes, each as it is configured, by name. */
+function routesByName (config: Config): Map<string, string> {
+  const routes = new Map<string, string>(routesOf(config).map((route) => [route.name, JSON.stringify(route)]))
+  // A route's own policy is part of it.
+  for (const route of config.prefixRoutes) routes.set(route.name, JSON.stringify(route))
+  return routes
 }
+
+/** Which names are new in `after`, gone from `before`, or in both and `changed`. */
+function diff (before: readonly string[], after: readonly string[], changed: (name: string) => boolean): Changes {
+  return {
+    added: after.filter((name) => !before.includes(name)),
+    changed: after.filter((name) => before.includes(name) && changed(name)),
+    removed: before.filter((name) => !after.includes(name))
+  }
+}
+
+/** Settings a reload applies, besides credential sets and routes; the inbound key by a digest, never its value. */
+const APPLIED: ReadonlyArray<keyof Config> = ['readOnly', 'allowPaths', 'denyPaths', 'allowedHosts', 'allowedOrigins', 'allowAnonymous', 'inboundKey', 'discoverClusters']
+/** Settings a running proxy cannot take on without a restart. */
+const RESTART: ReadonlyArray<keyof Config> = ['host', 'port', 'socket', 'adminAddress', 'caFile', 'insecureSkipVerify', 'timeout', 'logLevel', 'logFormat', 'tokenFile']
+
+/** Which of `keys` differ between two configurations. */
+function changedSettings (running: Config, next: Config, keys: ReadonlyArray<keyof Config>): string[] {
+  const shape = (config: Config, key: keyof Config): string => {
+    const value = config[key]
+    if (key !== 'inboundKey' || value === undefined) return JSON.stringify(value)
+    try {
+      return createHash('sha256').update(readSecret(value as SecretSource).reveal()).digest('hex')
+    } catch {
+      return 'unreadable'
+    }
+  }
+  return keys.filter((key) => shape(running, key) !== shape(next, key))
+}
+
 
 /** Token lines name their credential set when there are several. */
 function credentialsLog (log: Logger, name: string, config: Config): Logger {
@@ -320,25 +483,50 @@ function credentialsLog (log: Logger, name: string, config: Config): Logger {
 }
 
 /**
- * Keeps the table's clusters those the discovery lists; a cluster whose URL did not
- * change keeps its route (and what its 401s taught it).
+ * Clusters a Run:ai control plane lists, as routes, kept in the route table of each
+ * generation that serves them; a cluster whose URL did not change keeps its route
+ * (and what its 401s taught it).
  */
-function discoverInto (table: RouteTable<ServedRoute>, discovery: ClusterDiscovery, parts: { dispatcher: Dispatcher, tokens: TokenManager, log: Logger, credentials: string }): ClusterDiscovery {
-  let served = new Map<string, ServedRoute>()
-  discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
-    const next = new Map<string, ServedRoute>()
-    const entries = clusters.map(({ name, uuid, url }) => {
-      const kept = served.get(name)
-      const route = kept !== undefined && kept.upstream.href === url.href
-        ? kept
-        : serveRoute({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url, credentials: parts.credentials }, parts.dispatcher, parts.tokens, parts.log)
-      next.set(name, route)
-      return { route, uuid }
+class DiscoveredClusters {
+  readonly discovery: ClusterDiscovery
+  readonly #controlPlane: URL
+  readonly #tokens: TokenManager
+  readonly #tables = new Set<RouteTable<ServedRoute>>()
+  #served = new Map<string, ServedRoute>()
+  #entries: ReadonlyArray<{ readonly route: ServedRoute, readonly uuid: string }> | undefined
+
+  constructor (discovery: ClusterDiscovery, controlPlane: URL, tokens: TokenManager, serve: (route: Omit<Route, 'credentials'>) => ServedRoute) {
+    this.discovery = discovery
+    this.#controlPlane = controlPlane
+    this.#tokens = tokens
+    discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
+      const next = new Map<string, ServedRoute>()
+      const entries = clusters.map(({ name, uuid, url }) => {
+        const kept = this.#served.get(name)
+        const route = kept !== undefined && kept.upstream.href === url.href ? kept : serve({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url })
+        next.set(name, route)
+        return { route, uuid }
+      })
+      this.#served = next
+      this.#entries = entries
+      for (const table of this.#tables) table.replaceClusters(entries)
     })
-    served = next
-    table.replaceClusters(entries)
-  })
-  return discovery
+  }
+
+  /** Whether this is the discovery of `controlPlane` with `tokens`. */
+  serves (controlPlane: URL, tokens: TokenManager): boolean {
+    return this.#controlPlane.href === controlPlane.href && this.#tokens === tokens
+  }
+
+  /** Keeps `table`'s clusters these, from now on. */
+  attach (table: RouteTable<ServedRoute>): void {
+    this.#tables.add(table)
+    if (this.#entries !== undefined) table.replaceClusters(this.#entries)
+  }
+
+  detach (table: RouteTable<ServedRoute>): void {
+    this.#tables.delete(table)
+  }
 }
 
 /** A listener that cannot be bound, in the user's words: which address, and the setting that moves it. */

@@ -2,19 +2,18 @@ import { type IncomingHttpHeaders, type IncomingMessage, type Server, STATUS_COD
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { ProxyError, rawErrorResponse } from './errors.js'
-import type { Guard } from './guard.js'
-import type { Resolved, RouteTable } from './routes.js'
+import type { Resolved } from './routes.js'
 import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError, warnFailure } from './proxy.js'
 
 export interface TunnelOptions {
-  readonly table: RouteTable<ServedRoute>
-  readonly guard: Guard
+  /** The guard's verdict on an upgrade, then its route: by the configuration serving now. */
+  readonly resolve: (request: IncomingMessage) => Target | ProxyError
   readonly log: Logger
   /** Seconds to wait for the upstream's answer to the upgrade. */
   readonly timeout: number
 }
 
-type Target = Resolved<ServedRoute>
+export type Target = Resolved<ServedRoute>
 
 function statusLine (status: number): string {
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`
@@ -50,9 +49,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
     open.add(socket)
     socket.once('close', () => open.delete(socket))
     socket.on('error', () => socket.destroy())
-    const verdict = options.guard(request)
-    if (verdict instanceof ProxyError) return refuse(socket, verdict)
-    const target = options.table.resolve(request.url ?? '')
+    const target = options.resolve(request)
     if (target instanceof ProxyError) return refuse(socket, target)
     tunnel(request, socket, head, target)
   })

@@ -3,9 +3,16 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
-import { CLIENT, collect, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
+import { loadConfig } from '../src/config.js'
+import { createLogger } from '../src/log.js'
+import { startProxy } from '../src/server.js'
+import type { TokenManager } from '../src/token/manager.js'
+import { afterFetch, bounded, CLIENT, collect, LogCapture, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { startEcho } from './helpers/upstream.js'
+
+interface Changes { added: string[], changed: string[], removed: string[] }
+interface Reloaded { cause: string, sets: Changes, routes: Changes, settings: string[], needsRestart: string[], msg: string }
 
 const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-reload-'))
 /** Written to a temporary name and renamed over, as editors and Kubernetes do. */
@@ -68,9 +75,11 @@ ${extra}`
   write('proxy.yaml', yaml('north-second', 'north-Second-5520'))
   child.kill('SIGHUP')
   // The watcher sees the file change too: the reload that found north changed is the one to read.
-  const reloaded = JSON.parse(await waitForLine(child, /"event":"reloaded".*"changed":\["north"\]/)) as { changed: string[], needsRestart: string[], msg: string }
-  t.same(reloaded.changed, ['north'])
+  const reloaded = JSON.parse(await waitForLine(child, /"event":"reloaded".*"changed":\["north"\]/)) as Reloaded
+  t.same(reloaded.sets, { added: [], changed: ['north'], removed: [] })
+  t.same(reloaded.routes, { added: [], changed: [], removed: [] })
   t.same(reloaded.needsRestart, [])
+  t.match(reloaded.msg, /reloaded \(.*\): credential sets changed: north$/)
   const seenBefore = northApi.seen.length
   const afterReload = await request(`${address}/north/after`)
   t.equal(afterReload.statusCode, 200)
@@ -87,8 +96,8 @@ ${extra}`
   t.equal(await (await request(`${address}/south/before`)).body.text(), 'Bearer south-token-1')
   write('proxy.yaml', yaml('north-second', 'north-Second-5520'))
   write('south-secret', 'south-Rotated-9952\n')
-  const watched = JSON.parse(await waitForLine(child, /"event":"reloaded".*"changed":\["south"\]/, 15_000)) as { changed: string[], cause: string }
-  t.same(watched.changed, ['south'])
+  const watched = JSON.parse(await waitForLine(child, /"event":"reloaded".*"changed":\["south"\]/, 15_000)) as Reloaded
+  t.same(watched.sets.changed, ['south'])
   t.match(watched.cause, /changed/)
   t.equal(await (await request(`${address}/south/after`)).body.text(), 'Bearer south-token-2', 'the old token is not used again')
   t.equal(south.calls.at(-1)?.fields.client_secret, 'south-Rotated-9952')
@@ -101,17 +110,145 @@ ${extra}`
   t.notMatch(output().stdout, /north-Second-5520|south-Secret-8841|south-Rotated-9952|south-token-/, 'no secret or token in the log')
 })
 
-t.test('reload: ./.env changed; a change that takes a restart is named, the rest applied', async (t) => {
+t.test('reload: ./.env changed: a new upstream and READ_ONLY apply at once; a change that takes a restart is named', async (t) => {
   const north = await startIdentity(t, { accessTokenTtl: 600 })
   const api = await startApiOf(t, north)
   // ./.env of the directory it runs in, read without --env-file, is watched too.
   write('.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}\nBEARER_PROXY_PORT=0\n`)
   const child = spawnCli(['serve'], {}, dir)
   t.teardown(() => { child.kill('SIGKILL') })
+  const address = (JSON.parse(await waitForLine(child, /"event":"listening"/)) as { address: string }).address
   await waitForLine(child, /"event":"ready"/)
-  write('.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}/v2\nBEARER_PROXY_PORT=0\nBEARER_PROXY_READ_ONLY=true\n`)
-  const line = JSON.parse(await waitForLine(child, /"event":"reloaded"/, 15_000)) as { changed: string[], needsRestart: string[], msg: string }
-  t.same(line.changed, [])
-  t.same(line.needsRestart, ['routes', 'policy'])
-  t.match(line.msg, /routes, policy changed too, which takes a restart/)
+  const posted = await request(`${address}/things`, { method: 'POST', body: 'x' })
+  await posted.body.dump()
+  t.equal(posted.statusCode, 200)
+  t.equal(api.seen.at(-1)?.url, '/things')
+  write('.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}/v2\nBEARER_PROXY_PORT=0\nBEARER_PROXY_READ_ONLY=true\nBEARER_PROXY_LOG_LEVEL=debug\n`)
+  const line = JSON.parse(await waitForLine(child, /"event":"reloaded"/, 15_000)) as Reloaded
+  t.same(line.sets, { added: [], changed: [], removed: [] }, 'the credentials did not change: the token is kept')
+  t.same(line.routes, { added: [], changed: ['admin'], removed: [] })
+  t.same(line.settings, ['readOnly'])
+  t.same(line.needsRestart, ['logLevel'])
+  t.match(line.msg, /routes changed: admin; settings changed: readOnly; logLevel changed too, which takes a restart/)
+  const refused = await request(`${address}/things`, { method: 'POST', body: 'x' })
+  t.equal(refused.statusCode, 403, 'READ_ONLY applies at once')
+  t.match(await refused.body.text(), /READ_ONLY is on/)
+  const read = await request(`${address}/things`)
+  t.equal(read.statusCode, 200, await read.body.text())
+  t.equal(api.seen.at(-1)?.url, '/v2/things', 'the new upstream path is used at once')
+})
+
+t.test('reload of routes and sets under load: a route added, one moved, one removed with its set; in-flight requests finish where they started', async (t) => {
+  const north = await startIdentity(t, { accessTokenTtl: 600 })
+  const east = await startIdentity(t, { accessTokenTtl: 600 })
+  let issued = 0
+  const south = await startTokenEndpoint(t, () => ({ body: { access_token: `south-token-${++issued}`, token_type: 'Bearer', expires_in: 600 } }))
+  // Each API accepts only its own issuer's tokens.
+  const [northApi, northApi2, eastApi] = [await startApiOf(t, north), await startApiOf(t, north), await startApiOf(t, east)]
+  const southApi = await startEcho(t)
+  // A request held by the API it was routed to, until released.
+  let release: () => void = () => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  let arrived: () => void = () => {}
+  const holding = new Promise<void>((resolve) => { arrived = resolve })
+  northApi.routes.set('/hold', (_req, res) => {
+    arrived()
+    void held.then(() => res.writeHead(200, { 'content-type': 'text/plain' }).end('answered by the old route'))
+  })
+  const set = (name: string, idp: { tokenUrl: string }): string => `  ${name}: { tokenUrl: "${idp.tokenUrl}", clientId: ${CLIENT.clientId}, clientSecret: ${CLIENT.clientSecret} }\n`
+  const before = write('routes.yaml', `port: 0
+credentials:
+${set('north', north)}  south: { tokenUrl: "${south.url}/token", allowHttpTokenEndpoint: true, clientId: south-client, clientSecret: south-Secret-3310 }
+routes:
+  - { prefix: /north, upstream: "${northApi.url}", credentials: north }
+  - { prefix: /south, upstream: "${southApi.url}", credentials: south }
+`)
+  const logs = new LogCapture()
+  const proxy = await startProxy(loadConfig({ configFile: before, env: {} }), createLogger('info', logs))
+  t.teardown(() => proxy.close())
+  const southTokens = proxy.credentials.get('south') as TokenManager
+  const northTokens = proxy.credentials.get('north') as TokenManager
+  await Promise.all([afterFetch(northTokens, () => northTokens.status().ready), afterFetch(southTokens, () => southTokens.status().ready)])
+  const northToken = northTokens.current()
+
+  // Load on both routes for the whole test: every answer is 200, or 404 for /south once it is gone.
+  let running = true
+  const answers = new Map<string, number>()
+  let total = 0
+  // Resolved once `count` more requests are answered.
+  let goal = { at: Infinity, reached: () => {} }
+  const answered = async (count: number): Promise<void> => await new Promise((resolve) => { goal = { at: total + count, reached: resolve } })
+  const load = Promise.all(Array.from({ length: 6 }, async (_, worker) => {
+    while (running) {
+      const path = worker % 3 === 2 ? '/south/y' : '/north/x'
+      const answer = await request(`${proxy.address}${path}`)
+      await answer.body.dump()
+      const key = `${path} ${answer.statusCode}`
+      answers.set(key, (answers.get(key) ?? 0) + 1)
+      if (++total === goal.at) goal.reached()
+    }
+  }))
+  await bounded(answered(60), 10_000, '60 requests before the reload')
+  const inFlight = request(`${proxy.address}/north/hold`)
+  await bounded(holding, 5000, 'the held request to reach the API')
+  const southSeen = (): number => southApi.requests()
+
+  // /north moves to another API of the same identity provider, /south and its set go, /east and its set come.
+  const after = write('routes.yaml', `port: 0
+credentials:
+${set('north', north)}${set('east', east)}routes:
+  - { prefix: /north, upstream: "${northApi2.url}", credentials: north }
+  - { prefix: /east, upstream: "${eastApi.url}", credentials: east }
+`)
+  const summary = await proxy.reconfigure(loadConfig({ configFile: after, env: {} }))
+  t.same(summary.sets, { added: ['east'], changed: [], removed: ['south'] })
+  t.same(summary.routes, { added: ['east'], changed: ['north'], removed: ['south'] })
+  t.same(summary.needsRestart, [])
+
+  // The held request finishes on the route it started on.
+  release()
+  const old = await inFlight
+  t.equal(old.statusCode, 200)
+  t.equal(await old.body.text(), 'answered by the old route')
+
+  const eastTokens = proxy.credentials.get('east') as TokenManager
+  await afterFetch(eastTokens, () => eastTokens.status().ready, 5000, 'east\'s first token')
+  const moved = await request(`${proxy.address}/north/z`)
+  t.equal(moved.statusCode, 200)
+  await moved.body.dump()
+  t.ok(northApi2.seen.some((seen) => seen.url === '/z'), '/north now goes to its new upstream')
+  t.notOk(northApi.seen.some((seen) => seen.url === '/z'))
+  t.equal(northTokens.current(), northToken, 'north\'s settings did not change: its token is kept')
+  const added = await request(`${proxy.address}/east/w`)
+  t.equal(added.statusCode, 200)
+  await added.body.dump()
+  t.equal(eastApi.seen.at(-1)?.authorized, true, 'east\'s API accepted east\'s token')
+  const gone = await request(`${proxy.address}/south/y`)
+  t.equal(gone.statusCode, 404)
+  t.match(await gone.body.json(), { error: 'not_found' })
+
+  await bounded(answered(60), 10_000, '60 requests after the reload')
+  running = false
+  await load
+  // The removed set: closed, its token forgotten, never used again.
+  t.equal(southTokens.current(), undefined)
+  await t.rejects(southTokens.get(), { code: 'token_unavailable' })
+  const southSeenAfter = southSeen()
+  for (let i = 0; i < 5; i++) await (await request(`${proxy.address}/south/y`)).body.dump()
+  t.equal(southSeen(), southSeenAfter, 'nothing reaches the removed route\'s API')
+  t.equal(south.calls.length, 1, 'the removed set asked for no token after its start')
+  t.notOk(proxy.credentials.has('south'))
+  const failed = [...answers].filter(([key]) => !/ 200$/.test(key) && key !== '/south/y 404')
+  t.same(failed, [], `no request failed (${JSON.stringify(Object.fromEntries(answers))})`)
+  t.ok((answers.get('/north/x 200') ?? 0) >= 80, 'the load ran through the reload')
+  t.ok(northApi.seen.some((seen) => seen.url === '/x') && northApi2.seen.some((seen) => seen.url === '/x'), 'on the old upstream, then the new')
+
+  const ready = await request(`${proxy.address}/-/ready`)
+  t.equal(ready.statusCode, 200)
+  t.match(await ready.body.json(), { ready: true, routes: ['north', 'east'] })
+  const metrics = await (await request(`${proxy.address}/-/metrics`)).body.text()
+  t.match(metrics, /bearer_proxy_token_ready\{credentials="east"\} 1/)
+  t.match(metrics, /bearer_proxy_token_fetches_total\{credentials="east",result="success"\} 1/)
+  t.notMatch(metrics, /credentials="south"/, 'the removed set\'s series are gone')
+  t.notMatch(logs.lines.join('\n'), /south-Secret-3310|south-token-|cs-7Hq2/, 'no secret or token in the log')
 })

@@ -146,9 +146,16 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (!this.#closed) this.#renew()
   }
 
+  /**
+   * No more renewals, and the token held is forgotten: a credential set removed by a
+   * reload is never used again, even by a request that was on its way.
+   */
   close (): void {
     this.#closed = true
     clearTimeout(this.#timer)
+    this.#token = undefined
+    this.#refresh = undefined
+    this.#generation++
   }
 
   /** The held token while it is still valid; never starts a request. */
@@ -169,6 +176,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   /** A valid token: the held one, the one being fetched, or a new one. */
   get (): Promise<AccessToken> {
+    if (this.#closed) return Promise.reject(new ProxyError('token_unavailable', 'this credential set is no longer configured'))
     const token = this.current()
     if (token !== undefined) return Promise.resolve(token)
     if (this.#inflight !== undefined) return this.#inflight
@@ -202,6 +210,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     try {
       token = await this.#obtain()
     } catch (error) {
+      if (this.#closed) throw new ProxyError('token_unavailable', 'this credential set is no longer configured')
       if (generation !== this.#generation) return await this.#attempt()
       const failure = this.#failure(error)
       this.#lastError = failure
@@ -215,6 +224,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       if (held !== undefined) return held
       throw new ProxyError('token_unavailable', failure.message, Math.ceil(delay / 1000))
     }
+    if (this.#closed) throw new ProxyError('token_unavailable', 'this credential set is no longer configured')
     if (generation !== this.#generation) return await this.#attempt()
     this.#token = token
     this.#failures = 0
