@@ -6,7 +6,7 @@ import { readSecret, type SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
 import { CREDENTIAL_SETTINGS, type FileSettings, readConfigFile, type RouteEntry } from './config/file.js'
-import { list, parseAddress, parseHttpUrl } from './config/values.js'
+import { list, parseAddress, parseClusters, parseHttpUrl } from './config/values.js'
 import { CLUSTERS_PREFIX } from './routes.js'
 import { closest, didYouMean } from './suggest.js'
 
@@ -107,6 +107,10 @@ export interface PrefixRoute {
   readonly readOnly: boolean
   readonly allowPaths: readonly string[]
   readonly denyPaths: readonly string[]
+  /** The route's own clusters, served at `<prefix>/clusters/<name>/…` with the route's credential set. */
+  readonly clusters: ReadonlyMap<string, URL>
+  /** Clusters read from the Run:ai control plane at the route's upstream (`clusters: auto`, or a Run:ai set without `clusters`). */
+  readonly discoverClusters: boolean
 }
 
 export interface Config {
@@ -259,7 +263,7 @@ export function loadConfig (options: LoadOptions = {}): Config {
 const ROUTE_PREFIX = /^\/(?:[A-Za-z0-9._~-]+(?:\/[A-Za-z0-9._~-]+)*)?$/
 
 /** The routes of `--config`'s `routes:`: a prefix, an upstream (else its set's), the credential set it uses. */
-function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<string, { upstream: URL | undefined }>, problems: string[]): PrefixRoute[] {
+function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<string, { token: TokenSettings, upstream: URL | undefined }>, problems: string[]): PrefixRoute[] {
   const routes: PrefixRoute[] = []
   for (const entry of entries) {
     const { values, origins } = entry
@@ -292,7 +296,10 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
     }
     const readOnly = values.readOnly === undefined || values.readOnly === 'false' ? false : values.readOnly === 'true' ? true : undefined
     if (readOnly === undefined) problems.push(`${where('readOnly')}: must be true or false`)
-    routes.push({ name, prefix, upstream, credentials: values.credentials as string, readOnly: readOnly ?? true, allowPaths: list(values.allowPaths), denyPaths: list(values.denyPaths) })
+    // As at the top level: Run:ai lists its clusters unless the route names them.
+    const clusters = parseClusters(values.clusters, problems, where('clusters'))
+    const discoverClusters = values.clusters === 'auto' || (set.token.flavour === 'runai' && values.clusters === undefined)
+    routes.push({ name, prefix, upstream, credentials: values.credentials as string, readOnly: readOnly ?? true, allowPaths: list(values.allowPaths), denyPaths: list(values.denyPaths), clusters, discoverClusters })
   }
   return routes
 }

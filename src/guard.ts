@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http'
 import type { onRequestHookHandler } from 'fastify'
 import type { Config } from './config.js'
 import { ProxyError, sendProxyError } from './errors.js'
-import { ROUTE_SEGMENTS } from './routes.js'
+import { clusterRootsOf, CLUSTERS_PREFIX, ROUTE_SEGMENTS } from './routes.js'
 import { readSecret } from './secret.js'
 
 /** Probes that orchestrators call by pod address and without credentials. */
@@ -34,7 +34,7 @@ export function hostName (host: string): string {
  * or `;` (which a server that decodes before it splits reads as a delimiter).
  * Returns the decoded path, or why it was refused.
  */
-export function checkPath (raw: string): string | ProxyError {
+export function checkPath (raw: string, clusterRoots: readonly string[] = []): string | ProxyError {
   const bad = (why: string): ProxyError => new ProxyError('bad_request', `the path ${why}`)
   if (raw.includes('//')) return bad('has an empty segment (//)')
   if (raw.includes(';')) return bad('has a path parameter (;)')
@@ -60,6 +60,12 @@ export function checkPath (raw: string): string | ProxyError {
   const [, decodedFirst = ''] = decoded.split('/')
   if (ROUTE_SEGMENTS.has(decodedFirst) && (first.includes('%') || (decodedFirst !== '-' && second.includes('%')))) {
     return bad('encodes its /clusters/<name> or /-/ prefix')
+  }
+  // A route's own clusters, `<prefix>/clusters/<name>`, likewise.
+  for (const root of clusterRoots) {
+    if (decoded.startsWith(root) && (!raw.startsWith(root) || raw.slice(root.length).split('/', 1)[0]?.includes('%') === true)) {
+      return bad(`encodes its ${root}<name> prefix`)
+    }
   }
   return decoded
 }
@@ -136,6 +142,8 @@ export function createGuard (config: Config): Guard {
   const allowed = prefixMatcher(config.allowPaths)
   const denied = prefixMatcher(config.denyPaths)
   const forbidden = (message: string): ProxyError => new ProxyError('forbidden', message)
+  // The top level's /clusters/ is checked by its first segment, as /-/ is.
+  const clusterRoots = clusterRootsOf(config).filter((root) => root !== CLUSTERS_PREFIX)
   // The routes of a configuration file with a policy of their own, longest prefix first.
   const routes = config.prefixRoutes
     .filter((route) => route.readOnly || route.allowPaths.length > 0 || route.denyPaths.length > 0)
@@ -160,7 +168,7 @@ export function createGuard (config: Config): Guard {
     // A fragment is never sent by a client; it would be judged here and dropped on the way.
     if (url.includes('#')) return new ProxyError('bad_request', 'the request target has a #fragment')
     const query = url.indexOf('?')
-    const path = checkPath(query === -1 ? url : url.slice(0, query))
+    const path = checkPath(query === -1 ? url : url.slice(0, query), clusterRoots)
     if (path instanceof ProxyError) return path
     const host = checkHost(request)
     if (host instanceof ProxyError) return host

@@ -7,7 +7,7 @@ import { bearerInterceptor } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
-import { basePath, CLUSTERS_PREFIX, locationRewriter, type Route, type RouteTable } from './routes.js'
+import { basePath, locationRewriter, type Route, type RouteTable } from './routes.js'
 
 /** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
@@ -133,6 +133,8 @@ export async function proxyRoutes (app: FastifyInstance, options: ProxyOptions):
 }
 
 export interface DiscoveredRoutesOptions {
+  /** Where the clusters are served: `/clusters/`, or a route's `<prefix>/clusters/`. */
+  readonly root: string
   readonly table: RouteTable<ServedRoute>
   /** Asked to read the list again when a request names an unknown cluster (at most every 30 s). */
   readonly refresh: () => Promise<void>
@@ -141,7 +143,7 @@ export interface DiscoveredRoutesOptions {
 }
 
 /**
- * `/clusters/<name or uuid>/…` for clusters found by discovery, which come and go
+ * `<root><name or uuid>/…` for clusters found by discovery, which come and go
  * while Fastify's routes cannot: one route that resolves the cluster in the route
  * table at each request and forwards through reply-from, with the same policy as
  * configured routes, to a dispatcher that hands each request to its cluster's own
@@ -152,7 +154,7 @@ export async function discoveredRoutes (app: FastifyInstance, options: Discovere
   passBodiesThrough(app)
   await app.register(replyFrom, { undici: new ClusterDispatcher(table), disableRequestLogging: true, logLevel: 'error' })
   const replyOptions = new WeakMap<ServedRoute, FastifyReplyFromHooks>()
-  app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
+  app.all(`${options.root}*`, async (request, reply) => {
     const target = request.raw.url ?? ''
     let resolved = table.resolve(target)
     if (resolved instanceof ProxyError && resolved.code === 'unknown_cluster') {

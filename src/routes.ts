@@ -16,14 +16,36 @@ export interface Route {
 
 /**
  * The routes of a configuration: each cluster at `/clusters/<name>`, the routes of
- * the configuration file at their prefixes, the admin API at `/`.
+ * the configuration file at their prefixes (a route's own clusters at
+ * `<prefix>/clusters/<name>`, named `<route>/<name>`), the admin API at `/`.
  */
 export function routesOf (config: Pick<Config, 'clusters' | 'upstream' | 'prefixRoutes' | 'credentialSets'>): Route[] {
   const credentials = config.credentialSets.keys().next().value as string
   const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream, credentials }))
-  routes.push(...config.prefixRoutes)
+  for (const { name, prefix, upstream, credentials, clusters } of config.prefixRoutes) {
+    for (const [cluster, url] of clusters) routes.push({ name: `${name}/${cluster}`, prefix: `${clusterRoot(prefix)}${cluster}`, upstream: url, credentials })
+    routes.push({ name, prefix, upstream, credentials })
+  }
   if (config.upstream !== undefined && config.prefixRoutes.length === 0) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream, credentials })
   return routes
+}
+
+/** Where the clusters of the route at `prefix` are served: `/clusters/` at the top level. */
+export function clusterRoot (prefix: string): string {
+  return prefix === '/' ? CLUSTERS_PREFIX : `${prefix}${CLUSTERS_PREFIX}`
+}
+
+/** Where a configuration serves clusters: `/clusters/`, and under each route that has clusters of its own. */
+export function clusterRootsOf (config: Pick<Config, 'prefixRoutes'>): string[] {
+  return [CLUSTERS_PREFIX, ...config.prefixRoutes.filter((route) => route.clusters.size > 0 || route.discoverClusters).map((route) => clusterRoot(route.prefix))]
+}
+
+/** The clusters served under one root: by name (and discovered ones by uuid too). */
+interface Namespace<R extends Route> {
+  readonly root: string
+  clusters: ReadonlyMap<string, R>
+  /** Which clusters there are, for the answer to an unknown one. */
+  known: string
 }
 
 /** A route and the path its upstream is asked for: the upstream's base path, the rest of the target, the query as sent. */
@@ -36,55 +58,68 @@ export interface Resolved<R extends Route> { readonly route: R, readonly path: s
  * requests are routed by Fastify on the same prefixes, one registration per route.)
  */
 export class RouteTable<R extends Route> {
-  /** The routes configured at start-up (each registered with Fastify); discovered clusters come and go apart from them. */
+  /** The routes configured (each registered with Fastify); discovered clusters come and go apart from them. */
   readonly routes: readonly R[]
-  #clusters: ReadonlyMap<string, R>
+  /** Where clusters are served, longest root first. */
+  readonly #namespaces: ReadonlyArray<Namespace<R>>
   readonly #admin: R | undefined
   /** Routes at other prefixes (the configuration file's), longest prefix first. */
   readonly #prefixed: readonly R[]
-  #known: string
 
-  constructor (routes: readonly R[]) {
+  constructor (routes: readonly R[], roots: readonly string[] = [CLUSTERS_PREFIX]) {
     this.routes = routes
-    this.#clusters = new Map(routes.filter((route) => route.prefix.startsWith(CLUSTERS_PREFIX)).map((route) => [route.name, route]))
+    this.#namespaces = [...roots].sort((a, b) => b.length - a.length).map((root) => {
+      const clusters = new Map<string, R>()
+      for (const route of routes) {
+        const name = route.prefix.startsWith(root) ? route.prefix.slice(root.length) : ''
+        if (name !== '' && !name.includes('/')) clusters.set(name, route)
+      }
+      return { root, clusters, known: clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...clusters.keys()].join(', ')}` }
+    })
+    const clusters = new Set(this.#namespaces.flatMap(({ clusters }) => [...clusters.values()]))
     this.#admin = routes.find((route) => route.prefix === '/')
-    this.#prefixed = routes.filter((route) => route.prefix !== '/' && !route.prefix.startsWith(CLUSTERS_PREFIX)).sort((a, b) => b.prefix.length - a.prefix.length)
-    this.#known = this.#clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...this.#clusters.keys()].join(', ')}`
+    this.#prefixed = routes.filter((route) => route.prefix !== '/' && !clusters.has(route)).sort((a, b) => b.prefix.length - a.prefix.length)
   }
 
-  /** Discovered clusters, replacing the previous ones at once: each served by name, and by uuid as well. */
-  replaceClusters (clusters: ReadonlyArray<{ readonly route: R, readonly uuid: string }>): void {
+  /** Discovered clusters served under `root`, replacing the previous ones at once: each served by name, and by uuid as well. */
+  replaceClusters (root: string, clusters: ReadonlyArray<{ readonly route: R, readonly uuid: string }>): void {
+    const namespace = this.#namespaces.find((namespace) => namespace.root === root)
+    if (namespace === undefined) return
     const map = new Map<string, R>()
-    for (const { route, uuid } of clusters) map.set(route.name, route).set(uuid, route)
-    this.#clusters = map
-    this.#known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${clusters.map(({ route }) => route.name).join(', ')}`
+    for (const { route, uuid } of clusters) map.set(route.prefix.slice(root.length), route).set(uuid, route)
+    namespace.clusters = map
+    namespace.known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${clusters.map(({ route }) => route.prefix.slice(root.length)).join(', ')}`
   }
 
-  /** The names of the routes served now, for `/-/ready`. */
+  /** The names of the routes served now, in the configuration's order, for `/-/ready`. */
   names (): string[] {
-    const names = new Set([...this.#clusters.values()].map((route) => route.name))
-    return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...this.#prefixed.map((route) => route.name), ...names]
+    const clusters = new Set(this.#namespaces.flatMap(({ clusters }) => [...clusters.values()].map((route) => route.name)))
+    const prefixed = this.routes.filter((route) => this.#prefixed.includes(route)).map((route) => route.name)
+    return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...prefixed, ...clusters]
   }
 
   /** The cluster route an outbound request goes to: its origin, and the longest base path its path starts with. */
   clusterAt (origin: string, path: string): R | undefined {
     let found: R | undefined
-    for (const route of this.#clusters.values()) {
-      if (route.upstream.origin !== origin) continue
-      const base = basePath(route)
-      if ((path === base || path.startsWith(`${base}/`) || path.startsWith(`${base}?`) || base === '') && (found === undefined || base.length > basePath(found).length)) found = route
+    for (const { clusters } of this.#namespaces) {
+      for (const route of clusters.values()) {
+        if (route.upstream.origin !== origin) continue
+        const base = basePath(route)
+        if ((path === base || path.startsWith(`${base}/`) || path.startsWith(`${base}?`) || base === '') && (found === undefined || base.length > basePath(found).length)) found = route
+      }
     }
     return found
   }
 
   resolve (target: string): Resolved<R> | ProxyError {
     if (target.startsWith('/-/')) return new ProxyError('not_found', 'the proxy has no such endpoint')
-    if (target.startsWith(CLUSTERS_PREFIX)) {
-      const rest = target.slice(CLUSTERS_PREFIX.length)
+    for (const namespace of this.#namespaces) {
+      if (!target.startsWith(namespace.root)) continue
+      const rest = target.slice(namespace.root.length)
       const end = rest.search(/[/?]/)
       const name = end === -1 ? rest : rest.slice(0, end)
-      const route = this.#clusters.get(name)
-      if (route === undefined) return this.unknownCluster(name)
+      const route = namespace.clusters.get(name)
+      if (route === undefined) return this.unknownCluster(namespace.root, name)
       const tail = end === -1 ? '/' : rest.slice(end)
       return { route, path: basePath(route) + (tail.startsWith('?') ? `/${tail}` : tail) }
     }
@@ -97,16 +132,18 @@ export class RouteTable<R extends Route> {
     return { route: this.#admin, path: basePath(this.#admin) + target }
   }
 
-  /** The cluster a `/<name>/…` target probably meant, when `<name>` is a configured cluster: `/clusters/<name>/…`. */
+  /** The cluster a `/<name>/…` target probably meant, when `<name>` is a cluster of the top level: `/clusters/<name>/…`. */
   meant (target: string): string | undefined {
     const end = target.slice(1).search(/[/?]/)
     const first = end === -1 ? target.slice(1) : target.slice(1, 1 + end)
-    return this.#clusters.has(first) ? `${CLUSTERS_PREFIX}${first}/…` : undefined
+    const top = this.#namespaces.find(({ root }) => root === CLUSTERS_PREFIX)
+    return top?.clusters.has(first) === true ? `${CLUSTERS_PREFIX}${first}/…` : undefined
   }
 
-  /** The answer to a `/clusters/<name>/…` that no route serves: never the admin API. */
-  unknownCluster (name: string): ProxyError {
-    return new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured (${this.#known})`)
+  /** The answer to a `<root><name>/…` that no route serves: never the control plane's API. */
+  unknownCluster (root: string, name: string): ProxyError {
+    const known = this.#namespaces.find((namespace) => namespace.root === root)?.known ?? 'no clusters are configured'
+    return new ProxyError('unknown_cluster', `no cluster named ${JSON.stringify(name.slice(0, 64))} is configured${root === CLUSTERS_PREFIX ? '' : ` under ${root}`} (${known})`)
   }
 }
 

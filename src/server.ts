@@ -13,7 +13,7 @@ import { createGuard, type Guard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
 import { ClusterDiscovery, type DiscoveredCluster } from './discovery.js'
-import { CLUSTERS_PREFIX, type Route, RouteTable, routesOf } from './routes.js'
+import { clusterRoot, clusterRootsOf, CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
 import { tokenFileSink } from './token/file.js'
 import { TokenManager } from './token/manager.js'
 import { websocketTunnel } from './websocket.js'
@@ -53,7 +53,10 @@ interface Generation {
   readonly table: RouteTable<ServedRoute>
   readonly guard: Guard
   readonly app: FastifyInstance
-  readonly clusters: DiscoveredClusters | undefined
+  /** One discovery per root that discovers its clusters (`/clusters/`, a route's `<prefix>/clusters/`). */
+  readonly clusters: readonly DiscoveredClusters[]
+  /** The settings it was built with, as `settingsOf` reads them, for the next reload's comparison. */
+  readonly settings: Partial<Record<keyof Config, string>>
 }
 
 const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS'])
@@ -141,9 +144,9 @@ function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: Vi
  * route per upstream and the discovered clusters. It never listens: the listener
  * hands it requests while it is the generation serving.
  */
-async function buildGeneration (config: Config, shared: Shared, routes: readonly ServedRoute[], clusters: DiscoveredClusters | undefined): Promise<Generation> {
+async function buildGeneration (config: Config, shared: Shared, routes: readonly ServedRoute[], clusters: readonly DiscoveredClusters[]): Promise<Generation> {
   const { log, metrics } = shared
-  const table = new RouteTable(routes)
+  const table = new RouteTable(routes, clusterRootsOf(config))
   const app = createApp(log, (target) => table.meant(target))
   const guard = createGuard(config)
   app.addHook('onRequest', guardHook(guard))
@@ -185,25 +188,28 @@ async function buildGeneration (config: Config, shared: Shared, routes: readonly
   ownEndpoints(app, { credentials: shared.credentials, metrics, table: () => table })
 
   app.decorateRequest('upstreamName', undefined)
-  if (clusters === undefined) {
-    // A cluster that is not configured must never fall through to the admin API.
-    app.all(`${CLUSTERS_PREFIX}*`, async (request, reply) => {
-      const resolved = table.resolve(request.raw.url ?? '')
-      sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(''))
-    })
-  } else {
-    // Clusters that come and go: one route resolves them in the table at each request.
-    clusters.attach(table)
-    await app.register(discoveredRoutes, { table, refresh: async () => await clusters.discovery.refreshIfStale(), timeout: config.timeout, log })
+  for (const root of clusterRootsOf(config)) {
+    const discovered = clusters.find((feed) => feed.root === root)
+    if (discovered === undefined) {
+      // A cluster that is not configured must never fall through to the control plane's API.
+      app.all(`${root}*`, async (request, reply) => {
+        const resolved = table.resolve(request.raw.url ?? '')
+        sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(root, ''))
+      })
+    } else {
+      // Clusters that come and go: one route resolves them in the table at each request.
+      discovered.attach(table)
+      await app.register(discoveredRoutes, { root, table, refresh: async () => await discovered.discovery.refreshIfStale(), timeout: config.timeout, log })
+    }
   }
   await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log })
   try {
     await app.ready()
   } catch (error) {
-    clusters?.detach(table)
+    for (const feed of clusters) feed.detach(table)
     throw error
   }
-  return { config, table, guard, app, clusters }
+  return { config, table, guard, app, clusters, settings: settingsOf(config) }
 }
 
 /**
@@ -312,18 +318,29 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     })
     return { routes, keep: () => { served = next } }
   }
-  /** The discovered clusters a configuration serves: the running discovery when it asks the same control plane with the same set. */
-  const clustersFor = (of: Config, sets: ReadonlyMap<string, TokenManager>, running: DiscoveredClusters | undefined): DiscoveredClusters | undefined => {
-    if (!of.discoverClusters || of.upstream === undefined) return undefined
-    const [name, manager] = [...sets][0] as [string, TokenManager]
-    if (running?.serves(of.upstream, manager) === true) return running
-    const discovery = new ClusterDiscovery({ controlPlane: of.upstream, tokens: manager, dispatcher, log, timeout: of.timeout, ...options.discovery })
-    return new DiscoveredClusters(discovery, of.upstream, manager, (route) => serveRoute({ ...route, credentials: name }, dispatcher, manager, log))
+  /**
+   * The discoveries a configuration runs: the top level's, and each route's. One that
+   * asks the same control plane with the same set, for the same root, keeps running.
+   */
+  const clustersFor = (of: Config, sets: ReadonlyMap<string, TokenManager>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] => {
+    const [defaultSet] = [...sets.keys()] as [string]
+    const wanted = [
+      ...(of.discoverClusters && of.upstream !== undefined ? [{ root: CLUSTERS_PREFIX, controlPlane: of.upstream, credentials: defaultSet, route: undefined }] : []),
+      ...of.prefixRoutes.filter((route) => route.discoverClusters).map((route) => ({ root: clusterRoot(route.prefix), controlPlane: route.upstream, credentials: route.credentials, route: route.name }))
+    ]
+    return wanted.map(({ root, controlPlane, credentials: name, route }) => {
+      const manager = sets.get(name) as TokenManager
+      const kept = running.find((feed) => feed.serves(root, controlPlane, manager))
+      if (kept !== undefined) return kept
+      const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, timeout: of.timeout, ...options.discovery })
+      return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager }, (cluster, upstream) =>
+        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, credentials: name }, dispatcher, manager, log))
+    })
   }
 
   const first = serveAll(config, credentials)
   first.keep()
-  let current = await buildGeneration(config, shared, first.routes, clustersFor(config, credentials, undefined))
+  let current = await buildGeneration(config, shared, first.routes, clustersFor(config, credentials, []))
   const app = buildListener(shared, () => current)
   const view: View = { credentials, metrics, table: () => current.table }
   const admin = config.adminAddress === undefined ? undefined : buildAdminServer(log, view)
@@ -352,7 +369,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     address,
     admin: admin === undefined ? undefined : addressOf(admin, undefined),
     routes,
-    clusters: current.clusters === undefined ? undefined : `discovered from ${displayUrl(config.upstream as URL)}`
+    clusters: current.clusters.length === 0 ? undefined : current.clusters.map((feed) => `${feed.root} discovered from ${displayUrl(feed.controlPlane)}`)
   }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
   // Before the ready line: when it is read, the token file is there.
   let removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
@@ -363,7 +380,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }
   tokens.on('fetch', announceReady)
   // Only once the proxy can be reached: a listener that fails costs no token request.
-  current.clusters?.discovery.start()
+  for (const feed of current.clusters) feed.discovery.start()
   for (const manager of credentials.values()) manager.start()
 
   const prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
@@ -378,15 +395,17 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     try {
       generation = await buildGeneration(next, shared, nextRoutes.routes, clusters)
     } catch (error) {
-      if (clusters !== current.clusters) clusters?.discovery.close()
+      for (const feed of clusters) if (!current.clusters.includes(feed)) feed.discovery.close()
       throw error
     }
     // The swap: from here to the end, nothing awaits.
     const previous = current
     current = generation
     nextRoutes.keep()
-    if (previous.clusters !== generation.clusters) previous.clusters?.discovery.close()
-    previous.clusters?.detach(previous.table)
+    for (const feed of previous.clusters) {
+      feed.detach(previous.table)
+      if (!generation.clusters.includes(feed)) feed.discovery.close()
+    }
     for (const name of sets.removed) {
       const manager = credentials.get(name) as TokenManager
       manager.close()
@@ -412,24 +431,24 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
       metrics.count(name, manager)
       manager.start()
     }
-    if (previous.clusters !== generation.clusters) generation.clusters?.discovery.start()
+    for (const feed of generation.clusters) if (!previous.clusters.includes(feed)) feed.discovery.start()
     const [before, after] = [routesByName(previous.config), routesByName(next)]
     const routeChanges = diff([...before.keys()], [...after.keys()], (name) => before.get(name) !== after.get(name))
-    return { sets, routes: routeChanges, settings: changedSettings(previous.config, next, APPLIED), needsRestart: restart }
+    return { sets, routes: routeChanges, settings: changedSettings(previous, generation, APPLIED), needsRestart: restart }
   }
   return {
     app,
     admin,
     tokens,
     credentials,
-    get discovery () { return current.clusters?.discovery },
+    get discovery () { return current.clusters[0]?.discovery },
     reconfigure,
     address,
     // Once, however often it is called (a second signal, a test's teardown).
     close: () => {
       closing ??= (async () => {
         removeTokenFile?.()
-        current.clusters?.discovery.close()
+        for (const feed of current.clusters) feed.discovery.close()
         await Promise.all([app.close(), admin?.close(), current.app.close()])
         for (const manager of credentials.values()) manager.close()
         await dispatcher.close()
@@ -443,7 +462,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
 function routesByName (config: Config): Map<string, string> {
   const routes = new Map<string, string>(routesOf(config).map((route) => [route.name, JSON.stringify(route)]))
   // A route's own policy is part of it.
-  for (const route of config.prefixRoutes) routes.set(route.name, JSON.stringify(route))
+  for (const route of config.prefixRoutes) routes.set(route.name, JSON.stringify(route, (_key, value: unknown) => value instanceof Map ? [...value] : value))
   return routes
 }
 
@@ -461,20 +480,32 @@ const APPLIED: ReadonlyArray<keyof Config> = ['readOnly', 'allowPaths', 'denyPat
 /** Settings a running proxy cannot take on without a restart. */
 const RESTART: ReadonlyArray<keyof Config> = ['host', 'port', 'socket', 'adminAddress', 'caFile', 'insecureSkipVerify', 'timeout', 'logLevel', 'logFormat', 'tokenFile']
 
-/** Which of `keys` differ between two configurations. */
-function changedSettings (running: Config, next: Config, keys: ReadonlyArray<keyof Config>): string[] {
-  const shape = (config: Config, key: keyof Config): string => {
-    const value = config[key]
-    if (key !== 'inboundKey' || value === undefined) return JSON.stringify(value)
-    try {
-      return createHash('sha256').update(readSecret(value as SecretSource).reveal()).digest('hex')
-    } catch {
-      return 'unreadable'
-    }
-  }
-  return keys.filter((key) => shape(running, key) !== shape(next, key))
+/** Which of `keys` differ between two configurations, as each read them when it was built. */
+function changedSettings (running: Generation | Config, next: Generation | Config, keys: ReadonlyArray<keyof Config>): string[] {
+  const [before, after] = [running, next].map((one) => 'settings' in one ? one.settings : settingsOf(one as Config))
+  return keys.filter((key) => before?.[key] !== after?.[key])
 }
 
+/**
+ * The settings of a configuration as comparable strings: the inbound key by a digest of
+ * its value, never the value, read once (its file may change before the next reload).
+ */
+function settingsOf (config: Config): Partial<Record<keyof Config, string>> {
+  const shapes: Partial<Record<keyof Config, string>> = {}
+  for (const key of [...APPLIED, ...RESTART]) {
+    const value = config[key]
+    if (key !== 'inboundKey' || value === undefined) {
+      shapes[key] = JSON.stringify(value)
+      continue
+    }
+    try {
+      shapes[key] = createHash('sha256').update(readSecret(value as SecretSource).reveal()).digest('hex')
+    } catch {
+      shapes[key] = 'unreadable'
+    }
+  }
+  return shapes
+}
 
 /** Token lines name their credential set when there are several. */
 function credentialsLog (log: Logger, name: string, config: Config): Logger {
@@ -483,45 +514,47 @@ function credentialsLog (log: Logger, name: string, config: Config): Logger {
 }
 
 /**
- * Clusters a Run:ai control plane lists, as routes, kept in the route table of each
- * generation that serves them; a cluster whose URL did not change keeps its route
- * (and what its 401s taught it).
+ * Clusters a Run:ai control plane lists, as routes under one root, kept in the route
+ * table of each generation that serves them; a cluster whose URL did not change
+ * keeps its route (and what its 401s taught it).
  */
 class DiscoveredClusters {
   readonly discovery: ClusterDiscovery
-  readonly #controlPlane: URL
+  readonly root: string
+  readonly controlPlane: URL
   readonly #tokens: TokenManager
   readonly #tables = new Set<RouteTable<ServedRoute>>()
   #served = new Map<string, ServedRoute>()
   #entries: ReadonlyArray<{ readonly route: ServedRoute, readonly uuid: string }> | undefined
 
-  constructor (discovery: ClusterDiscovery, controlPlane: URL, tokens: TokenManager, serve: (route: Omit<Route, 'credentials'>) => ServedRoute) {
+  constructor (discovery: ClusterDiscovery, where: { root: string, controlPlane: URL, tokens: TokenManager }, serve: (name: string, upstream: URL) => ServedRoute) {
     this.discovery = discovery
-    this.#controlPlane = controlPlane
-    this.#tokens = tokens
+    this.root = where.root
+    this.controlPlane = where.controlPlane
+    this.#tokens = where.tokens
     discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
       const next = new Map<string, ServedRoute>()
       const entries = clusters.map(({ name, uuid, url }) => {
         const kept = this.#served.get(name)
-        const route = kept !== undefined && kept.upstream.href === url.href ? kept : serve({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream: url })
+        const route = kept !== undefined && kept.upstream.href === url.href ? kept : serve(name, url)
         next.set(name, route)
         return { route, uuid }
       })
       this.#served = next
       this.#entries = entries
-      for (const table of this.#tables) table.replaceClusters(entries)
+      for (const table of this.#tables) table.replaceClusters(this.root, entries)
     })
   }
 
-  /** Whether this is the discovery of `controlPlane` with `tokens`. */
-  serves (controlPlane: URL, tokens: TokenManager): boolean {
-    return this.#controlPlane.href === controlPlane.href && this.#tokens === tokens
+  /** Whether this is the discovery of `root` from `controlPlane` with `tokens`. */
+  serves (root: string, controlPlane: URL, tokens: TokenManager): boolean {
+    return this.root === root && this.controlPlane.href === controlPlane.href && this.#tokens === tokens
   }
 
-  /** Keeps `table`'s clusters these, from now on. */
+  /** Keeps `table`'s clusters under this root these, from now on. */
   attach (table: RouteTable<ServedRoute>): void {
     this.#tables.add(table)
-    if (this.#entries !== undefined) table.replaceClusters(this.#entries)
+    if (this.#entries !== undefined) table.replaceClusters(this.root, this.#entries)
   }
 
   detach (table: RouteTable<ServedRoute>): void {

@@ -152,6 +152,46 @@ routes:
   t.notMatch(more.stderr, /Hunter2|BEARER_PROXY_/)
 })
 
+t.test('a route\'s clusters in the file: a mapping of names to URLs, or auto; problems name the line and the cluster, never a value', async (t) => {
+  const file = write('route-clusters.yaml', `credentials:
+  north: { tokenUrl: "https://idp.example/token", clientId: c, clientSecret: Hunter2-in-file }
+routes:
+  - prefix: /a
+    upstream: https://a.example
+    credentials: north
+    clusters: { "bad name": "https://x.example", gpu: "ftp://y.example", cpu: "https://u:Hunter2@z.example" }
+`)
+  const result = await runCli(['check', '--config', file], {})
+  t.equal(result.code, 2)
+  for (const line of [
+    /route-clusters\.yaml:7: routes\[0\]\.clusters: expected name=url,name=url/,
+    /route-clusters\.yaml:7: routes\[0\]\.clusters \(gpu\): must be an http:\/\/ or https:\/\/ URL/,
+    /route-clusters\.yaml:7: routes\[0\]\.clusters \(cpu\): must not carry a user name or password/
+  ]) t.match(result.stderr, line)
+  t.notMatch(result.stderr, /Hunter2/)
+  const nested = await runCli(['check', '--config', write('route-clusters-nested.yaml', `credentials:
+  north: { tokenUrl: "https://idp.example/token", clientId: c, clientSecret: s }
+routes:
+  - { prefix: /b, upstream: "https://b.example", credentials: north, clusters: [ { nested: true } ] }
+`)], {})
+  t.equal(nested.code, 2)
+  t.match(nested.stderr, /route-clusters-nested\.yaml:4: routes\[0\]\.clusters: expected auto, or a mapping of names to URLs/)
+
+  const good = write('route-clusters-good.yaml', `credentials:
+  north: { tokenUrl: "https://idp.example/token", clientId: c, clientSecret: s }
+routes:
+  - { prefix: /c, upstream: "https://c.example", credentials: north, clusters: { gpu: "https://gpu.example/base" } }
+  - { prefix: /d, upstream: "https://d.example", credentials: north, clusters: auto }
+  - { prefix: /e, upstream: "https://e.example", credentials: north }
+`)
+  const config = loadConfig({ configFile: good, env: {} })
+  t.same(config.prefixRoutes.map((route) => [route.name, [...route.clusters].map(([name, url]) => `${name}=${url.href}`), route.discoverClusters]), [
+    ['c', ['gpu=https://gpu.example/base'], false],
+    ['d', [], true],
+    ['e', [], false]
+  ])
+})
+
 t.test('config/two-apis.yaml, filled in, serves a Run:ai control plane and an API Connect platform with their own tokens', async (t) => {
   const { readFileSync } = await import('node:fs')
   const { APIC, RUNAI, startApiConnect, startRunai } = await import('./helpers/emulators.js')

@@ -1,14 +1,20 @@
 import { once } from 'node:events'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createLocalJWKSet, jwtVerify } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { WebSocketServer } from 'ws'
+import { loadConfig } from '../src/config.js'
 import { servableClusters } from '../src/discovery.js'
+import { createLogger } from '../src/log.js'
+import { startProxy } from '../src/server.js'
 import { type Emulator, RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
-import { bounded, rawHttp, runCli, startTestProxy, wsRoundTrip } from './helpers/stack.js'
+import { bounded, LogCapture, rawHttp, runCli, startTestProxy, wsRoundTrip } from './helpers/stack.js'
 
 const UUID = {
   a: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b',
@@ -222,4 +228,57 @@ t.test('config/runai.env, filled in, works against a control plane of today: che
   const clusters = await runCli(['clusters'], {}, { cwd: dir })
   t.equal(clusters.code, 0, clusters.stderr)
   t.match(clusters.stdout, /^gpu-a\s/m)
+})
+
+t.test('a route\'s own clusters (--config): discovered or listed, served under <prefix>/clusters/ with the route\'s set; reload switches one to discovery', async (t) => {
+  const [first, second] = [await startRunai(t), await startRunai(t)]
+  first.clusters = [{ uuid: UUID.a, tenantId: 1, name: 'gpu-a', domain: `${first.url}/a` }]
+  second.clusters = [{ uuid: UUID.c, tenantId: 1, name: 'gpu-c', domain: `${second.url}/c` }]
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-route-clusters-'))
+  const file = join(dir, 'two-tenants.yaml')
+  const yaml = (secondClusters: string): string => `port: 0
+credentials:
+  first: { auth: runai, upstream: "${first.url}", clientId: ${RUNAI.client.id}, clientSecret: ${RUNAI.client.secret} }
+  second: { auth: runai, upstream: "${second.url}", clientId: ${RUNAI.client.id}, clientSecret: ${RUNAI.client.secret} }
+routes:
+  - { prefix: /first, credentials: first }
+  - { prefix: /second, credentials: second, clusters: ${secondClusters} }
+`
+  writeFileSync(file, yaml(`{ gpu: "${second.url}/listed" }`))
+  const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('silent', new LogCapture()), { discovery: { intervalMs: 60_000, onDemandMs: 0 } })
+  t.teardown(() => proxy.close())
+  const get = async (path: string): Promise<{ status: number, body: { path?: string, error?: string, message?: string } }> => {
+    const answer = await request(`${proxy.address}${path}`)
+    return { status: answer.statusCode, body: await answer.body.json() as { path?: string } }
+  }
+
+  // Each emulator accepts only its own tokens: a 200 is the route's own set's token.
+  t.same(await get('/first/clusters/gpu-a/api/v1/jobs'), { status: 200, body: { path: '/a/api/v1/jobs' } }, 'discovered (a Run:ai set without clusters:)')
+  t.same(await get(`/first/clusters/${UUID.a}/x`), { status: 200, body: { path: '/a/x' } }, 'by uuid too')
+  t.same(await get('/second/clusters/gpu/api/v1/nodes'), { status: 200, body: { path: '/listed/api/v1/nodes' } }, 'listed')
+  t.same(await get('/first/api/v1/projects'), { status: 200, body: { path: '/api/v1/projects' } }, 'the route\'s own API')
+  const servedBefore = [first.served.length, second.served.length]
+  const unknown = await get('/first/clusters/gpu-z/x')
+  t.equal(unknown.status, 404)
+  t.match(unknown.body, { error: 'unknown_cluster', message: 'no cluster named "gpu-z" is configured under /first/clusters/ (known: gpu-a)' })
+  t.match(await get('/second/clusters/gpu-c/x'), { status: 404, body: { error: 'unknown_cluster' } }, 'listed clusters only: not discovered')
+  t.match(await get('/clusters/gpu-a/x'), { status: 404, body: { error: 'unknown_cluster' } }, 'the top level has no clusters')
+  // Over a raw socket: the route's clusters prefix encoded is refused, as /clusters/ is.
+  for (const target of ['/first/%63lusters/gpu-a/x', '/first/clusters/gpu%2Da/x', '/fir%73t/clusters/gpu-a/x', '/first/clusters/%67pu-a']) {
+    const answer = await rawHttp(proxy.address, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`)
+    t.match(answer, /^HTTP\/1\.1 400 /, target)
+    t.match(answer, /encodes its \/first\/clusters\/<name> prefix/)
+  }
+  t.same([first.served.length, second.served.length], servedBefore, 'an unknown cluster never reaches a control plane')
+  t.equal(second.clusterReads, 0, 'a route that lists its clusters does not read them')
+  t.match(await (await request(`${proxy.address}/-/ready`)).body.json(), { ready: true, routes: ['first', 'second', 'second/gpu', 'first/gpu-a'] })
+
+  // Reloaded with clusters: auto, the second route reads its control plane's list.
+  writeFileSync(file, yaml('auto'))
+  const summary = await proxy.reconfigure(loadConfig({ configFile: file, env: {} }))
+  t.same(summary.routes, { added: [], changed: ['second'], removed: ['second/gpu'] })
+  t.same(await get('/second/clusters/gpu-c/api'), { status: 200, body: { path: '/c/api' } })
+  t.ok(second.clusterReads > 0)
+  t.match(await get('/second/clusters/gpu/x'), { status: 404, body: { error: 'unknown_cluster' } }, 'the listed cluster is gone')
+  t.same(await get('/first/clusters/gpu-a/y'), { status: 200, body: { path: '/a/y' } }, 'the first route\'s discovery kept running')
 })

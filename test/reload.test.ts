@@ -252,3 +252,28 @@ ${set('north', north)}${set('east', east)}routes:
   t.notMatch(metrics, /credentials="south"/, 'the removed set\'s series are gone')
   t.notMatch(logs.lines.join('\n'), /south-Secret-3310|south-token-|cs-7Hq2/, 'no secret or token in the log')
 })
+
+t.test('reload: a rotated INBOUND_KEY_FILE applies without a restart; the line names the setting, never the key', async (t) => {
+  const north = await startIdentity(t, { accessTokenTtl: 600 })
+  const api = await startApiOf(t, north)
+  const keyFile = write('inbound-key', 'first-Inbound-Key-6610\n')
+  const envFile = write('inbound.env', `BEARER_PROXY_TOKEN_URL=${north.tokenUrl}\nBEARER_PROXY_CLIENT_ID=${CLIENT.clientId}\nBEARER_PROXY_CLIENT_SECRET=${CLIENT.clientSecret}\nBEARER_PROXY_UPSTREAM=${api.url}\nBEARER_PROXY_PORT=0\nBEARER_PROXY_INBOUND_KEY_FILE=${keyFile}\n`)
+  const child = spawnCli(['serve', '--env-file', envFile], {})
+  const output = collect(child)
+  t.teardown(() => { child.kill('SIGKILL') })
+  const address = (JSON.parse(await waitForLine(child, /"event":"listening"/)) as { address: string }).address
+  await waitForLine(child, /"event":"ready"/)
+  const asked = async (key: string): Promise<number> => {
+    const answer = await request(`${address}/x`, { headers: { 'proxy-authorization': `Bearer ${key}` } })
+    await answer.body.dump()
+    return answer.statusCode
+  }
+  t.equal(await asked('first-Inbound-Key-6610'), 200)
+  write('inbound-key', 'second-Inbound-Key-7721\n')
+  const line = JSON.parse(await waitForLine(child, /"event":"reloaded"/, 15_000)) as Reloaded
+  t.same(line.settings, ['inboundKey'])
+  t.match(line.cause, /inbound-key changed/)
+  t.equal(await asked('first-Inbound-Key-6610'), 403, 'the old key is refused at once')
+  t.equal(await asked('second-Inbound-Key-7721'), 200)
+  t.notMatch(output().stdout, /Inbound-Key/, 'neither key is logged')
+})

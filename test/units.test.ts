@@ -3,7 +3,7 @@ import type { TokenSettings } from '../src/config.js'
 import { parseAddress } from '../src/config.js'
 import { ProxyError } from '../src/errors.js'
 import { checkPath } from '../src/guard.js'
-import { locationRewriter, RouteTable, routesOf } from '../src/routes.js'
+import { clusterRootsOf, locationRewriter, RouteTable, routesOf } from '../src/routes.js'
 
 t.test('parseAddress: host:port, [v6]:port, a bare port on loopback; nothing else', async (t) => {
   t.same(parseAddress('9090'), { host: '127.0.0.1', port: 9090 }, 'a bare port is 127.0.0.1:<port>')
@@ -26,7 +26,7 @@ t.test('checkPath: what is judged is what is forwarded', async (t) => {
 
 /** The credential sets and file routes of an environment-only configuration. */
 const ONE_SET = { credentialSets: new Map([['default', {} as TokenSettings]]), prefixRoutes: [] }
-const NO_POLICY = { readOnly: false, allowPaths: [], denyPaths: [] }
+const NO_POLICY = { readOnly: false, allowPaths: [], denyPaths: [], clusters: new Map<string, URL>(), discoverClusters: false }
 
 t.test('the route table: one answer for every part that needs a route', async (t) => {
   const table = new RouteTable(routesOf({
@@ -71,7 +71,32 @@ t.test('the route table: one answer for every part that needs a route', async (t
   t.equal(at('/runai?q'), 'runai /?q')
   t.equal(at('/runai/v2/x'), 'runai-v2 /base/x', 'the longer prefix wins')
   t.equal(at('/runaix/y'), 'not_found', 'a prefix is whole segments')
-  t.same(prefixed.names(), ['runai-v2', 'runai'])
+  t.same(prefixed.names(), ['runai', 'runai-v2'], 'in the configuration\'s order')
+
+  // A route's own clusters: under <prefix>/clusters/, never falling through to the route's API.
+  const config = {
+    upstream: undefined,
+    clusters: new Map(),
+    credentialSets,
+    prefixRoutes: [
+      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a', ...NO_POLICY, clusters: new Map([['gpu', new URL('https://gpu.example/base')]]) },
+      { name: 'other', prefix: '/other', upstream: new URL('https://other.example/'), credentials: 'b', ...NO_POLICY }
+    ]
+  }
+  const own = new RouteTable(routesOf(config), clusterRootsOf(config))
+  const under = (target: string): string => {
+    const resolved = own.resolve(target)
+    return resolved instanceof ProxyError ? `${resolved.code}: ${resolved.message}` : `${resolved.route.name} ${resolved.route.credentials} ${resolved.path}`
+  }
+  t.equal(under('/runai/clusters/gpu/api/x?y'), 'runai/gpu a /base/api/x?y')
+  t.equal(under('/runai/clusters/gpu'), 'runai/gpu a /base/')
+  t.equal(under('/runai/clusters/tpu/x'), 'unknown_cluster: no cluster named "tpu" is configured under /runai/clusters/ (configured: gpu)')
+  t.equal(under('/runai/clusters'), 'runai a /clusters', 'no trailing slash: the route\'s own API')
+  t.equal(under('/runai/api'), 'runai a /api')
+  t.equal(under('/other/clusters/gpu/x'), 'other b /clusters/gpu/x', 'a route without clusters forwards the path')
+  t.match(under('/clusters/gpu/x'), /^unknown_cluster: no cluster named "gpu" is configured \(no clusters/, 'the top level has none')
+  t.same(clusterRootsOf(config), ['/clusters/', '/runai/clusters/'])
+  t.same(own.names(), ['runai', 'other', 'runai/gpu'])
 })
 
 t.test('Location rewriting: the route\'s own upstream back to the proxy, anything else untouched', async (t) => {

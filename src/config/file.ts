@@ -30,7 +30,7 @@ export interface CredentialSetEntry {
 }
 
 export interface RouteEntry {
-  /** `name`, `prefix`, `upstream`, `credentials`, as written. */
+  /** `name`, `prefix`, `upstream`, `credentials`, the policy and `clusters`, as written. */
   readonly values: Record<string, string>
   readonly origins: Record<string, string>
   /** Where the entry starts, for problems about the entry as a whole. */
@@ -43,7 +43,7 @@ export const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
   'APP_NAME', 'RUNAI_TOKEN_API', 'UPSTREAM', 'REFRESH_SKEW', 'TIMEOUT', 'ALLOW_HTTP_TOKEN_ENDPOINT',
   ...['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY'].flatMap((name) => [name, `${name}_FILE`])
 ])
-const ROUTE_KEYS = ['name', 'prefix', 'upstream', 'credentials', 'readOnly', 'allowPaths', 'denyPaths']
+const ROUTE_KEYS = ['name', 'prefix', 'upstream', 'credentials', 'readOnly', 'allowPaths', 'denyPaths', 'clusters']
 /** Route keys that hold a list (a YAML sequence, or comma-separated). */
 const ROUTE_LISTS = new Set(['allowPaths', 'denyPaths'])
 
@@ -160,11 +160,13 @@ function readRoutes (node: Node | null, where: string, at: (node: Node | null | 
     for (const pair of item.items) {
       const key = yaml().isScalar(pair.key) ? String(pair.key.value) : ''
       const keyWhere = `${at(pair.key as Node)}: routes[${index}].${key}`
-      const value = yaml().isScalar(pair.value)
-        ? scalar(pair.value.value)
-        : ROUTE_LISTS.has(key) && yaml().isSeq(pair.value) ? joined(pair.value.items) : undefined
+      const value = key === 'clusters'
+        ? valueOf('CLUSTERS', pair.value as Node | null) ?? undefined
+        : yaml().isScalar(pair.value)
+          ? scalar(pair.value.value)
+          : ROUTE_LISTS.has(key) && yaml().isSeq(pair.value) ? joined(pair.value.items) : undefined
       if (!ROUTE_KEYS.includes(key)) result.problems.push(`${keyWhere}: not a key of a route (${ROUTE_KEYS.join(', ')})${didYouMean(key, ROUTE_KEYS)}`)
-      else if (value === undefined) result.problems.push(`${keyWhere}: expected a single value`)
+      else if (value === undefined) result.problems.push(`${keyWhere}: expected ${key === 'clusters' ? 'auto, or a mapping of names to URLs' : 'a single value'}`)
       else {
         route.values[key] = value
         route.origins[key] = keyWhere

@@ -33,21 +33,21 @@ export function parseHttpUrl (value: string, name: string, problems: string[]): 
 
 export const CLUSTER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 
-export function parseClusters (value: string | undefined, problems: string[]): Map<string, URL> {
+export function parseClusters (value: string | undefined, problems: string[], label = `${PREFIX}CLUSTERS`): Map<string, URL> {
   const clusters = new Map<string, URL>()
   if (value === undefined || value === 'auto') return clusters
   for (const entry of value.split(',').map((part) => part.trim()).filter(Boolean)) {
     const at = entry.indexOf('=')
     const name = at > 0 ? entry.slice(0, at).trim() : ''
     if (!CLUSTER_NAME.test(name)) {
-      problems.push(`${PREFIX}CLUSTERS: expected name=url,name=url with names of letters, digits, '.', '_' or '-'`)
+      problems.push(`${label}: expected name=url,name=url with names of letters, digits, '.', '_' or '-'`)
       continue
     }
     if (clusters.has(name)) {
-      problems.push(`${PREFIX}CLUSTERS: cluster ${name} is listed twice`)
+      problems.push(`${label}: cluster ${name} is listed twice`)
       continue
     }
-    const url = parseHttpUrl(entry.slice(at + 1).trim(), `${PREFIX}CLUSTERS (${name})`, problems)
+    const url = parseHttpUrl(entry.slice(at + 1).trim(), `${label} (${name})`, problems)
     if (url !== undefined) clusters.set(name, url)
   }
   return clusters
