@@ -1,0 +1,394 @@
+import { createHash } from 'node:crypto'
+import type { Server } from 'node:http'
+import type { FastifyInstance } from 'fastify'
+import type { Logger } from 'pino'
+import type { Dispatcher } from 'undici'
+import { createApp, ownEndpoints } from './app.js'
+import { type Config, fingerprintOf, type TokenSettings } from './config.js'
+import { ClusterDiscovery, type DiscoveredCluster } from './discovery.js'
+import { ProxyError, sendProxyError } from './errors.js'
+import { createGuard, type Guard, guardHook } from './guard.js'
+import { Metrics } from './metrics.js'
+import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
+import { clusterRoot, clusterRootsOf, CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
+import { readSecret, type SecretSource } from './secret.js'
+import { TokenManager } from './token/manager.js'
+
+/**
+ * A configuration being served, as a generation: its routes, guard, clusters and
+ * Fastify app, built in full from one configuration and replaced whole by a reload.
+ */
+
+/** What the listener and every generation of the configuration share. */
+export interface Shared {
+  readonly log: Logger
+  readonly dispatcher: Dispatcher
+  readonly metrics: Metrics
+  /** One token manager per credential set, by name: reloads add and remove sets; read at each request. */
+  readonly credentials: Map<string, TokenManager>
+  /** Set once shutdown starts: each keep-alive connection is then closed when its request is answered. */
+  closing: boolean
+  /** Where idle connections are closed during shutdown. */
+  server: Server | undefined
+}
+
+/**
+ * What one configuration serves: its routes and their policy, its discovered clusters
+ * and the Fastify app that routes its requests. A reload builds a new one and swaps
+ * it in whole; a request routed before the swap finishes on the one it started on.
+ */
+export interface Generation {
+  readonly config: Config
+  readonly table: RouteTable<ServedRoute>
+  readonly guard: Guard
+  readonly app: FastifyInstance
+  /** One discovery per root that discovers its clusters (`/clusters/`, a route's `<prefix>/clusters/`). */
+  readonly clusters: readonly DiscoveredClusters[]
+  /** The settings it was built with, as `settingsOf` reads them, for the next reload's comparison. */
+  readonly settings: Partial<Record<keyof Config, string>>
+}
+
+/**
+ * The app of one configuration: the guard, the proxy's own endpoints, one forwarding
+ * route per upstream and the discovered clusters. It never listens: the listener
+ * hands it requests while it is the generation serving.
+ */
+async function buildGeneration (config: Config, shared: Shared, routes: readonly ServedRoute[], clusters: readonly DiscoveredClusters[]): Promise<Generation> {
+  const { log, metrics } = shared
+  const table = new RouteTable(routes, clusterRootsOf(config))
+  const app = createApp(log, (target) => table.meant(target))
+  const guard = createGuard(config)
+  app.addHook('onRequest', guardHook(guard))
+
+  // Callback style: no promise per request; the log line is only built when it is written.
+  const hinted = new Set<string>()
+  const hintCluster = (target: string): void => {
+    const hint = table.meant(target)
+    if (hint === undefined || hinted.has(hint)) return
+    hinted.add(hint)
+    log.warn({ event: 'cluster_path_hint', meant: hint }, `the admin API answered 404 to a path that starts with a cluster's name; clusters are served at ${hint}`)
+  }
+  app.addHook('onResponse', (request, reply, done) => {
+    // While shutting down, a keep-alive connection is closed as soon as its request is answered.
+    if (shared.closing) setImmediate(() => shared.server?.closeIdleConnections())
+    const upstream = request.upstreamName ?? request.routeOptions.config.upstream
+    const elapsed = reply.elapsedTime
+    metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
+    // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
+    if (reply.statusCode === 404 && upstream === 'admin') hintCluster(request.raw.url ?? '')
+    // Probes and scrapes (the proxy's own endpoints) at debug: they come every few seconds.
+    const level = upstream === undefined && request.raw.url?.startsWith('/-/') === true ? 'debug' : 'info'
+    if (log.isLevelEnabled(level)) {
+      const url = request.raw.url ?? ''
+      const query = url.indexOf('?')
+      // The root logger with the id as a field: no per-request child logger.
+      log[level]({
+        reqId: request.id,
+        method: request.method,
+        path: query === -1 ? url : url.slice(0, query),
+        upstream,
+        status: reply.statusCode,
+        durationMs: Math.round(elapsed * 10) / 10
+      }, 'request')
+    }
+    done()
+  })
+
+  ownEndpoints(app, { credentials: shared.credentials, metrics, table: () => table })
+
+  app.decorateRequest('upstreamName', undefined)
+  for (const root of clusterRootsOf(config)) {
+    const discovered = clusters.find((feed) => feed.root === root)
+    if (discovered === undefined) {
+      // A cluster that is not configured must never fall through to the control plane's API.
+      app.all(`${root}*`, async (request, reply) => {
+        const resolved = table.resolve(request.raw.url ?? '')
+        sendProxyError(reply, resolved instanceof ProxyError ? resolved : table.unknownCluster(root, ''))
+      })
+    } else {
+      // Clusters that come and go: one route resolves them in the table at each request.
+      discovered.attach(table)
+      await app.register(discoveredRoutes, { root, table, refresh: async () => await discovered.discovery.refreshIfStale(), timeout: config.timeout, log })
+    }
+  }
+  await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log })
+  try {
+    await app.ready()
+  } catch (error) {
+    for (const feed of clusters) feed.detach(table)
+    throw error
+  }
+  return { config, table, guard, app, clusters, settings: settingsOf(config) }
+}
+
+/** What a reload changed, by name (never a value): credential sets, routes, other settings, and what waits for a restart. */
+export interface ReloadSummary {
+  readonly sets: Changes
+  readonly routes: Changes
+  /** The names of the other settings that changed and now apply (the inbound policy, clusters). */
+  readonly settings: string[]
+  /** Settings a running proxy cannot take on, left as they were until a restart. */
+  readonly needsRestart: string[]
+}
+
+export interface Changes { readonly added: string[], readonly changed: string[], readonly removed: string[] }
+
+/** A configuration's routes, each as it is configured, by name. */
+function routesByName (config: Config): Map<string, string> {
+  const routes = new Map<string, string>(routesOf(config).map((route) => [route.name, JSON.stringify(route)]))
+  // A route's own policy is part of it.
+  for (const route of config.prefixRoutes) routes.set(route.name, JSON.stringify(route, (_key, value: unknown) => value instanceof Map ? [...value] : value))
+  return routes
+}
+
+/** Which names are new in `after`, gone from `before`, or in both and `changed`. */
+function diff (before: readonly string[], after: readonly string[], changed: (name: string) => boolean): Changes {
+  return {
+    added: after.filter((name) => !before.includes(name)),
+    changed: after.filter((name) => before.includes(name) && changed(name)),
+    removed: before.filter((name) => !after.includes(name))
+  }
+}
+
+/** Settings a reload applies, besides credential sets and routes; the inbound key by a digest, never its value. */
+const APPLIED: ReadonlyArray<keyof Config> = ['readOnly', 'allowPaths', 'denyPaths', 'allowedHosts', 'allowedOrigins', 'allowAnonymous', 'inboundKey', 'discoverClusters']
+/** Settings a running proxy cannot take on without a restart. */
+const RESTART: ReadonlyArray<keyof Config> = ['host', 'port', 'socket', 'adminAddress', 'caFile', 'insecureSkipVerify', 'timeout', 'logLevel', 'logFormat', 'tokenFile']
+
+/** Which of `keys` differ between two configurations, as each read them when it was built. */
+function changedSettings (running: Generation | Config, next: Generation | Config, keys: ReadonlyArray<keyof Config>): string[] {
+  const [before, after] = [running, next].map((one) => 'settings' in one ? one.settings : settingsOf(one as Config))
+  return keys.filter((key) => before?.[key] !== after?.[key])
+}
+
+/**
+ * The settings of a configuration as comparable strings: the inbound key by a digest of
+ * its value, never the value, read once (its file may change before the next reload).
+ */
+function settingsOf (config: Config): Partial<Record<keyof Config, string>> {
+  const shapes: Partial<Record<keyof Config, string>> = {}
+  for (const key of [...APPLIED, ...RESTART]) {
+    const value = config[key]
+    if (key !== 'inboundKey' || value === undefined) {
+      shapes[key] = JSON.stringify(value)
+      continue
+    }
+    try {
+      shapes[key] = createHash('sha256').update(readSecret(value as SecretSource).reveal()).digest('hex')
+    } catch {
+      shapes[key] = 'unreadable'
+    }
+  }
+  return shapes
+}
+/** Token lines name their credential set when there are several. */
+function credentialsLog (log: Logger, name: string, config: Config): Logger {
+  // `set`, not `credentials`: a field named like a credential is redacted.
+  return config.credentialSets.size > 1 ? log.child({ set: name }) : log
+}
+
+/**
+ * Clusters a Run:ai control plane lists, as routes under one root, kept in the route
+ * table of each generation that serves them; a cluster whose URL did not change
+ * keeps its route (and what its 401s taught it).
+ */
+class DiscoveredClusters {
+  readonly discovery: ClusterDiscovery
+  readonly root: string
+  readonly controlPlane: URL
+  readonly #tokens: TokenManager
+  readonly #tables = new Set<RouteTable<ServedRoute>>()
+  #served = new Map<string, ServedRoute>()
+  #entries: ReadonlyArray<{ readonly route: ServedRoute, readonly uuid: string }> | undefined
+
+  constructor (discovery: ClusterDiscovery, where: { root: string, controlPlane: URL, tokens: TokenManager }, serve: (name: string, upstream: URL) => ServedRoute) {
+    this.discovery = discovery
+    this.root = where.root
+    this.controlPlane = where.controlPlane
+    this.#tokens = where.tokens
+    discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
+      const next = new Map<string, ServedRoute>()
+      const entries = clusters.map(({ name, uuid, url }) => {
+        const kept = this.#served.get(name)
+        const route = kept !== undefined && kept.upstream.href === url.href ? kept : serve(name, url)
+        next.set(name, route)
+        return { route, uuid }
+      })
+      this.#served = next
+      this.#entries = entries
+      for (const table of this.#tables) table.replaceClusters(this.root, entries)
+    })
+  }
+
+  /** Whether this is the discovery of `root` from `controlPlane` with `tokens`. */
+  serves (root: string, controlPlane: URL, tokens: TokenManager): boolean {
+    return this.root === root && this.controlPlane.href === controlPlane.href && this.#tokens === tokens
+  }
+
+  /** Keeps `table`'s clusters under this root these, from now on. */
+  attach (table: RouteTable<ServedRoute>): void {
+    this.#tables.add(table)
+    if (this.#entries !== undefined) table.replaceClusters(this.root, this.#entries)
+  }
+
+  detach (table: RouteTable<ServedRoute>): void {
+    this.#tables.delete(table)
+  }
+}
+
+export interface ConfigurationsOptions {
+  /** Token back-off, for tests that cannot wait a second. */
+  readonly backoffMs?: number
+  /** Cluster discovery's timings (5 minutes, 30 s), for tests that cannot wait. */
+  readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
+}
+
+/**
+ * The configuration served now, and its replacement by a reload: the credential
+ * sets' token managers (kept, reconfigured, closed or made), the routes (kept whole
+ * while unchanged), the cluster discoveries, and the generation that routes requests.
+ */
+export class Configurations {
+  readonly shared: Shared
+  /** The first credential set's token manager at start (the only one without credential sets). */
+  readonly tokens: TokenManager
+  readonly #started: Config
+  readonly #options: ConfigurationsOptions
+  #current!: Generation
+  /** Routes by what they are configured as: a route a reload keeps is kept whole, with what its 401s taught it. */
+  #served = new Map<string, ServedRoute>()
+  /** Each set's settings and secrets, hashed: what tells a changed set from a kept one. */
+  readonly #prints: Map<string, string>
+
+  private constructor (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions) {
+    this.#started = config
+    this.#options = options
+    // One token manager per credential set: a route's tokens come from its own set, and no other.
+    const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#manager(name, settings, config, parts)]))
+    this.tokens = credentials.values().next().value as TokenManager
+    this.shared = { ...parts, metrics: new Metrics(credentials), credentials, closing: false, server: undefined }
+    this.#prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
+  }
+
+  /** The first generation built, its token managers made but not started. */
+  static async build (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions = {}): Promise<Configurations> {
+    const configurations = new Configurations(config, parts, options)
+    const routes = configurations.#serve(config, configurations.shared.credentials)
+    configurations.#current = await buildGeneration(config, configurations.shared, routes.routes, configurations.#clusters(config, configurations.shared.credentials, []))
+    routes.keep()
+    return configurations
+  }
+
+  /** The generation serving now. */
+  get current (): Generation {
+    return this.#current
+  }
+
+  /** Token requests and discoveries begin: once the proxy can be reached, so that a listener that fails costs none. */
+  start (): void {
+    for (const feed of this.#current.clusters) feed.discovery.start()
+    for (const manager of this.shared.credentials.values()) manager.start()
+  }
+
+  /**
+   * A reload: `next` is built in full beside the running generation, then swapped in
+   * at once (nothing awaits from the swap on). Throws, changing nothing, when the new
+   * routes cannot be built.
+   */
+  async reconfigure (next: Config): Promise<ReloadSummary> {
+    const { credentials, metrics } = this.shared
+    const sets = diff([...this.#prints.keys()], [...next.credentialSets.keys()], (name) => fingerprintOf(next.credentialSets.get(name) as TokenSettings) !== this.#prints.get(name))
+    // The new sets' managers, made but not started until the new routes serve.
+    const nextSets = new Map([...next.credentialSets.keys()].map((name) => [name, credentials.get(name) ?? this.#manager(name, next.credentialSets.get(name) as TokenSettings, next, this.shared)]))
+    const routes = this.#serve(next, nextSets)
+    const clusters = this.#clusters(next, nextSets, this.#current.clusters)
+    let generation: Generation
+    try {
+      generation = await buildGeneration(next, this.shared, routes.routes, clusters)
+    } catch (error) {
+      for (const feed of clusters) if (!this.#current.clusters.includes(feed)) feed.discovery.close()
+      throw error
+    }
+    const previous = this.#current
+    this.#current = generation
+    routes.keep()
+    for (const feed of previous.clusters) {
+      feed.detach(previous.table)
+      if (!generation.clusters.includes(feed)) feed.discovery.close()
+    }
+    for (const name of sets.removed) {
+      const manager = credentials.get(name) as TokenManager
+      manager.close()
+      metrics.forget(name, manager)
+      credentials.delete(name)
+      this.#prints.delete(name)
+    }
+    for (const name of sets.changed) {
+      const settings = next.credentialSets.get(name) as TokenSettings
+      credentials.get(name)?.reconfigure(settings)
+      this.#prints.set(name, fingerprintOf(settings))
+    }
+    for (const name of sets.added) {
+      const manager = nextSets.get(name) as TokenManager
+      credentials.set(name, manager)
+      this.#prints.set(name, fingerprintOf(next.credentialSets.get(name) as TokenSettings))
+      metrics.count(name, manager)
+      manager.start()
+    }
+    for (const feed of generation.clusters) if (!previous.clusters.includes(feed)) feed.discovery.start()
+    const [before, after] = [routesByName(previous.config), routesByName(next)]
+    return {
+      sets,
+      routes: diff([...before.keys()], [...after.keys()], (name) => before.get(name) !== after.get(name)),
+      settings: changedSettings(previous, generation, APPLIED),
+      needsRestart: changedSettings(this.#started, next, RESTART)
+    }
+  }
+
+  /** No more renewals or discoveries; the generation's app closed. */
+  async close (): Promise<void> {
+    for (const feed of this.#current.clusters) feed.discovery.close()
+    await this.#current.app.close()
+    for (const manager of this.shared.credentials.values()) manager.close()
+  }
+
+  #manager (name: string, settings: TokenSettings, of: Config, parts: { log: Logger, dispatcher: Dispatcher }): TokenManager {
+    return new TokenManager(settings, { dispatcher: parts.dispatcher, log: credentialsLog(parts.log, name, of), backoffMs: this.#options.backoffMs })
+  }
+
+  /** The routes of `of`, each with its set's token manager; `keep()` makes them the ones the next reload compares with. */
+  #serve (of: Config, sets: ReadonlyMap<string, TokenManager>): { routes: ServedRoute[], keep: () => void } {
+    const next = new Map<string, ServedRoute>()
+    const routes = routesOf(of).map((route) => {
+      const key = JSON.stringify(route)
+      const kept = this.#served.get(key)
+      const made = kept !== undefined && sets.get(route.credentials) === this.shared.credentials.get(route.credentials)
+        ? kept
+        : serveRoute(route, this.shared.dispatcher, sets.get(route.credentials) as TokenManager, this.shared.log)
+      next.set(key, made)
+      return made
+    })
+    return { routes, keep: () => { this.#served = next } }
+  }
+
+  /**
+   * The discoveries a configuration runs: the top level's, and each route's. One that
+   * asks the same control plane with the same set, for the same root, keeps running.
+   */
+  #clusters (of: Config, sets: ReadonlyMap<string, TokenManager>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
+    const { dispatcher, log } = this.shared
+    const [defaultSet] = [...sets.keys()] as [string]
+    const wanted = [
+      ...(of.discoverClusters && of.upstream !== undefined ? [{ root: CLUSTERS_PREFIX, controlPlane: of.upstream, credentials: defaultSet, route: undefined }] : []),
+      ...of.prefixRoutes.filter((route) => route.discoverClusters).map((route) => ({ root: clusterRoot(route.prefix), controlPlane: route.upstream, credentials: route.credentials, route: route.name }))
+    ]
+    return wanted.map(({ root, controlPlane, credentials: name, route }) => {
+      const manager = sets.get(name) as TokenManager
+      const kept = running.find((feed) => feed.serves(root, controlPlane, manager))
+      if (kept !== undefined) return kept
+      const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, timeout: of.timeout, ...this.#options.discovery })
+      return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager }, (cluster, upstream) =>
+        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, credentials: name }, dispatcher, manager, log))
+    })
+  }
+}
