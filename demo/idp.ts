@@ -8,8 +8,21 @@ export const API_AUDIENCE = 'urn:bearer-proxy:demo-api'
 
 export interface IdpClient {
   readonly clientId: string
-  readonly clientSecret: string
-  readonly authMethod?: 'client_secret_post' | 'client_secret_basic'
+  /** Absent for a client that signs with its key (`private_key_jwt`). */
+  readonly clientSecret?: string
+  readonly authMethod?: 'client_secret_post' | 'client_secret_basic' | 'client_secret_jwt' | 'private_key_jwt'
+  /** The public keys of a `private_key_jwt` client. */
+  readonly jwks?: JSONWebKeySet
+}
+
+/** A client assertion as the provider received it: decoded, its signature checked by the provider itself. */
+export interface SeenAssertion {
+  /** As sent, for tests that prove it never appears anywhere else. */
+  readonly assertion: string
+  readonly header: Record<string, unknown>
+  readonly payload: Record<string, unknown>
+  /** The other form fields' names (never their values). */
+  readonly fields: string[]
 }
 
 export interface IdpOptions {
@@ -35,6 +48,8 @@ export interface Idp {
   readonly jwks: JSONWebKeySet
   /** Token endpoint requests received so far. */
   tokenRequests: number
+  /** The client assertions of token requests, in order. */
+  readonly assertions: SeenAssertion[]
   mode: IdpMode
   /** How long the token endpoint takes in `slow` mode. */
   slowMs: number
@@ -69,7 +84,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
   const provider = new Provider(issuer, {
     clients: options.clients.map((client) => ({
       client_id: client.clientId,
-      client_secret: client.clientSecret,
+      ...(client.clientSecret === undefined ? {} : { client_secret: client.clientSecret }),
+      ...(client.jwks === undefined ? {} : { jwks: client.jwks }),
       grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/unused'],
@@ -118,6 +134,17 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     }
   }, ['username', 'password', 'scope'])
 
+  // Each client assertion, decoded once the provider has judged it.
+  const assertions: SeenAssertion[] = []
+  provider.use(async (ctx, next) => {
+    await next()
+    const params = (ctx.oidc as { params?: Record<string, unknown> } | undefined)?.params
+    const assertion = params?.client_assertion
+    if (typeof assertion !== 'string') return
+    const [header, payload] = assertion.split('.').slice(0, 2).map((part) => JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>)
+    assertions.push({ assertion, header: header ?? {}, payload: payload ?? {}, fields: Object.keys(params ?? {}).filter((name) => params?.[name] !== undefined) })
+  })
+
   const callback = provider.callback()
   // Mounted below the issuer's path, as oidc-provider expects when the issuer has one.
   const serve = (req: IncomingMessage, res: ServerResponse): void => {
@@ -132,6 +159,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     tokenUrl: `${issuer}${tokenPath}`,
     jwks: { keys: [publicKey] },
     tokenRequests: 0,
+    assertions,
     mode: 'normal',
     slowMs: 2000,
     close: async () => {

@@ -4,7 +4,7 @@ import envSchema from 'env-schema'
 import { createHash } from 'node:crypto'
 import { readSecret, type SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
-import { firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
+import { type ClientAuth, firstSetup, FLAGS, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
 import { CREDENTIAL_SETTINGS, type FileSettings, readConfigFile, type RouteEntry } from './config/file.js'
 import { list, parseAddress, parseClusters, parseHttpUrl } from './config/values.js'
 import { CLUSTERS_PREFIX } from './routes.js'
@@ -15,7 +15,7 @@ import { closest, didYouMean } from './suggest.js'
  * are here; the settings table is `config/settings.ts`, single values are parsed in
  * `config/values.ts`, cross-field rules live in `config/rules.ts`.
  */
-export { FLAGS, type Flavour, type Grant, PREFIX } from './config/settings.js'
+export { type ClientAuth, FLAGS, type Flavour, type Grant, PREFIX } from './config/settings.js'
 export { isLoopback, joinPath, parseAddress } from './config/values.js'
 
 /**
@@ -38,6 +38,17 @@ export type TokenEndpoint =
   | { readonly kind: 'issuer', readonly issuers: readonly [URL, ...URL[]] }
   | { readonly kind: 'generations', readonly endpoints: readonly [Endpoint, ...Endpoint[]] }
 
+/**
+ * A client's private key: a PEM (PKCS#8, or PKCS#1/SEC1) or JWK file, or the
+ * `private_key` of a service account's JSON key file; re-read when the file changes.
+ */
+export interface ClientKey {
+  readonly file: string
+  readonly format: 'key' | 'service_account'
+  /** `CLIENT_KEY_ID`: the `kid` of assertions; without it, the JWK's or the service account's (read with the key). */
+  readonly id: string | undefined
+}
+
 /** A client as the token endpoint knows it; `secret` is absent for public clients. */
 export interface Client { readonly id: string, readonly secret: SecretSource | undefined }
 
@@ -46,7 +57,11 @@ export interface Client { readonly id: string, readonly secret: SecretSource | u
  * every value it needs present (the table in `config/settings.ts` requires them).
  */
 export type Credentials =
-  | { readonly grant: 'client_credentials' | 'app_token', readonly client: { readonly id: string, readonly secret: SecretSource } }
+  | { readonly grant: 'app_token', readonly client: { readonly id: string, readonly secret: SecretSource } }
+  /** The secret is absent when the client signs an assertion instead (`CLIENT_AUTH=private_key_jwt`). */
+  | { readonly grant: 'client_credentials', readonly client: Client }
+  /** RFC 7523 §2.1: an assertion signed with the client's key is the grant. */
+  | { readonly grant: 'jwt_bearer', readonly client: Client }
   | { readonly grant: 'password', readonly username: string, readonly password: SecretSource, readonly client: Client | undefined }
   | { readonly grant: 'refresh_token', readonly refreshToken: SecretSource, readonly client: Client | undefined }
   | { readonly grant: 'api_key', readonly apiKey: SecretSource, readonly client: Client | undefined }
@@ -83,7 +98,13 @@ export interface TokenSettings {
   readonly flavour: Flavour
   readonly credentials: Credentials
   readonly endpoint: TokenEndpoint
-  readonly clientAuth: 'client_secret_post' | 'client_secret_basic'
+  readonly clientAuth: ClientAuth
+  /** The key that signs assertions (`private_key_jwt`, `jwt_bearer`). */
+  readonly clientKey: ClientKey | undefined
+  /** The `aud` of assertions: the token endpoint, or the issuer. */
+  readonly assertionAudience: 'token_endpoint' | 'issuer'
+  /** A service account's JSON key file: its scope goes into the assertion, as Google reads it. */
+  readonly serviceAccount: boolean
   readonly realm: string | undefined
   readonly scope: string | undefined
   readonly audience: string | undefined

@@ -120,3 +120,52 @@ t.test('the logger replaces any field named like a credential, at any depth, and
   t.match(capture.text, /"accept":"json"/, 'other fields are kept')
   t.match(capture.text, /"wrapped":"\[redacted\]"/)
 })
+
+t.test('signed client assertions at trace: no private key, assertion or HMAC secret in the logs, answers or metrics', async (t) => {
+  const { generateKeyPairSync } = await import('node:crypto')
+  const { mkdtempSync, writeFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const publicJwk = { ...pair.publicKey.export({ format: 'jwk' }), kid: 'scan-1' }
+  const privateJwk = { ...pair.privateKey.export({ format: 'jwk' }), kid: 'scan-1' } as Record<string, string>
+  const stranger = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'pem', type: 'pkcs8' }) as string
+  const hmac = 'Hmac-Client-Secret-5150-long-enough-for-HS256'
+  const idp = await startIdentity(t, {
+    accessTokenTtl: 600,
+    clients: [{ clientId: 'signer', authMethod: 'private_key_jwt', jwks: { keys: [publicJwk] } }, { clientId: 'hmac', clientSecret: hmac, authMethod: 'client_secret_jwt' }]
+  })
+  const api = await startApiOf(t, idp)
+  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-scan-'))
+  writeFileSync(join(dir, 'key.jwk'), JSON.stringify(privateJwk))
+  writeFileSync(join(dir, 'stranger.pem'), stranger)
+  const env = (extra: Record<string, string>): Record<string, string> => ({
+    BEARER_PROXY_TOKEN_URL: idp.tokenUrl, BEARER_PROXY_UPSTREAM: api.url, BEARER_PROXY_PORT: '0', BEARER_PROXY_LOG_LEVEL: 'trace', ...extra
+  })
+  const bodies: string[] = []
+  const proxies = await Promise.all(([
+    { BEARER_PROXY_CLIENT_ID: 'signer', BEARER_PROXY_CLIENT_AUTH: 'private_key_jwt', BEARER_PROXY_CLIENT_KEY_FILE: join(dir, 'key.jwk') },
+    { BEARER_PROXY_CLIENT_ID: 'signer', BEARER_PROXY_CLIENT_AUTH: 'private_key_jwt', BEARER_PROXY_CLIENT_KEY_FILE: join(dir, 'stranger.pem') },
+    { BEARER_PROXY_CLIENT_ID: 'hmac', BEARER_PROXY_CLIENT_AUTH: 'client_secret_jwt', BEARER_PROXY_CLIENT_SECRET: hmac }
+  ] as Array<Record<string, string>>).map(async (extra) => await startTestProxy(t, env(extra), { backoffMs: 60_000 })))
+  for (const [index, { url }] of proxies.entries()) {
+    // The echo API repeats the token it got: only the refused proxy's answer to /x is its own.
+    const answer = await request(`${url}/x`)
+    if (index === 1) bodies.push(await answer.body.text())
+    else t.equal(answer.statusCode, 200, (await answer.body.dump(), 'a token was obtained'))
+    for (const path of ['/-/ready', '/-/metrics']) bodies.push(await (await request(`${url}${path}`)).body.text())
+  }
+  const check = await runCli(['check'], env({ BEARER_PROXY_CLIENT_ID: 'signer', BEARER_PROXY_CLIENT_AUTH: 'private_key_jwt', BEARER_PROXY_CLIENT_KEY_FILE: join(dir, 'stranger.pem') }))
+  t.equal(check.code, 1)
+  t.ok(idp.assertions.length >= 3, 'assertions were sent')
+  const secrets = fragments([
+    ...idp.assertions.map(({ assertion }) => assertion), privateJwk.d as string, hmac,
+    ...stranger.split('\n').filter((line) => line.length > 40),
+    ...api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
+  ])
+  const logText = proxies.map(({ logs }) => logs.text).join('\n')
+  t.match(logText, /"level":10/, 'trace lines are there')
+  assertNoSecret(t, 'proxy logs', logText, secrets)
+  assertNoSecret(t, 'answers, /-/ready and /-/metrics', bodies.join('\n'), secrets)
+  assertNoSecret(t, 'check output', check.stdout + check.stderr, secrets)
+})

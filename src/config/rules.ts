@@ -1,8 +1,9 @@
-import { accessSync, constants } from 'node:fs'
+import { accessSync, constants, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
-import type { Client, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
-import { type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
+import type { Client, ClientKey, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
+import { KeyError, parseServiceAccount, readSigningKey, type ServiceAccount } from '../keys.js'
+import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
 
 /** The credential set of the top-level settings (the only one without `--config`'s `credentials:`). */
@@ -36,8 +37,11 @@ export interface Input {
   readonly token?: TokenSettings | undefined
 }
 
-/** Settings that only some flavours or grants read: set elsewhere, they would be silently ignored. */
-const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant) => boolean, string]> = [
+/** A client that signs an assertion with its own key (RFC 7523), rather than sending a secret. */
+const signs = (auth: ClientAuth, grant: Grant): boolean => auth === 'private_key_jwt' || grant === 'jwt_bearer'
+
+/** Settings that only some flavours, grants or client authentications read: set elsewhere, they would be silently ignored. */
+const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: ClientAuth) => boolean, string]> = [
   ['REALM', (flavour) => flavour === 'oidc' || flavour === 'apiconnect', 'AUTH=oidc (Keycloak) or apiconnect'],
   ['ISSUER', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['SCOPE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
@@ -49,7 +53,12 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant) => boolea
   ['USERNAME', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
-  ['API_KEY', (_flavour, grant) => grant === 'api_key', 'GRANT=api_key']
+  ['API_KEY', (_flavour, grant) => grant === 'api_key', 'GRANT=api_key'],
+  ['CLIENT_KEY_FILE', (_flavour, grant, auth) => signs(auth, grant), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
+  ['CLIENT_KEY_ID', (_flavour, grant, auth) => signs(auth, grant), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
+  ['CLIENT_ASSERTION_AUDIENCE', (_flavour, grant, auth) => signs(auth, grant) || auth === 'client_secret_jwt', 'CLIENT_AUTH=private_key_jwt or client_secret_jwt, or GRANT=jwt_bearer'],
+  ['SERVICE_ACCOUNT_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
+  ['CLIENT_SECRET', (flavour, _grant, auth) => flavour !== 'oidc' || auth !== 'private_key_jwt', 'a client that does not sign with its key (CLIENT_AUTH other than private_key_jwt)']
 ]
 
 export function interpret (raw: Record<string, unknown>, input: Input, problems: string[]): Config | undefined {
@@ -65,15 +74,26 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
 
   const flavour = get('AUTH') as Flavour
   const grants = grantsOf(flavour)
-  const grant = (get('GRANT') as Grant | undefined) ?? grants[0] as Grant
+  const auth = get('CLIENT_AUTH') as ClientAuth
+  // A service account's key file says who the client is, with which key, and where tokens come from.
+  const account = get('SERVICE_ACCOUNT_FILE') === undefined ? undefined : serviceAccount(get('SERVICE_ACCOUNT_FILE') as string, problems)
+  const grant = (get('GRANT') as Grant | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : grants[0] as Grant)
   // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
   const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
   const flavourProblems = unsure || input.token !== undefined ? [] : problems
   if (!grants.includes(grant)) flavourProblems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
   for (const [name, reads, who] of READ_BY) {
     if (given.has(name) || given.has(`${name}_FILE`)) {
-      if (!reads(flavour, grant)) flavourProblems.push(`${PREFIX}${name}: does nothing with AUTH=${flavour} GRANT=${grant} (only ${who} reads it); remove it`)
+      if (!reads(flavour, grant, auth)) flavourProblems.push(`${PREFIX}${name}: does nothing with AUTH=${flavour} GRANT=${grant} (only ${who} reads it); remove it`)
     }
+  }
+  for (const name of ['CLIENT_ID', 'CLIENT_KEY_FILE'] as const) {
+    if (given.has('SERVICE_ACCOUNT_FILE') && given.has(name)) {
+      flavourProblems.push(`${PREFIX}${name}: does nothing with ${PREFIX}SERVICE_ACCOUNT_FILE (its client_email and private_key are the client's); remove it`)
+    }
+  }
+  if (get('CLIENT_ASSERTION_AUDIENCE') === 'issuer' && !given.has('ISSUER')) {
+    flavourProblems.push(`${PREFIX}CLIENT_ASSERTION_AUDIENCE: issuer needs ${PREFIX}ISSUER (the assertion's aud)`)
   }
   if (given.has('TOKEN_URL') && given.has('ISSUER')) {
     flavourProblems.push(`${PREFIX}ISSUER: does nothing when ${PREFIX}TOKEN_URL is set (the token endpoint is not discovered then); set one of them`)
@@ -90,21 +110,35 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     problems.push(`${PREFIX}UPSTREAM: required (the API to forward to), or ${PREFIX}CLUSTERS`)
   }
 
+  const clientKey = keyOf(get('CLIENT_KEY_FILE'), get('SERVICE_ACCOUNT_FILE'), account, get('CLIENT_KEY_ID'), problems)
   const values: Record<Needed, string | SecretSource | undefined> = {
-    CLIENT_ID: get('CLIENT_ID'),
+    CLIENT_ID: get('CLIENT_ID') ?? account?.clientEmail,
+    CLIENT_KEY_FILE: clientKey?.file,
     CLIENT_SECRET: secret('CLIENT_SECRET'),
     USERNAME: get('USERNAME'),
     PASSWORD: secret('PASSWORD'),
     REFRESH_TOKEN: secret('REFRESH_TOKEN'),
     API_KEY: secret('API_KEY')
   }
-  for (const name of NEEDS[flavour][grant] ?? []) {
+  // The client's own authentication adds to what the grant needs (a key instead of a secret, or the secret as an HMAC key).
+  const needs = new Set(NEEDS[flavour][grant] ?? [])
+  if (flavour === 'oidc' && auth === 'private_key_jwt') needs.delete('CLIENT_SECRET')
+  if (flavour === 'oidc' && auth !== 'client_secret_post' && auth !== 'client_secret_basic') {
+    needs.add('CLIENT_ID').add(auth === 'private_key_jwt' ? 'CLIENT_KEY_FILE' : 'CLIENT_SECRET')
+  }
+  for (const name of needs) {
     if (values[name] !== undefined) continue
-    const file = name === 'CLIENT_ID' || name === 'USERNAME' ? '' : ` (or ${PREFIX}${name}_FILE)`
-    flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}`)
+    // Reported at their cause: the key file, or the service account's file.
+    if ((name === 'CLIENT_KEY_FILE' && given.has(name)) || ((name === 'CLIENT_ID' || name === 'CLIENT_KEY_FILE') && given.has('SERVICE_ACCOUNT_FILE'))) continue
+    const file = name === 'CLIENT_ID' || name === 'USERNAME' || name === 'CLIENT_KEY_FILE' ? '' : ` (or ${PREFIX}${name}_FILE)`
+    const why = needs.has(name) && !(NEEDS[flavour][grant] ?? []).includes(name) ? ` CLIENT_AUTH=${auth}` : ''
+    flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}${why}`)
   }
   const credentials = credentialsOf(grant, values)
-  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl: url('TOKEN_URL'), issuer: url('ISSUER'), upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, flavourProblems)
+  const tokenUrl = url('TOKEN_URL') ?? (account === undefined ? undefined : parseHttpUrl(account.tokenUri, `${PREFIX}SERVICE_ACCOUNT_FILE (token_uri)`, problems))
+  // A service account file that cannot be read has said so; the endpoint it would have named is not asked for too.
+  const endpointProblems = given.has('SERVICE_ACCOUNT_FILE') && account === undefined ? [] : flavourProblems
+  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer: url('ISSUER'), upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -126,7 +160,10 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     flavour,
     credentials: credentials as Credentials,
     endpoint: endpoint as TokenEndpoint,
-    clientAuth: get('CLIENT_AUTH') as TokenSettings['clientAuth'],
+    clientAuth: auth,
+    clientKey,
+    assertionAudience: get('CLIENT_ASSERTION_AUDIENCE') as TokenSettings['assertionAudience'],
+    serviceAccount: account !== undefined,
     realm: get('REALM'),
     scope: get('SCOPE'),
     audience: get('AUDIENCE'),
@@ -177,6 +214,8 @@ function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSour
   const apiKey = source('API_KEY')
   switch (grant) {
     case 'client_credentials':
+    case 'jwt_bearer':
+      return id === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
     case 'app_token':
       return id === undefined || clientSecret === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
     case 'password':
@@ -199,6 +238,29 @@ function secretSource (name: SecretName, value: string | undefined, file: string
     return { kind: 'file', path: file }
   }
   return value === undefined ? undefined : { kind: 'value', secret: new Secret(value) }
+}
+
+/** A service account's key file, read and checked at start (its key by `keyOf`). */
+function serviceAccount (path: string, problems: string[]): ServiceAccount | undefined {
+  try {
+    return parseServiceAccount(readFileSync(path, 'utf8'))
+  } catch (error) {
+    problems.push(`${PREFIX}SERVICE_ACCOUNT_FILE: ${error instanceof KeyError ? error.message : `cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`}`)
+    return undefined
+  }
+}
+
+/** The key that signs assertions: checked now, so that a key that cannot be used stops the start, naming its setting. */
+function keyOf (keyFile: string | undefined, accountFile: string | undefined, account: ServiceAccount | undefined, id: string | undefined, problems: string[]): ClientKey | undefined {
+  const [file, format, name] = keyFile !== undefined ? [keyFile, 'key' as const, 'CLIENT_KEY_FILE'] : [accountFile, 'service_account' as const, 'SERVICE_ACCOUNT_FILE']
+  if (file === undefined || (format === 'service_account' && account === undefined)) return undefined
+  try {
+    readSigningKey(file, format)
+    return { file, format, id }
+  } catch (error) {
+    problems.push(`${PREFIX}${name}: ${error instanceof KeyError ? `${format === 'service_account' ? 'its private_key ' : ''}${error.message}` : `cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`}`)
+    return undefined
+  }
 }
 
 function readable (path: string, name: string, problems: string[]): void {

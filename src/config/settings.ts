@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 export const PREFIX = 'BEARER_PROXY_'
 
 export const FLAVOURS = ['oidc', 'runai', 'runai-apptoken', 'apiconnect'] as const
-export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key'] as const
+export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer'] as const
 export type Flavour = typeof FLAVOURS[number]
 export type Grant = typeof GRANTS[number]
 
@@ -14,7 +14,11 @@ export const SECRETS = ['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY',
 export type SecretName = typeof SECRETS[number]
 
 /** The credential settings a grant can need. */
-export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY'
+export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE'
+
+/** How a client proves who it is to an OAuth token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2). */
+export const CLIENT_AUTHS = ['client_secret_post', 'client_secret_basic', 'client_secret_jwt', 'private_key_jwt'] as const
+export type ClientAuth = typeof CLIENT_AUTHS[number]
 
 /**
  * The one table of what each flavour × grant needs: the grants a flavour speaks
@@ -25,7 +29,8 @@ export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, re
   oidc: {
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
     password: ['CLIENT_ID', 'USERNAME', 'PASSWORD'],
-    refresh_token: ['CLIENT_ID', 'REFRESH_TOKEN']
+    refresh_token: ['CLIENT_ID', 'REFRESH_TOKEN'],
+    jwt_bearer: ['CLIENT_ID', 'CLIENT_KEY_FILE']
   },
   runai: {
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
@@ -58,7 +63,11 @@ export const SETTINGS: Record<string, object> = {
   ISSUER: str,
   REALM: str,
   CLIENT_ID: str,
-  CLIENT_AUTH: { type: 'string', enum: ['client_secret_post', 'client_secret_basic'], default: 'client_secret_post' },
+  CLIENT_AUTH: { type: 'string', enum: CLIENT_AUTHS, default: 'client_secret_post' },
+  CLIENT_KEY_FILE: str,
+  CLIENT_KEY_ID: str,
+  CLIENT_ASSERTION_AUDIENCE: { type: 'string', enum: ['token_endpoint', 'issuer'], default: 'token_endpoint' },
+  SERVICE_ACCOUNT_FILE: str,
   USERNAME: str,
   SCOPE: str,
   AUDIENCE: str,

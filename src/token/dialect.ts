@@ -1,5 +1,5 @@
-import type { TokenSettings } from '../config.js'
-import { Secret } from '../secret.js'
+import type { Client, TokenSettings } from '../config.js'
+import { Secret, type SecretSource } from '../secret.js'
 import { errorCode, prose } from './redact.js'
 
 /** One request to a token endpoint, ready to send. */
@@ -19,10 +19,19 @@ export interface Grant {
 
 /** A token flavour: data plus two functions. */
 export interface Dialect {
-  /** `refresh` is the refresh token of the last response, when the next request should use it. */
-  buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest
+  /**
+   * `refresh` is the refresh token of the last response, when the next request should
+   * use it. Asynchronous where the request carries a signed assertion.
+   */
+  buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest | Promise<TokenRequest>
   /** Reads a 2xx body; throws a `TokenResponseError` when it is not a usable grant. */
   readResponse (body: unknown): Grant
+}
+
+/** The client's secret, which the configuration requires for every grant that sends one. */
+export function secretOf (client: Client): SecretSource {
+  if (client.secret === undefined) throw new UnsupportedGrant('this', 'without a client secret')
+  return client.secret
 }
 
 /** A grant the flavour does not speak; the configuration's table never lets one through. */

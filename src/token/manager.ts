@@ -5,6 +5,7 @@ import { type Dispatcher, request } from 'undici'
 import { type DialectName, type Endpoint, PREFIX, secretsOf, type TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
+import { KeyError } from '../keys.js'
 import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, type Grant, summariseError, TokenResponseError } from './dialect.js'
 import { scrubSecrets } from './redact.js'
@@ -320,8 +321,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const dialect = DIALECTS[endpoint.dialect]
     let built
     try {
-      built = dialect.buildRequest(this.#settings, endpoint.url, refresh)
+      built = await dialect.buildRequest(this.#settings, endpoint.url, refresh)
     } catch (error) {
+      if (error instanceof KeyError) throw new KeyFileError(error.message)
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' },
@@ -426,6 +428,12 @@ class StatedFailure extends Error {}
 class SecretFileError extends StatedFailure {
   constructor (code: string | undefined) {
     super(`cannot read a secret file (${code ?? 'error'}); no token request was sent`)
+  }
+}
+
+class KeyFileError extends StatedFailure {
+  constructor (reason: string) {
+    super(`the client's key file ${reason}; no token request was sent`)
   }
 }
 

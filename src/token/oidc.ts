@@ -1,11 +1,15 @@
 import type { TokenSettings } from '../config.js'
 import { displayUrl } from '../errors.js'
 import { readSecret, Secret } from '../secret.js'
+import { authenticateClient, signedAssertion } from './client-auth.js'
 import { asObject, type Dialect, type Grant, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
 
-/** OAuth 2.0 token endpoint, RFC 6749 grants, form-encoded. */
+/** RFC 7523 §2.1's grant type. */
+export const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+
+/** OAuth 2.0 token endpoint, RFC 6749 grants and RFC 7523's jwt-bearer, form-encoded. */
 export const oidc: Dialect = {
-  buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest {
+  async buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): Promise<TokenRequest> {
     const credentials = settings.credentials
     const form = new URLSearchParams()
     if (refresh !== undefined) {
@@ -20,6 +24,10 @@ export const oidc: Dialect = {
       form.set('refresh_token', readSecret(credentials.refreshToken).reveal())
     } else if (credentials.grant === 'client_credentials') {
       form.set('grant_type', 'client_credentials')
+    } else if (credentials.grant === 'jwt_bearer') {
+      // RFC 7523 §2.1: the signed assertion is the grant.
+      form.set('grant_type', JWT_BEARER)
+      form.set('assertion', await signedAssertion(settings, endpoint, credentials.client.id))
     } else {
       throw new UnsupportedGrant('oidc', credentials.grant)
     }
@@ -27,16 +35,7 @@ export const oidc: Dialect = {
       'content-type': 'application/x-www-form-urlencoded',
       accept: 'application/json'
     }
-    const client = credentials.client
-    const secret = client?.secret === undefined ? undefined : readSecret(client.secret).reveal()
-    if (client !== undefined && settings.clientAuth === 'client_secret_basic' && secret !== undefined) {
-      // RFC 6749 §2.3.1: both parts form-encoded before base64.
-      const pair = `${formEncode(client.id)}:${formEncode(secret)}`
-      headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`
-    } else if (client !== undefined) {
-      form.set('client_id', client.id)
-      if (secret !== undefined) form.set('client_secret', secret)
-    }
+    await authenticateClient(settings, { form, headers, endpoint })
     if (settings.scope !== undefined) form.set('scope', settings.scope)
     if (settings.audience !== undefined) form.set('audience', settings.audience)
     for (const [key, value] of settings.params) form.append(key, value)
@@ -55,10 +54,6 @@ export const oidc: Dialect = {
       refreshToken: optionalSecret(body, 'refresh_token')
     }
   }
-}
-
-function formEncode (value: string): string {
-  return new URLSearchParams({ v: value }).toString().slice(2)
 }
 
 /** The token endpoint named by an issuer's discovery document (issuers with a path work). */

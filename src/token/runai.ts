@@ -1,6 +1,6 @@
 import type { TokenSettings } from '../config.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString, UnsupportedGrant } from './dialect.js'
+import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString, secretOf, UnsupportedGrant } from './dialect.js'
 
 /** Run:ai control plane `POST /api/v1/token` (OpenAPI 2.22, TokenRequest / TokenResponse). */
 export const runai: Dialect = {
@@ -16,7 +16,7 @@ export const runai: Dialect = {
     } else if (credentials.grant === 'app_token') {
       body = { grantType: 'app_token', appID: credentials.client.id, appSecret: readSecret(credentials.client.secret).reveal() }
     } else if (credentials.grant === 'client_credentials') {
-      body = { grantType: 'client_credentials', clientID: credentials.client.id, clientSecret: readSecret(credentials.client.secret).reveal() }
+      body = { grantType: 'client_credentials', clientID: credentials.client.id, clientSecret: readSecret(secretOf(credentials.client)).reveal() }
     } else {
       throw new UnsupportedGrant('runai', credentials.grant)
     }

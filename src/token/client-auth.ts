@@ -1,0 +1,102 @@
+import { randomUUID } from 'node:crypto'
+import { SignJWT } from 'jose'
+import type { TokenSettings } from '../config.js'
+import { readSigningKey } from '../keys.js'
+import { readSecret } from '../secret.js'
+
+/**
+ * How the client proves who it is to an OAuth token endpoint, one small function
+ * per method (as oauth4webapi's `ClientSecretPost`, `PrivateKeyJwt`…), each adding
+ * its part to a form-encoded request: the grant code does not branch on the method.
+ */
+
+/** What a method adds to: the form, its headers, and where the request goes. */
+export interface ClientRequest {
+  readonly form: URLSearchParams
+  readonly headers: Record<string, string>
+  /** The token endpoint, the `aud` of assertions unless the issuer is asked for. */
+  readonly endpoint: URL
+}
+
+export const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
+/** Seconds an assertion is valid for: long enough for one request, short enough to be useless if caught. */
+const ASSERTION_LIFETIME = 60
+
+type Method = (settings: TokenSettings, request: ClientRequest) => Promise<void> | void
+
+const METHODS: Readonly<Record<TokenSettings['clientAuth'], Method>> = {
+  /** RFC 6749 §2.3.1: the secret in the form; a public client (no secret) sends its id alone. */
+  client_secret_post: (settings, { form }) => {
+    const client = settings.credentials.client
+    if (client === undefined) return
+    // RFC 7523 §2.1: the jwt-bearer grant is the client's proof; a client id alone adds nothing.
+    if (client.secret === undefined && settings.credentials.grant === 'jwt_bearer') return
+    form.set('client_id', client.id)
+    if (client.secret !== undefined) form.set('client_secret', readSecret(client.secret).reveal())
+  },
+  /** RFC 6749 §2.3.1: HTTP Basic, both parts form-encoded before base64. */
+  client_secret_basic: (settings, request) => {
+    const client = settings.credentials.client
+    if (client?.secret === undefined) return METHODS.client_secret_post(settings, request)
+    const pair = `${formEncode(client.id)}:${formEncode(readSecret(client.secret).reveal())}`
+    request.headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`
+  },
+  /** RFC 7523 §2.2 with an HMAC (HS256) of the client secret: the secret itself is not sent. */
+  client_secret_jwt: async (settings, { form, endpoint }) => {
+    const client = settings.credentials.client
+    if (client?.secret === undefined) return
+    const secret = new TextEncoder().encode(readSecret(client.secret).reveal())
+    const assertion = await claimsFor(settings, endpoint, client.id).setProtectedHeader({ alg: 'HS256' }).sign(secret)
+    setAssertion(form, client.id, assertion)
+  },
+  /** RFC 7523 §2.2, OpenID Connect Core §9: an assertion signed with the client's private key. */
+  private_key_jwt: async (settings, { form, endpoint }) => {
+    const client = settings.credentials.client
+    if (client === undefined) return
+    setAssertion(form, client.id, await signedAssertion(settings, endpoint, client.id))
+  }
+}
+
+/** Adds the client's authentication, by the method configured, to a form-encoded token request. */
+export async function authenticateClient (settings: TokenSettings, request: ClientRequest): Promise<void> {
+  await METHODS[settings.clientAuth](settings, request)
+}
+
+/**
+ * An assertion signed with the client's key: `iss` and `sub` the client, `aud` the
+ * token endpoint (or the issuer), a fresh `jti`, valid for 60 s. A service account's
+ * scope goes into it (Google reads it there). Also the jwt-bearer grant's assertion.
+ */
+export async function signedAssertion (settings: TokenSettings, endpoint: URL, clientId: string): Promise<string> {
+  const key = settings.clientKey
+  if (key === undefined) throw new Error('no client key is configured')
+  // The file as it is now: a rotated key (and its kid) is used from the next assertion on.
+  const { key: privateKey, alg, kid: own } = readSigningKey(key.file, key.format)
+  const kid = key.id ?? own
+  const claims = claimsFor(settings, endpoint, clientId, settings.serviceAccount ? settings.scope : undefined)
+  return await claims.setProtectedHeader({ alg, ...(kid === undefined ? {} : { kid }) }).sign(privateKey)
+}
+
+function claimsFor (settings: TokenSettings, endpoint: URL, clientId: string, scope?: string): SignJWT {
+  const audience = settings.assertionAudience === 'issuer' && settings.endpoint.kind === 'issuer'
+    ? settings.endpoint.issuers[0].href.replace(/\/+$/, '')
+    : endpoint.href
+  const now = Math.floor(Date.now() / 1000)
+  return new SignJWT(scope === undefined ? {} : { scope })
+    .setIssuer(clientId)
+    .setSubject(clientId)
+    .setAudience(audience)
+    .setJti(randomUUID())
+    .setIssuedAt(now)
+    .setExpirationTime(now + ASSERTION_LIFETIME)
+}
+
+function setAssertion (form: URLSearchParams, clientId: string, assertion: string): void {
+  form.set('client_id', clientId)
+  form.set('client_assertion_type', ASSERTION_TYPE)
+  form.set('client_assertion', assertion)
+}
+
+function formEncode (value: string): string {
+  return new URLSearchParams({ v: value }).toString().slice(2)
+}
