@@ -129,7 +129,7 @@ function watchForReload (config: Config, options: LoadOptions, reconfigure: Runn
   const listener = (path: string) => (current: Stats, previous: Stats): void => {
     if (current.mtimeMs !== previous.mtimeMs || current.ino !== previous.ino || current.size !== previous.size) soon(`${path} changed`)
   }
-  // The configuration's own files, the inbound key's, and the secret files of the sets configured now (a reload can add some).
+  // The configuration's own files, the inbound key's, and the secret and key files of the sets configured now (a reload can add some).
   const watched = new Map<string, ReturnType<typeof listener>>()
   const watch = (of: Config): void => {
     const files = new Set<string>()
@@ -139,6 +139,7 @@ function watchForReload (config: Config, options: LoadOptions, reconfigure: Runn
     else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
     for (const settings of of.credentialSets.values()) {
       for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
+      if (settings.clientKey !== undefined) files.add(settings.clientKey.file)
     }
     if (of.inboundKey?.kind === 'file') files.add(of.inboundKey.path)
     for (const [path, onChange] of watched) {

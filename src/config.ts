@@ -90,6 +90,14 @@ export function fingerprintOf (settings: TokenSettings): string {
     }
     hash.update('\0').update(value)
   }
+  // A rotated key changes the set as a rotated secret does.
+  if (settings.clientKey !== undefined) {
+    try {
+      hash.update('\0').update(readFileSync(settings.clientKey.file))
+    } catch (error) {
+      hash.update(`\0unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`)
+    }
+  }
   return hash.digest('hex')
 }
 

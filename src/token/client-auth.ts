@@ -64,8 +64,8 @@ export async function authenticateClient (settings: TokenSettings, request: Clie
 
 /**
  * An assertion signed with the client's key: `iss` and `sub` the client, `aud` the
- * token endpoint (or the issuer), a fresh `jti`, valid for 60 s. A service account's
- * scope goes into it (Google reads it there). Also the jwt-bearer grant's assertion.
+ * token endpoint (or the issuer), a fresh `jti`, valid for 60 s. Also the
+ * jwt-bearer grant's assertion.
  */
 export async function signedAssertion (settings: TokenSettings, endpoint: URL, clientId: string): Promise<string> {
   const key = settings.clientKey
@@ -73,18 +73,19 @@ export async function signedAssertion (settings: TokenSettings, endpoint: URL, c
   // The file as it is now: a rotated key (and its kid) is used from the next assertion on.
   const { key: privateKey, alg, kid: own } = readSigningKey(key.file, key.format)
   const kid = key.id ?? own
-  const claims = claimsFor(settings, endpoint, clientId, settings.serviceAccount ? settings.scope : undefined)
+  // A service account's assertion carries the scope and no sub (Google reads a sub as a user to act for).
+  const claims = claimsFor(settings, endpoint, clientId, settings.serviceAccount ? { scope: settings.scope, subject: false } : {})
   return await claims.setProtectedHeader({ alg, ...(kid === undefined ? {} : { kid }) }).sign(privateKey)
 }
 
-function claimsFor (settings: TokenSettings, endpoint: URL, clientId: string, scope?: string): SignJWT {
+function claimsFor (settings: TokenSettings, endpoint: URL, clientId: string, { scope, subject = true }: { scope?: string | undefined, subject?: boolean } = {}): SignJWT {
   const audience = settings.assertionAudience === 'issuer' && settings.endpoint.kind === 'issuer'
     ? settings.endpoint.issuers[0].href.replace(/\/+$/, '')
     : endpoint.href
   const now = Math.floor(Date.now() / 1000)
-  return new SignJWT(scope === undefined ? {} : { scope })
-    .setIssuer(clientId)
-    .setSubject(clientId)
+  const claims = new SignJWT(scope === undefined ? {} : { scope }).setIssuer(clientId)
+  if (subject) claims.setSubject(clientId)
+  return claims
     .setAudience(audience)
     .setJti(randomUUID())
     .setIssuedAt(now)

@@ -36,7 +36,8 @@ export const oidc: Dialect = {
       accept: 'application/json'
     }
     await authenticateClient(settings, { form, headers, endpoint })
-    if (settings.scope !== undefined) form.set('scope', settings.scope)
+    // A service account's scope travels in its assertion.
+    if (settings.scope !== undefined && !settings.serviceAccount) form.set('scope', settings.scope)
     if (settings.audience !== undefined) form.set('audience', settings.audience)
     for (const [key, value] of settings.params) form.append(key, value)
     return { url: endpoint, headers, body: form.toString() }

@@ -206,3 +206,91 @@ export async function startApiConnect (t: Teardown, options: { expiresIn?: numbe
   })
   return emulator
 }
+
+export interface GoogleEmulator {
+  readonly url: string
+  /** The service account's JSON key file, as the console downloads it. */
+  readonly keyFile: string
+  readonly clientEmail: string
+  /** Assertions received, decoded after their signature was checked (or not). */
+  readonly assertions: Array<{ header: Record<string, unknown>, payload: Record<string, unknown>, fields: string[], accepted: boolean }>
+  /** API requests that carried a token this emulator issued. */
+  readonly served: string[]
+}
+
+/**
+ * Google's OAuth 2.0 token endpoint for service accounts, as "Using OAuth 2.0 for
+ * Server to Server Applications" describes it: `POST token_uri`, form-encoded
+ * `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>`, the JWT
+ * signed RS256 with the account's key (`kid` its `private_key_id`), claims `iss`
+ * (the account's email), `scope`, `aud` (`token_uri`), `iat`, `exp` (at most an
+ * hour); answers `{access_token, expires_in: 3599, token_type: "Bearer"}` or 400
+ * `{error: "invalid_grant", error_description}`. Anything else is an API that
+ * accepts only the tokens it issued.
+ */
+export async function startGoogle (t: Teardown): Promise<GoogleEmulator> {
+  const account = await generateKeyPair('RS256', { extractable: true })
+  const { exportPKCS8 } = await import('jose')
+  const issuing = await generateKeyPair('RS256')
+  const keyId = 'f3a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3'
+  const clientEmail = 'bearer-proxy@project-4711.iam.gserviceaccount.com'
+  const emulator: GoogleEmulator & { url: string, keyFile: string } = { url: '', keyFile: '', clientEmail, assertions: [], served: [] }
+  const send = (res: ServerResponse, status: number, body: unknown): void => {
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8' }).end(JSON.stringify(body))
+  }
+  const server = createServer((req, res) => {
+    let raw = ''
+    req.setEncoding('utf8').on('data', (chunk: string) => { raw += chunk }).on('end', () => {
+      const path = (req.url ?? '').split('?')[0] as string
+      if (req.method === 'POST' && path === '/token') {
+        const form = new URLSearchParams(raw)
+        if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
+          send(res, 400, { error: 'unsupported_grant_type', error_description: 'Invalid grant_type: ' })
+          return
+        }
+        const assertion = form.get('assertion') ?? ''
+        const header = JSON.parse(Buffer.from(assertion.split('.')[0] ?? '', 'base64url').toString('utf8') || '{}') as Record<string, unknown>
+        jwtVerify(assertion, account.publicKey, { algorithms: ['RS256'], issuer: clientEmail, audience: `${emulator.url}/token`, maxTokenAge: 3600 }).then(async ({ payload }) => {
+          const seen = { header, payload: payload as Record<string, unknown>, fields: [...form.keys()], accepted: false }
+          emulator.assertions.push(seen)
+          if (header.kid !== keyId) return send(res, 400, { error: 'invalid_grant', error_description: 'Invalid JWT Signature.' })
+          if (typeof payload.scope !== 'string' || payload.scope === '') return send(res, 400, { error: 'invalid_scope', error_description: 'Invalid OAuth scope or ID token audience provided.' })
+          if (Number(payload.exp) - Number(payload.iat) > 3600) return send(res, 400, { error: 'invalid_grant', error_description: 'Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.' })
+          seen.accepted = true
+          const now = Math.floor(Date.now() / 1000)
+          const token = await new SignJWT({ scope: payload.scope }).setProtectedHeader({ alg: 'RS256' }).setSubject(clientEmail).setIssuedAt(now).setExpirationTime(now + 3599).sign(issuing.privateKey)
+          send(res, 200, { access_token: token, expires_in: 3599, token_type: 'Bearer' })
+        }, () => {
+          emulator.assertions.push({ header, payload: {}, fields: [...form.keys()], accepted: false })
+          send(res, 400, { error: 'invalid_grant', error_description: 'Invalid JWT Signature.' })
+        })
+        return
+      }
+      const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? ''
+      jwtVerify(token, issuing.publicKey).then(() => {
+        emulator.served.push(path)
+        send(res, 200, { path })
+      }, () => send(res, 401, { error: { code: 401, message: 'Request had invalid authentication credentials.', status: 'UNAUTHENTICATED' } }))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  emulator.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { mkdtempSync, writeFileSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  emulator.keyFile = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-google-')), 'service-account.json')
+  writeFileSync(emulator.keyFile, JSON.stringify({
+    type: 'service_account',
+    project_id: 'project-4711',
+    private_key_id: keyId,
+    private_key: await exportPKCS8(account.privateKey),
+    client_email: clientEmail,
+    client_id: '104711000000000000001',
+    auth_uri: 'https://accounts.google.com/o/oauth2/auth',
+    token_uri: `${emulator.url}/token`,
+    auth_provider_x509_cert_url: 'https://www.googleapis.com/oauth2/v1/certs',
+    universe_domain: 'googleapis.com'
+  }, null, 2), { mode: 0o600 })
+  return emulator
+}
