@@ -1,4 +1,7 @@
+import { X509Certificate } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { TLSSocket } from 'node:tls'
 import type { AddressInfo } from 'node:net'
 import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose'
 import Provider, { errors } from 'oidc-provider'
@@ -10,7 +13,9 @@ export interface IdpClient {
   readonly clientId: string
   /** Absent for a client that signs with its key (`private_key_jwt`). */
   readonly clientSecret?: string
-  readonly authMethod?: 'client_secret_post' | 'client_secret_basic' | 'client_secret_jwt' | 'private_key_jwt'
+  readonly authMethod?: 'client_secret_post' | 'client_secret_basic' | 'client_secret_jwt' | 'private_key_jwt' | 'tls_client_auth' | 'self_signed_tls_client_auth'
+  /** The subject DN of a `tls_client_auth` client's certificate, e.g. `CN=my-client`. */
+  readonly subjectDn?: string
   /** The public keys of a `private_key_jwt` client. */
   readonly jwks?: JSONWebKeySet
 }
@@ -36,6 +41,8 @@ export interface IdpOptions {
   /** Token endpoint path below the issuer (Keycloak: `/protocol/openid-connect/token`). */
   readonly tokenPath?: string
   readonly port?: number
+  /** Serve https with this certificate, asking clients for theirs (mutual TLS, RFC 8705), trusting `ca` for them. */
+  readonly tls?: { readonly key: string, readonly cert: string, readonly ca: string }
 }
 
 /** How the token endpoint behaves, switchable while running (for fault tests). */
@@ -66,11 +73,13 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
   const key: JWK = { ...await exportJWK(privateKey), kid: 'demo', use: 'sig', alg: 'RS256' }
   const publicKey: JWK = { kty: key.kty, n: key.n, e: key.e, kid: 'demo', use: 'sig', alg: 'RS256' }
 
-  const server: Server = createServer()
+  const server: Server = options.tls === undefined
+    ? createServer()
+    : createHttpsServer({ key: options.tls.key, cert: options.tls.cert, ca: options.tls.ca, requestCert: true, rejectUnauthorized: false })
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   const path = options.path ?? ''
-  const issuer = `http://127.0.0.1:${port}${path}`
+  const issuer = `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}${path}`
   const resourceServer = {
     scope: 'api',
     audience: API_AUDIENCE,
@@ -86,16 +95,33 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       client_id: client.clientId,
       ...(client.clientSecret === undefined ? {} : { client_secret: client.clientSecret }),
       ...(client.jwks === undefined ? {} : { jwks: client.jwks }),
+      ...(client.subjectDn === undefined ? {} : { tls_client_auth_subject_dn: client.subjectDn }),
       grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/unused'],
       token_endpoint_auth_method: client.authMethod ?? 'client_secret_post'
     })),
     jwks: { keys: [key] },
+    clientAuthMethods: ['client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', ...(options.tls === undefined ? [] : ['tls_client_auth' as const, 'self_signed_tls_client_auth' as const])],
     scopes: ['openid', 'offline_access', 'api'],
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     features: {
       clientCredentials: { enabled: true },
+      // RFC 8705: the certificate the TLS handshake verified against `tls.ca`.
+      mTLS: {
+        enabled: options.tls !== undefined,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate: (ctx) => {
+          const peer = (ctx.socket as TLSSocket).getPeerCertificate?.()
+          return peer?.raw === undefined ? undefined : new X509Certificate(peer.raw).toString()
+        },
+        certificateAuthorized: (ctx) => (ctx.socket as TLSSocket).authorized,
+        certificateSubjectMatches: (ctx, property, expected) => {
+          const peer = (ctx.socket as TLSSocket).getPeerCertificate?.()
+          return property === 'tls_client_auth_subject_dn' && peer?.raw !== undefined && new X509Certificate(peer.raw).subject === expected
+        }
+      },
       devInteractions: { enabled: false },
       resourceIndicators: {
         enabled: true,

@@ -139,7 +139,7 @@ function watchForReload (config: Config, options: LoadOptions, reconfigure: Runn
     else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
     for (const settings of of.credentialSets.values()) {
       for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
-      if (settings.clientKey !== undefined) files.add(settings.clientKey.file)
+      for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) if (file !== undefined) files.add(file)
     }
     if (of.inboundKey?.kind === 'file') files.add(of.inboundKey.path)
     for (const [path, onChange] of watched) {
@@ -179,18 +179,21 @@ function describeReload ({ sets, routes, settings, needsRestart }: ReloadSummary
 
 /** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */
 async function oneShot<T> (config: Config, work: (tokens: import('./token/manager.js').TokenManager, dispatcher: Dispatcher) => Promise<T>): Promise<T> {
-  const [{ createDispatcher }, { TokenManager }] = await Promise.all([import('./outbound.js'), import('./token/manager.js')])
+  const [{ createDispatcher }, { TokenManager }, { readClientCertificate }] = await Promise.all([import('./outbound.js'), import('./token/manager.js'), import('./keys.js')])
   const log = createLogger(config.logLevel ?? 'silent', 2, config.logFormat)
   if (config.insecureSkipVerify && !log.isLevelEnabled('warn')) {
     process.stderr.write('bearer-proxy: warning: BEARER_PROXY_INSECURE_SKIP_VERIFY=true: TLS certificates are NOT verified\n')
   }
   const dispatcher = createDispatcher(config, log)
-  const tokens = new TokenManager(config.token, { dispatcher, log })
+  // A client certificate (RFC 8705) goes to the token endpoint, and to upstreams with UPSTREAM_CLIENT_CERT.
+  const { clientCert, upstreamClientCert } = config.token
+  const own = clientCert === undefined ? undefined : createDispatcher(config, log, { certificate: readClientCertificate(clientCert.cert, clientCert.key) })
+  const tokens = new TokenManager(config.token, { dispatcher: own ?? dispatcher, log })
   try {
-    return await work(tokens, dispatcher)
+    return await work(tokens, upstreamClientCert ? own ?? dispatcher : dispatcher)
   } finally {
     tokens.close()
-    await dispatcher.close()
+    await Promise.all([dispatcher.close(), own?.close()])
   }
 }
 

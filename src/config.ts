@@ -90,10 +90,11 @@ export function fingerprintOf (settings: TokenSettings): string {
     }
     hash.update('\0').update(value)
   }
-  // A rotated key changes the set as a rotated secret does.
-  if (settings.clientKey !== undefined) {
+  // A rotated key or certificate changes the set as a rotated secret does.
+  for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) {
+    if (file === undefined) continue
     try {
-      hash.update('\0').update(readFileSync(settings.clientKey.file))
+      hash.update('\0').update(readFileSync(file))
     } catch (error) {
       hash.update(`\0unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`)
     }
@@ -113,6 +114,10 @@ export interface TokenSettings {
   readonly assertionAudience: 'token_endpoint' | 'issuer'
   /** A service account's JSON key file: its scope goes into the assertion, as Google reads it. */
   readonly serviceAccount: boolean
+  /** RFC 8705: the certificate (PEM, with its chain) and its key, presented to the token endpoint; re-read when they change. */
+  readonly clientCert: { readonly cert: string, readonly key: string } | undefined
+  /** The certificate is presented to the set's upstreams too. */
+  readonly upstreamClientCert: boolean
   readonly realm: string | undefined
   readonly scope: string | undefined
   readonly audience: string | undefined

@@ -11,6 +11,8 @@ import { createGuard, type Guard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
 import { clusterRoot, clusterRootsOf, CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
+import { readClientCertificate } from './keys.js'
+import { createDispatcher } from './outbound.js'
 import { readSecret, type SecretSource } from './secret.js'
 import { TokenManager } from './token/manager.js'
 
@@ -197,15 +199,17 @@ class DiscoveredClusters {
   readonly root: string
   readonly controlPlane: URL
   readonly #tokens: TokenManager
+  readonly #dispatcher: Dispatcher
   readonly #tables = new Set<RouteTable<ServedRoute>>()
   #served = new Map<string, ServedRoute>()
   #entries: ReadonlyArray<{ readonly route: ServedRoute, readonly uuid: string }> | undefined
 
-  constructor (discovery: ClusterDiscovery, where: { root: string, controlPlane: URL, tokens: TokenManager }, serve: (name: string, upstream: URL) => ServedRoute) {
+  constructor (discovery: ClusterDiscovery, where: { root: string, controlPlane: URL, tokens: TokenManager, dispatcher: Dispatcher }, serve: (name: string, upstream: URL) => ServedRoute) {
     this.discovery = discovery
     this.root = where.root
     this.controlPlane = where.controlPlane
     this.#tokens = where.tokens
+    this.#dispatcher = where.dispatcher
     discovery.on('change', (clusters: readonly DiscoveredCluster[]) => {
       const next = new Map<string, ServedRoute>()
       const entries = clusters.map(({ name, uuid, url }) => {
@@ -220,9 +224,9 @@ class DiscoveredClusters {
     })
   }
 
-  /** Whether this is the discovery of `root` from `controlPlane` with `tokens`. */
-  serves (root: string, controlPlane: URL, tokens: TokenManager): boolean {
-    return this.root === root && this.controlPlane.href === controlPlane.href && this.#tokens === tokens
+  /** Whether this is the discovery of `root` from `controlPlane` with `tokens`, through `dispatcher`. */
+  serves (root: string, controlPlane: URL, tokens: TokenManager, dispatcher: Dispatcher): boolean {
+    return this.root === root && this.controlPlane.href === controlPlane.href && this.#tokens === tokens && this.#dispatcher === dispatcher
   }
 
   /** Keeps `table`'s clusters under this root these, from now on. */
@@ -244,6 +248,28 @@ export interface ConfigurationsOptions {
 }
 
 /**
+ * Where a credential set's calls go out: the shared dispatcher, or, with a client
+ * certificate (RFC 8705), one of its own that presents it to the token endpoint,
+ * and to the set's upstreams too with `UPSTREAM_CLIENT_CERT`.
+ */
+interface Outbound {
+  readonly tokens: Dispatcher
+  readonly upstreams: Dispatcher
+  /** The set's own dispatcher, closed when the set changes or goes. */
+  readonly own: Dispatcher | undefined
+}
+
+/** A number per dispatcher, so that a route kept by a reload is one that goes out the same way. */
+const dispatcherIds = new WeakMap<Dispatcher, number>()
+let dispatchers = 0
+function idOf (dispatcher: Dispatcher): number {
+  const known = dispatcherIds.get(dispatcher)
+  if (known !== undefined) return known
+  dispatcherIds.set(dispatcher, ++dispatchers)
+  return dispatchers
+}
+
+/**
  * The configuration served now, and its replacement by a reload: the credential
  * sets' token managers (kept, reconfigured, closed or made), the routes (kept whole
  * while unchanged), the cluster discoveries, and the generation that routes requests.
@@ -259,12 +285,14 @@ export class Configurations {
   #served = new Map<string, ServedRoute>()
   /** Each set's settings and secrets, hashed: what tells a changed set from a kept one. */
   readonly #prints: Map<string, string>
+  readonly #outbound: Map<string, Outbound>
 
   private constructor (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions) {
     this.#started = config
     this.#options = options
+    this.#outbound = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#outboundOf(settings, parts)]))
     // One token manager per credential set: a route's tokens come from its own set, and no other.
-    const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#manager(name, settings, config, parts)]))
+    const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#manager(name, settings, config, parts.log, this.#outbound.get(name) as Outbound)]))
     this.tokens = credentials.values().next().value as TokenManager
     this.shared = { ...parts, metrics: new Metrics(credentials), credentials, closing: false, server: undefined }
     this.#prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
@@ -273,8 +301,10 @@ export class Configurations {
   /** The first generation built, its token managers made but not started. */
   static async build (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions = {}): Promise<Configurations> {
     const configurations = new Configurations(config, parts, options)
-    const routes = configurations.#serve(config, configurations.shared.credentials)
-    configurations.#current = await buildGeneration(config, configurations.shared, routes.routes, configurations.#clusters(config, configurations.shared.credentials, []))
+    const { credentials } = configurations.shared
+    const outbound = configurations.#outbound
+    const routes = configurations.#serve(config, credentials, outbound)
+    configurations.#current = await buildGeneration(config, configurations.shared, routes.routes, configurations.#clusters(config, credentials, outbound, []))
     routes.keep()
     return configurations
   }
@@ -298,15 +328,19 @@ export class Configurations {
   async reconfigure (next: Config): Promise<ReloadSummary> {
     const { credentials, metrics } = this.shared
     const sets = diff([...this.#prints.keys()], [...next.credentialSets.keys()], (name) => fingerprintOf(next.credentialSets.get(name) as TokenSettings) !== this.#prints.get(name))
+    const renewed = new Set([...sets.added, ...sets.changed])
+    // New and changed sets go out by dispatchers made from their files as they are now.
+    const nextOutbound = new Map([...next.credentialSets].map(([name, settings]) => [name, renewed.has(name) ? this.#outboundOf(settings, this.shared) : this.#outbound.get(name) as Outbound]))
     // The new sets' managers, made but not started until the new routes serve.
-    const nextSets = new Map([...next.credentialSets.keys()].map((name) => [name, credentials.get(name) ?? this.#manager(name, next.credentialSets.get(name) as TokenSettings, next, this.shared)]))
-    const routes = this.#serve(next, nextSets)
-    const clusters = this.#clusters(next, nextSets, this.#current.clusters)
+    const nextSets = new Map([...next.credentialSets].map(([name, settings]) => [name, credentials.get(name) ?? this.#manager(name, settings, next, this.shared.log, nextOutbound.get(name) as Outbound)]))
+    const routes = this.#serve(next, nextSets, nextOutbound)
+    const clusters = this.#clusters(next, nextSets, nextOutbound, this.#current.clusters)
     let generation: Generation
     try {
       generation = await buildGeneration(next, this.shared, routes.routes, clusters)
     } catch (error) {
       for (const feed of clusters) if (!this.#current.clusters.includes(feed)) feed.discovery.close()
+      for (const name of renewed) void nextOutbound.get(name)?.own?.close()
       throw error
     }
     const previous = this.#current
@@ -316,6 +350,12 @@ export class Configurations {
       feed.detach(previous.table)
       if (!generation.clusters.includes(feed)) feed.discovery.close()
     }
+    for (const name of [...sets.removed, ...sets.changed]) {
+      // Graceful: requests already on their way finish.
+      void this.#outbound.get(name)?.own?.close()
+      this.#outbound.delete(name)
+    }
+    for (const name of renewed) this.#outbound.set(name, nextOutbound.get(name) as Outbound)
     for (const name of sets.removed) {
       const manager = credentials.get(name) as TokenManager
       manager.close()
@@ -325,7 +365,7 @@ export class Configurations {
     }
     for (const name of sets.changed) {
       const settings = next.credentialSets.get(name) as TokenSettings
-      credentials.get(name)?.reconfigure(settings)
+      credentials.get(name)?.reconfigure(settings, nextOutbound.get(name)?.tokens)
       this.#prints.set(name, fingerprintOf(settings))
     }
     for (const name of sets.added) {
@@ -345,26 +385,35 @@ export class Configurations {
     }
   }
 
-  /** No more renewals or discoveries; the generation's app closed. */
+  /** No more renewals or discoveries; the generation's app and the sets' own dispatchers closed. */
   async close (): Promise<void> {
     for (const feed of this.#current.clusters) feed.discovery.close()
     await this.#current.app.close()
     for (const manager of this.shared.credentials.values()) manager.close()
+    await Promise.all([...this.#outbound.values()].map(async ({ own }) => await own?.close()))
   }
 
-  #manager (name: string, settings: TokenSettings, of: Config, parts: { log: Logger, dispatcher: Dispatcher }): TokenManager {
-    return new TokenManager(settings, { dispatcher: parts.dispatcher, log: credentialsLog(parts.log, name, of), backoffMs: this.#options.backoffMs })
+  #manager (name: string, settings: TokenSettings, of: Config, log: Logger, outbound: Outbound): TokenManager {
+    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs })
+  }
+
+  /** How a set's calls go out: its certificate and key read now (a reload reads them again when they change). */
+  #outboundOf (settings: TokenSettings, parts: { log: Logger, dispatcher: Dispatcher }): Outbound {
+    if (settings.clientCert === undefined) return { tokens: parts.dispatcher, upstreams: parts.dispatcher, own: undefined }
+    const own = createDispatcher(this.#started, parts.log, { certificate: readClientCertificate(settings.clientCert.cert, settings.clientCert.key) })
+    return { tokens: own, upstreams: settings.upstreamClientCert ? own : parts.dispatcher, own }
   }
 
   /** The routes of `of`, each with its set's token manager; `keep()` makes them the ones the next reload compares with. */
-  #serve (of: Config, sets: ReadonlyMap<string, TokenManager>): { routes: ServedRoute[], keep: () => void } {
+  #serve (of: Config, sets: ReadonlyMap<string, TokenManager>, outbound: ReadonlyMap<string, Outbound>): { routes: ServedRoute[], keep: () => void } {
     const next = new Map<string, ServedRoute>()
     const routes = routesOf(of).map((route) => {
-      const key = JSON.stringify(route)
+      const upstreams = (outbound.get(route.credentials) as Outbound).upstreams
+      const key = `${JSON.stringify(route)} ${idOf(upstreams)}`
       const kept = this.#served.get(key)
       const made = kept !== undefined && sets.get(route.credentials) === this.shared.credentials.get(route.credentials)
         ? kept
-        : serveRoute(route, this.shared.dispatcher, sets.get(route.credentials) as TokenManager, this.shared.log)
+        : serveRoute(route, upstreams, sets.get(route.credentials) as TokenManager, this.shared.log)
       next.set(key, made)
       return made
     })
@@ -373,10 +422,10 @@ export class Configurations {
 
   /**
    * The discoveries a configuration runs: the top level's, and each route's. One that
-   * asks the same control plane with the same set, for the same root, keeps running.
+   * asks the same control plane with the same set, the same way, for the same root, keeps running.
    */
-  #clusters (of: Config, sets: ReadonlyMap<string, TokenManager>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
-    const { dispatcher, log } = this.shared
+  #clusters (of: Config, sets: ReadonlyMap<string, TokenManager>, outbound: ReadonlyMap<string, Outbound>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
+    const { log } = this.shared
     const [defaultSet] = [...sets.keys()] as [string]
     const wanted = [
       ...(of.discoverClusters && of.upstream !== undefined ? [{ root: CLUSTERS_PREFIX, controlPlane: of.upstream, credentials: defaultSet, route: undefined }] : []),
@@ -384,10 +433,11 @@ export class Configurations {
     ]
     return wanted.map(({ root, controlPlane, credentials: name, route }) => {
       const manager = sets.get(name) as TokenManager
-      const kept = running.find((feed) => feed.serves(root, controlPlane, manager))
+      const dispatcher = (outbound.get(name) as Outbound).upstreams
+      const kept = running.find((feed) => feed.serves(root, controlPlane, manager, dispatcher))
       if (kept !== undefined) return kept
       const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, timeout: of.timeout, ...this.#options.discovery })
-      return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager }, (cluster, upstream) =>
+      return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager, dispatcher }, (cluster, upstream) =>
         serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, credentials: name }, dispatcher, manager, log))
     })
   }

@@ -1,4 +1,4 @@
-import { createPrivateKey, type KeyObject } from 'node:crypto'
+import { createPrivateKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { readFileSync, statSync } from 'node:fs'
 
 /**
@@ -27,9 +27,13 @@ export interface ServiceAccount {
 
 /** Why a key file cannot be used, in words that never quote it. */
 export class KeyError extends Error {
-  constructor (message: string) {
+  /** The setting whose file it is, when the caller cannot tell. */
+  readonly setting: string | undefined
+
+  constructor (message: string, setting?: string) {
     super(message)
     this.name = 'KeyError'
+    this.setting = setting
   }
 }
 
@@ -106,4 +110,32 @@ function serviceAccountKey (text: string): SigningKey {
   const account = parseServiceAccount(text)
   const key = signingKey(account.privateKey)
   return { ...key, kid: account.keyId }
+}
+
+/** A client certificate and its private key, as TLS takes them (PEM). */
+export interface ClientCertificate { readonly cert: string, readonly key: string }
+
+/**
+ * The certificate (with its chain) and key of mutual TLS (RFC 8705), read from their
+ * files and checked to belong together. Throws a `KeyError` naming which file is wrong.
+ */
+export function readClientCertificate (certFile: string, keyFile: string): ClientCertificate {
+  const certText = readFileSync(certFile, 'utf8')
+  let certificate: X509Certificate
+  try {
+    certificate = new X509Certificate(certText)
+  } catch {
+    throw new KeyError('is not a PEM certificate', 'CLIENT_CERT_FILE')
+  }
+  const keyText = readFileSync(keyFile, 'utf8').trim()
+  let key: KeyObject
+  try {
+    key = keyText.startsWith('{')
+      ? createPrivateKey({ key: JSON.parse(keyText) as import('node:crypto').JsonWebKey, format: 'jwk' })
+      : createPrivateKey(keyText)
+  } catch {
+    throw new KeyError('is not a private key (PEM PKCS#8, PKCS#1 or SEC1, or a JWK)', 'CLIENT_KEY_FILE')
+  }
+  if (!certificate.checkPrivateKey(key)) throw new KeyError('is not the certificate of the key in CLIENT_KEY_FILE', 'CLIENT_CERT_FILE')
+  return { cert: certText, key: key.export({ format: 'pem', type: 'pkcs8' }) as string }
 }

@@ -124,6 +124,16 @@ t.test('CLIENT_ASSERTION_AUDIENCE=issuer puts the issuer in aud; client_secret_j
   t.match(idp.assertions.at(-1), { header: { alg: 'HS256' }, payload: { iss: 'hmac', sub: 'hmac', aud: idp.tokenUrl } })
   t.notOk(idp.assertions.at(-1)?.fields.includes('client_secret'), 'the secret itself is not sent')
   assertNoSecret(t, 'log', hmac.logs.lines.join('\n'), [HMAC_SECRET])
+
+  // Signed with another secret: refused, and the refusal says so.
+  const wrong = startTokenManager(t, {
+    BEARER_PROXY_TOKEN_URL: idp.tokenUrl,
+    BEARER_PROXY_CLIENT_ID: 'hmac',
+    BEARER_PROXY_CLIENT_SECRET: 'not-the-Hmac-Secret-0000-long-enough-for-HS256',
+    BEARER_PROXY_CLIENT_AUTH: 'client_secret_jwt'
+  }, { backoffMs: 60_000 })
+  await t.rejects(wrong.tokens.get(), { code: 'token_unavailable', message: /answered 401 invalid_client \(client authentication failed\)/ })
+  assertNoSecret(t, 'log', wrong.logs.lines.join('\n'), ['not-the-Hmac-Secret-0000-long-enough-for-HS256'])
 })
 
 t.test('a key the provider does not know: 503 token_unavailable naming the provider\'s answer; nothing of the key in the answer or the log', async (t) => {
@@ -175,7 +185,7 @@ t.test('a key that cannot be used stops the start, naming the setting and never 
   t.match(problems({}), /CLIENT_KEY_FILE: required for AUTH=oidc GRANT=client_credentials CLIENT_AUTH=private_key_jwt/)
   t.match(problems({ BEARER_PROXY_CLIENT_KEY_FILE: write('ok.pem', rsa.pem), BEARER_PROXY_CLIENT_SECRET: 'x' }), /CLIENT_SECRET: does nothing with AUTH=oidc/)
   t.match(problems({ BEARER_PROXY_CLIENT_KEY_FILE: write('ok.pem', rsa.pem), BEARER_PROXY_CLIENT_ASSERTION_AUDIENCE: 'issuer' }), /CLIENT_ASSERTION_AUDIENCE: issuer needs BEARER_PROXY_ISSUER/)
-  t.match(problems({ BEARER_PROXY_CLIENT_AUTH: 'client_secret_post', BEARER_PROXY_CLIENT_SECRET: 'x', BEARER_PROXY_CLIENT_KEY_FILE: write('ok.pem', rsa.pem) }), /CLIENT_KEY_FILE: does nothing with AUTH=oidc GRANT=client_credentials \(only CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer reads it\)/)
+  t.match(problems({ BEARER_PROXY_CLIENT_AUTH: 'client_secret_post', BEARER_PROXY_CLIENT_SECRET: 'x', BEARER_PROXY_CLIENT_KEY_FILE: write('ok.pem', rsa.pem) }), /CLIENT_KEY_FILE: does nothing with AUTH=oidc GRANT=client_credentials \(only CLIENT_AUTH=private_key_jwt, GRANT=jwt_bearer or CLIENT_CERT_FILE reads it\)/)
 })
 
 t.test('GRANT=jwt_bearer from a Google service account key file: one setting and SCOPE; the assertion is the grant', async (t) => {

@@ -12,6 +12,34 @@ import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { startEcho } from './helpers/upstream.js'
 
 interface Changes { added: string[], changed: string[], removed: string[] }
+
+/**
+ * Clients calling `paths` in turn (one per worker) until stopped, counting the answers
+ * by path and status; `answered(n)` resolves once `n` more have come back.
+ */
+function startLoad (address: string, paths: readonly string[]): { answers: Map<string, number>, answered: (count: number) => Promise<void>, stop: () => Promise<void> } {
+  let running = true
+  let total = 0
+  let goal = { at: Infinity, reached: () => {} }
+  const answers = new Map<string, number>()
+  const workers = Promise.all(paths.map(async (path) => {
+    while (running) {
+      const answer = await request(`${address}${path}`)
+      await answer.body.dump()
+      const key = `${path} ${answer.statusCode}`
+      answers.set(key, (answers.get(key) ?? 0) + 1)
+      if (++total === goal.at) goal.reached()
+    }
+  }))
+  return {
+    answers,
+    answered: async (count) => { await new Promise<void>((resolve) => { goal = { at: total + count, reached: resolve } }) },
+    stop: async () => {
+      running = false
+      await workers
+    }
+  }
+}
 interface Reloaded { cause: string, sets: Changes, routes: Changes, settings: string[], needsRestart: string[], msg: string }
 
 const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-reload-'))
@@ -58,18 +86,8 @@ ${extra}`
   await waitForLine(child, /"event":"ready"/)
 
   // Load on both routes for the whole test.
-  let running = true
-  const failures: string[] = []
-  let sent = 0
-  const load = Promise.all(Array.from({ length: 4 }, async (_, worker) => {
-    while (running) {
-      const path = worker % 2 === 0 ? '/north/x' : '/south/y'
-      const answer = await request(`${address}${path}`)
-      await answer.body.dump()
-      sent++
-      if (answer.statusCode !== 200) failures.push(`${path} ${answer.statusCode}`)
-    }
-  }))
+  const load = startLoad(address, ['/north/x', '/south/y', '/north/x', '/south/y'])
+  await bounded(load.answered(20), 10_000, '20 requests before the first reload')
 
   // SIGHUP after north's client changed: north's token is replaced, south's kept.
   write('proxy.yaml', yaml('north-second', 'north-Second-5520'))
@@ -102,10 +120,10 @@ ${extra}`
   t.equal(await (await request(`${address}/south/after`)).body.text(), 'Bearer south-token-2', 'the old token is not used again')
   t.equal(south.calls.at(-1)?.fields.client_secret, 'south-Rotated-9952')
 
-  running = false
-  await load
-  t.ok(sent > 20, `${sent} requests during the reloads`)
-  t.same(failures, [], 'no request failed')
+  await bounded(load.answered(20), 10_000, '20 requests after the last reload')
+  await load.stop()
+  const failed = [...load.answers].filter(([key]) => !key.endsWith(' 200'))
+  t.same(failed, [], `no request failed (${JSON.stringify(Object.fromEntries(load.answers))})`)
   t.equal(south.calls.length, 2, 'south asked for a token at start and after its secret changed, not when north changed')
   t.notMatch(output().stdout, /north-Second-5520|south-Secret-8841|south-Rotated-9952|south-token-/, 'no secret or token in the log')
 })
@@ -172,23 +190,9 @@ routes:
   const northToken = northTokens.current()
 
   // Load on both routes for the whole test: every answer is 200, or 404 for /south once it is gone.
-  let running = true
-  const answers = new Map<string, number>()
-  let total = 0
-  // Resolved once `count` more requests are answered.
-  let goal = { at: Infinity, reached: () => {} }
-  const answered = async (count: number): Promise<void> => await new Promise((resolve) => { goal = { at: total + count, reached: resolve } })
-  const load = Promise.all(Array.from({ length: 6 }, async (_, worker) => {
-    while (running) {
-      const path = worker % 3 === 2 ? '/south/y' : '/north/x'
-      const answer = await request(`${proxy.address}${path}`)
-      await answer.body.dump()
-      const key = `${path} ${answer.statusCode}`
-      answers.set(key, (answers.get(key) ?? 0) + 1)
-      if (++total === goal.at) goal.reached()
-    }
-  }))
-  await bounded(answered(60), 10_000, '60 requests before the reload')
+  const load = startLoad(proxy.address, ['/north/x', '/north/x', '/south/y', '/north/x', '/north/x', '/south/y'])
+  const { answers } = load
+  await bounded(load.answered(60), 10_000, '60 requests before the reload')
   const inFlight = request(`${proxy.address}/north/hold`)
   await bounded(holding, 5000, 'the held request to reach the API')
   const southSeen = (): number => southApi.requests()
@@ -227,9 +231,8 @@ ${set('north', north)}${set('east', east)}routes:
   t.equal(gone.statusCode, 404)
   t.match(await gone.body.json(), { error: 'not_found' })
 
-  await bounded(answered(60), 10_000, '60 requests after the reload')
-  running = false
-  await load
+  await bounded(load.answered(60), 10_000, '60 requests after the reload')
+  await load.stop()
   // The removed set: closed, its token forgotten, never used again.
   t.equal(southTokens.current(), undefined)
   await t.rejects(southTokens.get(), { code: 'token_unavailable' })

@@ -40,7 +40,7 @@ export interface RouteEntry {
 /** The settings a credential set may hold: how it gets tokens, and the control plane they come from. */
 export const CREDENTIAL_SETTINGS: ReadonlySet<string> = new Set([
   'AUTH', 'GRANT', 'TOKEN_URL', 'ISSUER', 'REALM', 'CLIENT_ID', 'CLIENT_AUTH', 'USERNAME', 'SCOPE', 'AUDIENCE', 'TOKEN_PARAMS',
-  'CLIENT_KEY_FILE', 'CLIENT_KEY_ID', 'CLIENT_ASSERTION_AUDIENCE', 'SERVICE_ACCOUNT_FILE',
+  'CLIENT_KEY_FILE', 'CLIENT_KEY_ID', 'CLIENT_ASSERTION_AUDIENCE', 'SERVICE_ACCOUNT_FILE', 'CLIENT_CERT_FILE', 'UPSTREAM_CLIENT_CERT',
   'APP_NAME', 'RUNAI_TOKEN_API', 'UPSTREAM', 'REFRESH_SKEW', 'TIMEOUT', 'ALLOW_HTTP_TOKEN_ENDPOINT',
   ...['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY'].flatMap((name) => [name, `${name}_FILE`])
 ])

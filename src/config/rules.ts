@@ -2,7 +2,7 @@ import { accessSync, constants, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import type { Client, ClientKey, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
-import { KeyError, parseServiceAccount, readSigningKey, type ServiceAccount } from '../keys.js'
+import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
 
@@ -39,9 +39,11 @@ export interface Input {
 
 /** A client that signs an assertion with its own key (RFC 7523), rather than sending a secret. */
 const signs = (auth: ClientAuth, grant: Grant): boolean => auth === 'private_key_jwt' || grant === 'jwt_bearer'
+/** A client that proves who it is by its TLS certificate (RFC 8705 §2). */
+const byCertificate = (auth: ClientAuth): boolean => auth === 'tls_client_auth' || auth === 'self_signed_tls_client_auth'
 
 /** Settings that only some flavours, grants or client authentications read: set elsewhere, they would be silently ignored. */
-const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: ClientAuth) => boolean, string]> = [
+const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: ClientAuth, given: ReadonlySet<string>) => boolean, string]> = [
   ['REALM', (flavour) => flavour === 'oidc' || flavour === 'apiconnect', 'AUTH=oidc (Keycloak) or apiconnect'],
   ['ISSUER', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['SCOPE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
@@ -54,11 +56,12 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: Cli
   ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
   ['API_KEY', (_flavour, grant) => grant === 'api_key', 'GRANT=api_key'],
-  ['CLIENT_KEY_FILE', (_flavour, grant, auth) => signs(auth, grant), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
+  ['CLIENT_KEY_FILE', (_flavour, grant, auth, given) => signs(auth, grant) || given.has('CLIENT_CERT_FILE'), 'CLIENT_AUTH=private_key_jwt, GRANT=jwt_bearer or CLIENT_CERT_FILE'],
   ['CLIENT_KEY_ID', (_flavour, grant, auth) => signs(auth, grant), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
   ['CLIENT_ASSERTION_AUDIENCE', (_flavour, grant, auth) => signs(auth, grant) || auth === 'client_secret_jwt', 'CLIENT_AUTH=private_key_jwt or client_secret_jwt, or GRANT=jwt_bearer'],
   ['SERVICE_ACCOUNT_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
-  ['CLIENT_SECRET', (flavour, _grant, auth) => flavour !== 'oidc' || auth !== 'private_key_jwt', 'a client that does not sign with its key (CLIENT_AUTH other than private_key_jwt)']
+  ['CLIENT_SECRET', (flavour, _grant, auth) => flavour !== 'oidc' || (auth !== 'private_key_jwt' && !byCertificate(auth)), 'a client that proves who it is with a secret (CLIENT_AUTH other than private_key_jwt, tls_client_auth, self_signed_tls_client_auth)'],
+  ['UPSTREAM_CLIENT_CERT', (_flavour, _grant, _auth, given) => given.has('CLIENT_CERT_FILE'), 'CLIENT_CERT_FILE']
 ]
 
 export function interpret (raw: Record<string, unknown>, input: Input, problems: string[]): Config | undefined {
@@ -84,7 +87,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   if (!grants.includes(grant)) flavourProblems.push(`${PREFIX}GRANT: ${grant} is not a grant of AUTH=${flavour} (use ${grants.join(', ')})`)
   for (const [name, reads, who] of READ_BY) {
     if (given.has(name) || given.has(`${name}_FILE`)) {
-      if (!reads(flavour, grant, auth)) flavourProblems.push(`${PREFIX}${name}: does nothing with AUTH=${flavour} GRANT=${grant} (only ${who} reads it); remove it`)
+      if (!reads(flavour, grant, auth, given)) flavourProblems.push(`${PREFIX}${name}: does nothing with AUTH=${flavour} GRANT=${grant} (only ${who} reads it); remove it`)
     }
   }
   for (const name of ['CLIENT_ID', 'CLIENT_KEY_FILE'] as const) {
@@ -110,10 +113,12 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     problems.push(`${PREFIX}UPSTREAM: required (the API to forward to), or ${PREFIX}CLUSTERS`)
   }
 
-  const clientKey = keyOf(get('CLIENT_KEY_FILE'), get('SERVICE_ACCOUNT_FILE'), account, get('CLIENT_KEY_ID'), problems)
+  // A key that only proves the client's TLS certificate is checked with the certificate.
+  const clientKey = signs(auth, grant) ? keyOf(get('CLIENT_KEY_FILE'), get('SERVICE_ACCOUNT_FILE'), account, get('CLIENT_KEY_ID'), problems) : undefined
   const values: Record<Needed, string | SecretSource | undefined> = {
     CLIENT_ID: get('CLIENT_ID') ?? account?.clientEmail,
-    CLIENT_KEY_FILE: clientKey?.file,
+    CLIENT_KEY_FILE: clientKey?.file ?? get('CLIENT_KEY_FILE'),
+    CLIENT_CERT_FILE: get('CLIENT_CERT_FILE'),
     CLIENT_SECRET: secret('CLIENT_SECRET'),
     USERNAME: get('USERNAME'),
     PASSWORD: secret('PASSWORD'),
@@ -122,23 +127,33 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
   // The client's own authentication adds to what the grant needs (a key instead of a secret, or the secret as an HMAC key).
   const needs = new Set(NEEDS[flavour][grant] ?? [])
-  if (flavour === 'oidc' && auth === 'private_key_jwt') needs.delete('CLIENT_SECRET')
+  if (flavour === 'oidc' && (auth === 'private_key_jwt' || byCertificate(auth))) needs.delete('CLIENT_SECRET')
   if (flavour === 'oidc' && auth !== 'client_secret_post' && auth !== 'client_secret_basic') {
-    needs.add('CLIENT_ID').add(auth === 'private_key_jwt' ? 'CLIENT_KEY_FILE' : 'CLIENT_SECRET')
+    needs.add('CLIENT_ID')
+    if (auth === 'private_key_jwt') needs.add('CLIENT_KEY_FILE')
+    else if (byCertificate(auth)) needs.add('CLIENT_CERT_FILE').add('CLIENT_KEY_FILE')
+    else needs.add('CLIENT_SECRET')
   }
+  if (given.has('CLIENT_CERT_FILE')) needs.add('CLIENT_KEY_FILE')
   for (const name of needs) {
     if (values[name] !== undefined) continue
     // Reported at their cause: the key file, or the service account's file.
     if ((name === 'CLIENT_KEY_FILE' && given.has(name)) || ((name === 'CLIENT_ID' || name === 'CLIENT_KEY_FILE') && given.has('SERVICE_ACCOUNT_FILE'))) continue
-    const file = name === 'CLIENT_ID' || name === 'USERNAME' || name === 'CLIENT_KEY_FILE' ? '' : ` (or ${PREFIX}${name}_FILE)`
+    const file = name === 'CLIENT_ID' || name === 'USERNAME' || name.endsWith('_FILE') ? '' : ` (or ${PREFIX}${name}_FILE)`
     const why = needs.has(name) && !(NEEDS[flavour][grant] ?? []).includes(name) ? ` CLIENT_AUTH=${auth}` : ''
     flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}${why}`)
   }
   const credentials = credentialsOf(grant, values)
   const tokenUrl = url('TOKEN_URL') ?? (account === undefined ? undefined : parseHttpUrl(account.tokenUri, `${PREFIX}SERVICE_ACCOUNT_FILE (token_uri)`, problems))
+  // A certificate is only presented in a TLS handshake: over plain http the client could not prove who it is.
+  const issuer = url('ISSUER')
+  const plain = [tokenUrl, issuer].find((candidate) => candidate?.protocol === 'http:')
+  if (byCertificate(auth) && plain !== undefined) {
+    flavourProblems.push(`${PREFIX}CLIENT_AUTH: ${auth} proves the client by its TLS certificate, which a plain http token endpoint never asks for (${plain.origin}); use https`)
+  }
   // A service account file that cannot be read has said so; the endpoint it would have named is not asked for too.
   const endpointProblems = given.has('SERVICE_ACCOUNT_FILE') && account === undefined ? [] : flavourProblems
-  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer: url('ISSUER'), upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
+  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer, upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -164,6 +179,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     clientKey,
     assertionAudience: get('CLIENT_ASSERTION_AUDIENCE') as TokenSettings['assertionAudience'],
     serviceAccount: account !== undefined,
+    clientCert: certificateOf(get('CLIENT_CERT_FILE'), get('CLIENT_KEY_FILE'), problems),
+    upstreamClientCert: flag('UPSTREAM_CLIENT_CERT'),
     realm: get('REALM'),
     scope: get('SCOPE'),
     audience: get('AUDIENCE'),
@@ -248,6 +265,22 @@ function serviceAccount (path: string, problems: string[]): ServiceAccount | und
     problems.push(`${PREFIX}SERVICE_ACCOUNT_FILE: ${error instanceof KeyError ? error.message : `cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`}`)
     return undefined
   }
+}
+
+/** The client certificate of mutual TLS, checked now against its key. */
+function certificateOf (certFile: string | undefined, keyFile: string | undefined, problems: string[]): TokenSettings['clientCert'] {
+  if (certFile === undefined || keyFile === undefined) return undefined
+  // A key file that cannot be used has been reported once, at its cause.
+  if (problems.some((problem) => problem.startsWith(`${PREFIX}CLIENT_KEY_FILE:`))) return undefined
+  try {
+    readClientCertificate(certFile, keyFile)
+  } catch (error) {
+    const { code, path } = error as NodeJS.ErrnoException
+    problems.push(error instanceof KeyError
+      ? `${PREFIX}${error.setting ?? 'CLIENT_CERT_FILE'}: ${error.message}`
+      : `${PREFIX}${path === keyFile ? 'CLIENT_KEY_FILE' : 'CLIENT_CERT_FILE'}: cannot read ${path ?? certFile} (${code ?? 'error'})`)
+  }
+  return { cert: certFile, key: keyFile }
 }
 
 /** The key that signs assertions: checked now, so that a key that cannot be used stops the start, naming its setting. */

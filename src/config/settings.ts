@@ -14,10 +14,10 @@ export const SECRETS = ['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY',
 export type SecretName = typeof SECRETS[number]
 
 /** The credential settings a grant can need. */
-export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE'
+export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE' | 'CLIENT_CERT_FILE'
 
-/** How a client proves who it is to an OAuth token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2). */
-export const CLIENT_AUTHS = ['client_secret_post', 'client_secret_basic', 'client_secret_jwt', 'private_key_jwt'] as const
+/** How a client proves who it is to an OAuth token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705 §2). */
+export const CLIENT_AUTHS = ['client_secret_post', 'client_secret_basic', 'client_secret_jwt', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] as const
 export type ClientAuth = typeof CLIENT_AUTHS[number]
 
 /**
@@ -68,6 +68,8 @@ export const SETTINGS: Record<string, object> = {
   CLIENT_KEY_ID: str,
   CLIENT_ASSERTION_AUDIENCE: { type: 'string', enum: ['token_endpoint', 'issuer'], default: 'token_endpoint' },
   SERVICE_ACCOUNT_FILE: str,
+  CLIENT_CERT_FILE: str,
+  UPSTREAM_CLIENT_CERT: bool,
   USERNAME: str,
   SCOPE: str,
   AUDIENCE: str,

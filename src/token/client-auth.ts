@@ -49,6 +49,13 @@ const METHODS: Readonly<Record<TokenSettings['clientAuth'], Method>> = {
     const assertion = await claimsFor(settings, endpoint, client.id).setProtectedHeader({ alg: 'HS256' }).sign(secret)
     setAssertion(form, client.id, assertion)
   },
+  /** RFC 8705 §2.1: the TLS client certificate proves who the client is (its dispatcher presents it); the id says which. */
+  tls_client_auth: (settings, { form }) => {
+    const client = settings.credentials.client
+    if (client !== undefined) form.set('client_id', client.id)
+  },
+  /** RFC 8705 §2.2: the same, with a self-signed certificate the provider has registered. */
+  self_signed_tls_client_auth: (settings, request) => METHODS.tls_client_auth(settings, request),
   /** RFC 7523 §2.2, OpenID Connect Core §9: an assertion signed with the client's private key. */
   private_key_jwt: async (settings, { form, endpoint }) => {
     const client = settings.credentials.client

@@ -91,7 +91,7 @@ export interface TokenManagerOptions {
  */
 export class TokenManager extends EventEmitter implements TokenSource {
   #settings: TokenSettings
-  readonly #dispatcher: Dispatcher
+  #dispatcher: Dispatcher
   readonly #log: Logger
   readonly #backoffMs: number
   readonly #maxBackoffMs: number
@@ -129,12 +129,14 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 
   /**
-   * New settings for this credential set (a reload): the token held, and any refresh
+   * New settings for this credential set (a reload), and the dispatcher its token
+   * requests now go out by (a new client certificate): the token held, and any refresh
    * token, are dropped at once and a new one is requested; a request in flight under
    * the old settings is sent again under the new ones rather than trusted.
    */
-  reconfigure (settings: TokenSettings): void {
+  reconfigure (settings: TokenSettings, dispatcher?: Dispatcher): void {
     this.#settings = settings
+    if (dispatcher !== undefined) this.#dispatcher = dispatcher
     this.#secrets = secretsOf(settings.credentials)
     this.#endpoint = settings.endpoint.kind === 'url' ? settings.endpoint.endpoint : undefined
     this.#asked = undefined
