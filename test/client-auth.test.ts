@@ -98,7 +98,7 @@ t.test('private_key_jwt by key type: EC P-256 (ES256), Ed25519 (EdDSA), an RSA J
     })
     const token = await tokens.get()
     t.ok(token.reveal().length > 0, `${alg}: a token`)
-    t.same(idp.assertions.at(-1)?.header, { alg, kid }, `${alg}: its header`)
+    t.same(idp.assertions.at(-1)?.header, { alg, typ: 'JWT', kid }, `${alg}: its header`)
   }
 })
 

@@ -1,3 +1,4 @@
+import { createHash, X509Certificate } from 'node:crypto'
 import { mkdtempSync, renameSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -5,7 +6,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { ConfigError, loadConfig } from '../src/config.js'
 import { assertNoSecret } from './helpers/secrets.js'
-import { runCli, startApiOf, startIdentity, startTestProxy } from './helpers/stack.js'
+import { runCli, startApiOf, startIdentity, startTestProxy, startTokenManager } from './helpers/stack.js'
 import { makeClientCertificate, makePki, makeSelfSignedCertificate, startMtlsApi } from './helpers/tls.js'
 
 const pki = makePki()
@@ -30,7 +31,8 @@ async function mtlsIdp (t: Parameters<typeof startIdentity>[0]): ReturnType<type
     clients: [
       { clientId: 'mtls-client', authMethod: 'tls_client_auth', subjectDn: 'CN=bearer-proxy-client' },
       { clientId: 'secret-client', clientSecret: SECRET },
-      { clientId: 'self-signed', authMethod: 'self_signed_tls_client_auth', jwks: { keys: [selfSigned.jwk] } }
+      { clientId: 'self-signed', authMethod: 'self_signed_tls_client_auth', jwks: { keys: [selfSigned.jwk] } },
+      { clientId: 'cert-signer', authMethod: 'private_key_jwt', jwks: { keys: [new X509Certificate(client.cert).publicKey.export({ format: 'jwk' })] } }
     ]
   })
 }
@@ -81,6 +83,26 @@ t.test('CLIENT_AUTH=tls_client_auth: the certificate proves the client to oidc-p
   const refusedSelf = await request(`${impostor.url}/items`)
   t.equal(refusedSelf.statusCode, 503)
   t.match(await refusedSelf.body.json(), { error: 'token_unavailable', message: /answered 401 invalid_client/ })
+})
+
+t.test('private_key_jwt with CLIENT_CERT_FILE: the assertion names the certificate by its thumbprints (x5t, x5t#S256), as Entra ID wants', async (t) => {
+  const idp = await mtlsIdp(t)
+  const { tokens } = startTokenManager(t, {
+    BEARER_PROXY_TOKEN_URL: idp.tokenUrl,
+    BEARER_PROXY_CLIENT_ID: 'cert-signer',
+    BEARER_PROXY_CLIENT_AUTH: 'private_key_jwt',
+    BEARER_PROXY_CLIENT_KEY_FILE: client.keyFile,
+    BEARER_PROXY_CLIENT_CERT_FILE: client.certFile,
+    BEARER_PROXY_CA_FILE: pki.caFile
+  })
+  await tokens.get()
+  const der = new X509Certificate(client.cert).raw
+  t.same(idp.assertions.at(-1)?.header, {
+    alg: 'ES256',
+    typ: 'JWT',
+    x5t: createHash('sha1').update(der).digest('base64url'),
+    'x5t#S256': createHash('sha256').update(der).digest('base64url')
+  })
 })
 
 t.test('UPSTREAM_CLIENT_CERT: the certificate goes to the upstreams too; without it an API that requires one is 502; a reload picks up a rotated certificate', async (t) => {

@@ -1,4 +1,5 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID, X509Certificate } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { SignJWT } from 'jose'
 import type { TokenSettings } from '../config.js'
 import { readSigningKey } from '../keys.js'
@@ -82,7 +83,20 @@ export async function signedAssertion (settings: TokenSettings, endpoint: URL, c
   const kid = key.id ?? own
   // A service account's assertion carries the scope and no sub (Google reads a sub as a user to act for).
   const claims = claimsFor(settings, endpoint, clientId, settings.serviceAccount ? { scope: settings.scope, subject: false } : {})
-  return await claims.setProtectedHeader({ alg, ...(kid === undefined ? {} : { kid }) }).sign(privateKey)
+  return await claims.setProtectedHeader({ alg, typ: 'JWT', ...(kid === undefined ? {} : { kid }), ...thumbprints(settings) }).sign(privateKey)
+}
+
+/**
+ * With a client certificate, the assertion names it by its thumbprints (RFC 7515
+ * `x5t`, `x5t#S256`), as Entra ID finds a certificate credential.
+ */
+function thumbprints (settings: TokenSettings): { 'x5t'?: string, 'x5t#S256'?: string } {
+  if (settings.clientCert === undefined) return {}
+  const der = new X509Certificate(readFileSync(settings.clientCert.cert)).raw
+  return {
+    x5t: createHash('sha1').update(der).digest('base64url'),
+    'x5t#S256': createHash('sha256').update(der).digest('base64url')
+  }
 }
 
 function claimsFor (settings: TokenSettings, endpoint: URL, clientId: string, { scope, subject = true }: { scope?: string | undefined, subject?: boolean } = {}): SignJWT {
