@@ -7,7 +7,7 @@ import { loadConfig } from '../src/config.js'
 import { createLogger } from '../src/log.js'
 import { startProxy } from '../src/server.js'
 import type { TokenManager } from '../src/token/manager.js'
-import { afterFetch, bounded, CLIENT, collect, LogCapture, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
+import { afterFetch, bounded, CLIENT, collect, LogCapture, rawHttp, spawnCli, startApiOf, startIdentity, waitForLine, wsRoundTrip } from './helpers/stack.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { startEcho } from './helpers/upstream.js'
 
@@ -279,4 +279,48 @@ t.test('reload: a rotated INBOUND_KEY_FILE applies without a restart; the line n
   t.equal(await asked('first-Inbound-Key-6610'), 403, 'the old key is refused at once')
   t.equal(await asked('second-Inbound-Key-7721'), 200)
   t.notMatch(output().stdout, /Inbound-Key/, 'neither key is logged')
+})
+
+t.test('reload: WebSocket upgrades and the admin listener follow the configuration serving now; a route made readOnly refuses upgrades at once', async (t) => {
+  const { WebSocketServer } = await import('ws')
+  const { createServer } = await import('node:http')
+  const echo = async (name: string): Promise<{ url: string, upgrades: string[] }> => {
+    const server = createServer((_req, res) => res.end())
+    const upgrades: string[] = []
+    const wss = new WebSocketServer({ server, verifyClient: (info, done) => { upgrades.push(`${info.req.url ?? ''} ${info.req.headers.authorization ?? ''}`); done(true) } })
+    wss.on('connection', (socket) => socket.on('message', (data) => socket.send(`${name} ${String(data)}`)))
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.teardown(() => { wss.close(); server.closeAllConnections(); server.close() })
+    return { url: `http://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}`, upgrades }
+  }
+  const [first, second] = [await echo('first'), await echo('second')]
+  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'ws-token-1', token_type: 'Bearer', expires_in: 600 } }))
+  const yaml = (upstream: string, extra: string): string => `port: 0
+adminAddress: 127.0.0.1:0
+credentials:
+  api: { tokenUrl: "${endpoint.url}/token", allowHttpTokenEndpoint: true, clientId: c, clientSecret: ws-Secret-1 }
+routes:
+  - { prefix: /ws, upstream: "${upstream}", credentials: api${extra} }
+`
+  const file = write('ws.yaml', yaml(first.url, ''))
+  const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('silent', new LogCapture()))
+  t.teardown(() => proxy.close())
+  const ws = proxy.address.replace('http', 'ws')
+  const admin = `http://127.0.0.1:${(proxy.admin?.server.address() as import('node:net').AddressInfo).port}`
+  t.equal(await wsRoundTrip(`${ws}/ws/attach`, 'hi'), 'first hi')
+  t.same(first.upgrades, ['/attach Bearer ws-token-1'])
+
+  write('ws.yaml', yaml(second.url, ' }\n  - { prefix: /other, upstream: "http://127.0.0.1:9", credentials: api'))
+  const summary = await proxy.reconfigure(loadConfig({ configFile: file, env: {} }))
+  t.same(summary.routes, { added: ['other'], changed: ['ws'], removed: [] })
+  t.equal(await wsRoundTrip(`${ws}/ws/attach`, 'again'), 'second again', 'the upgrade goes to the new upstream')
+  t.same(second.upgrades, ['/attach Bearer ws-token-1'])
+  t.match(await (await request(`${admin}/-/ready`)).body.json(), { ready: true, routes: ['ws', 'other'] }, 'the admin listener reads the routes serving now')
+
+  write('ws.yaml', yaml(second.url, ', readOnly: true'))
+  await proxy.reconfigure(loadConfig({ configFile: file, env: {} }))
+  const refused = await rawHttp(proxy.address, 'GET /ws/attach HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  t.match(refused, /^HTTP\/1\.1 403 /)
+  t.match(refused, /WebSocket upgrades are not forwarded: route ws is readOnly/)
+  t.equal(second.upgrades.length, 1, 'nothing more reached the API')
 })
