@@ -266,25 +266,40 @@ async function check (config: Config): Promise<number> {
 /** `clusters`: the clusters `serve` would serve, configured or listed by the Run:ai control plane; exit 1 if they cannot be read. */
 async function clusters (config: Config): Promise<number> {
   const line = (name: string, uuid: string, url: string, status: string): string => `${name.padEnd(20)} ${uuid.padEnd(36)} ${url} ${status}\n`
-  if (!config.discoverClusters || config.upstream === undefined) {
-    if (config.clusters.size === 0) process.stderr.write('bearer-proxy: no clusters: set BEARER_PROXY_CLUSTERS, or CLUSTERS=auto with a Run:ai control plane as UPSTREAM\n')
-    for (const [name, url] of config.clusters) process.stdout.write(line(name, '-', url.href, 'configured'))
+  const { clusterRoot, CLUSTERS_PREFIX } = await import('./routes.js')
+  // The top level's clusters, and each route's own (served under its prefix, listed with its set's tokens).
+  const sources = [
+    { root: CLUSTERS_PREFIX, token: config.token, controlPlane: config.discoverClusters ? config.upstream : undefined, listed: config.clusters },
+    ...config.prefixRoutes.filter((route) => route.clusters.size > 0 || route.discoverClusters).map((route) => ({
+      root: clusterRoot(route.prefix), token: config.credentialSets.get(route.credentials) ?? config.token, controlPlane: route.discoverClusters ? route.upstream : undefined, listed: route.clusters
+    }))
+  ].filter(({ controlPlane, listed }) => controlPlane !== undefined || listed.size > 0)
+  if (sources.length === 0) {
+    process.stderr.write('bearer-proxy: no clusters: set BEARER_PROXY_CLUSTERS, or CLUSTERS=auto with a Run:ai control plane as UPSTREAM (in a configuration file: a route\'s clusters:)\n')
     return 0
   }
-  const controlPlane = config.upstream
   const { listClusters } = await import('./discovery.js')
-  return await oneShot(config, async (tokens, dispatcher) => {
-    try {
-      const list = await listClusters(controlPlane, tokens, dispatcher, config.timeout)
-      process.stdout.write(line('NAME', 'UUID', 'URL', 'STATUS'))
-      for (const cluster of list.clusters) process.stdout.write(line(cluster.name, cluster.uuid, cluster.url.href, cluster.status))
-      for (const { name, reason } of list.skipped) process.stderr.write(`bearer-proxy: not served: ${name}: ${reason}\n`)
-      return 0
-    } catch (error) {
-      process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
-      return 1
+  let code = 0
+  for (const { root, token, controlPlane, listed } of sources) {
+    if (sources.length > 1 || root !== CLUSTERS_PREFIX) process.stdout.write(`${root}\n`)
+    if (controlPlane === undefined) {
+      for (const [name, url] of listed) process.stdout.write(line(name, '-', url.href, 'configured'))
+      continue
     }
-  })
+    code = Math.max(code, await oneShot({ ...config, token }, async (tokens, dispatcher) => {
+      try {
+        const list = await listClusters(controlPlane, tokens, dispatcher, config.timeout)
+        process.stdout.write(line('NAME', 'UUID', 'URL', 'STATUS'))
+        for (const cluster of list.clusters) process.stdout.write(line(cluster.name, cluster.uuid, cluster.url.href, cluster.status))
+        for (const { name, reason } of list.skipped) process.stderr.write(`bearer-proxy: not served: ${name}: ${reason}\n`)
+        return 0
+      } catch (error) {
+        process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
+        return 1
+      }
+    }))
+  }
+  return code
 }
 
 /** `health`: exit 0 if the running proxy's `/-/ready` answers 200; the admin listener when there is one, as probes use. */

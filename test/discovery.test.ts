@@ -281,4 +281,11 @@ routes:
   t.ok(second.clusterReads > 0)
   t.match(await get('/second/clusters/gpu/x'), { status: 404, body: { error: 'unknown_cluster' } }, 'the listed cluster is gone')
   t.same(await get('/first/clusters/gpu-a/y'), { status: 200, body: { path: '/a/y' } }, 'the first route\'s discovery kept running')
+
+  // The clusters command lists each route's, under where they are served, each with its route's set.
+  const listed = await runCli(['clusters', '--config', file], {})
+  t.equal(listed.code, 0, listed.stderr)
+  t.match(listed.stdout, /^\/first\/clusters\/\nNAME +UUID +URL STATUS\ngpu-a +0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b http:\/\/127\.0\.0\.1:\d+\/a .*\n\/second\/clusters\/\nNAME .*\ngpu-c +2d1b9c60/)
+  writeFileSync(file, yaml(`{ gpu: "${second.url}/listed" }`))
+  t.match((await runCli(['clusters', '--config', file], {})).stdout, /\/second\/clusters\/\ngpu +- +http:\/\/127\.0\.0\.1:\d+\/listed configured/)
 })
