@@ -330,7 +330,14 @@ export class Configurations {
     const sets = diff([...this.#prints.keys()], [...next.credentialSets.keys()], (name) => fingerprintOf(next.credentialSets.get(name) as TokenSettings) !== this.#prints.get(name))
     const renewed = new Set([...sets.added, ...sets.changed])
     // New and changed sets go out by dispatchers made from their files as they are now.
-    const nextOutbound = new Map([...next.credentialSets].map(([name, settings]) => [name, renewed.has(name) ? this.#outboundOf(settings, this.shared) : this.#outbound.get(name) as Outbound]))
+    const nextOutbound = new Map<string, Outbound>()
+    try {
+      for (const [name, settings] of next.credentialSets) nextOutbound.set(name, renewed.has(name) ? this.#outboundOf(settings, this.shared) : this.#outbound.get(name) as Outbound)
+    } catch (error) {
+      // A certificate that changed again since it was checked: nothing made so far is kept.
+      for (const name of renewed) void nextOutbound.get(name)?.own?.close()
+      throw error
+    }
     // The new sets' managers, made but not started until the new routes serve.
     const nextSets = new Map([...next.credentialSets].map(([name, settings]) => [name, credentials.get(name) ?? this.#manager(name, settings, next, this.shared.log, nextOutbound.get(name) as Outbound)]))
     const routes = this.#serve(next, nextSets, nextOutbound)

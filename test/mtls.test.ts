@@ -141,6 +141,13 @@ t.test('UPSTREAM_CLIENT_CERT: the certificate goes to the upstreams too; without
   t.same(summary.sets.changed, ['default'])
   const after = await request(`${url}/y`)
   t.same(await after.body.json(), { cn: 'bearer-proxy-client-rotated' })
+
+  // Checked, then broken before the swap: the reload is refused and the running configuration keeps serving.
+  const checked = loadConfig({ env: env({ BEARER_PROXY_UPSTREAM_CLIENT_CERT: 'true' }), envFile: '/dev/null' })
+  write('client.pem', 'no longer a certificate')
+  await t.rejects(proxy.reconfigure(checked), { name: 'KeyError' })
+  const still = await request(`${url}/z`)
+  t.same(await still.body.json(), { cn: 'bearer-proxy-client-rotated' })
 })
 
 t.test('a certificate that cannot be used stops the start, naming the setting', async (t) => {
