@@ -13,7 +13,9 @@ export interface IdpClient {
   readonly clientId: string
   /** Absent for a client that signs with its key (`private_key_jwt`). */
   readonly clientSecret?: string
-  readonly authMethod?: 'client_secret_post' | 'client_secret_basic' | 'client_secret_jwt' | 'private_key_jwt' | 'tls_client_auth' | 'self_signed_tls_client_auth'
+  readonly authMethod?: 'client_secret_post' | 'client_secret_basic' | 'client_secret_jwt' | 'private_key_jwt' | 'tls_client_auth' | 'self_signed_tls_client_auth' | 'none'
+  /** A native application (RFC 8252): its redirect is the loopback `http://127.0.0.1/callback`, on any port. */
+  readonly native?: boolean
   /** The subject DN of a `tls_client_auth` client's certificate, e.g. `CN=my-client`. */
   readonly subjectDn?: string
   /** The public keys of a `private_key_jwt` client. */
@@ -41,6 +43,8 @@ export interface IdpOptions {
   /** Token endpoint path below the issuer (Keycloak: `/protocol/openid-connect/token`). */
   readonly tokenPath?: string
   readonly port?: number
+  /** People can log in (oidc-provider's development sign-in and consent pages; any user name is an account). */
+  readonly interactive?: boolean
   /** Serve https with this certificate, asking clients for theirs (mutual TLS, RFC 8705), trusting `ca` for them. */
   readonly tls?: { readonly key: string, readonly cert: string, readonly ca: string }
 }
@@ -99,10 +103,11 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/unused'],
+      ...(client.native === true ? { application_type: 'native' as const, redirect_uris: ['http://127.0.0.1/callback'], grant_types: ['authorization_code', 'refresh_token'] } : {}),
       token_endpoint_auth_method: client.authMethod ?? 'client_secret_post'
     })),
     jwks: { keys: [key] },
-    clientAuthMethods: ['client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', ...(options.tls === undefined ? [] : ['tls_client_auth' as const, 'self_signed_tls_client_auth' as const])],
+    clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', ...(options.tls === undefined ? [] : ['tls_client_auth' as const, 'self_signed_tls_client_auth' as const])],
     scopes: ['openid', 'offline_access', 'api'],
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     features: {
@@ -122,7 +127,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
           return property === 'tls_client_auth_subject_dn' && peer?.raw !== undefined && new X509Certificate(peer.raw).subject === expected
         }
       },
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: options.interactive === true },
+      revocation: { enabled: options.interactive === true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => API_AUDIENCE,
@@ -132,6 +138,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     },
     ttl: { AccessToken: options.accessTokenTtl, ClientCredentials: options.accessTokenTtl, RefreshToken: 86_400, Grant: 86_400 },
     rotateRefreshToken: true,
+    // A login's code brings a refresh token without the consent prompt offline_access would otherwise need.
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     routes: { token: tokenPath }
   })
   provider.proxy = false

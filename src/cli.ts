@@ -14,7 +14,8 @@ const COMMANDS = {
   check: 'check the configuration, get one token, and reach each upstream with it',
   token: 'print an access token to stdout (for scripts)',
   health: 'exit 0 if a running proxy\'s /-/ready answers 200 (container health checks)',
-  clusters: 'print the clusters the proxy would serve (name, uuid, URL, status)'
+  clusters: 'print the clusters the proxy would serve (name, uuid, URL, status)',
+  login: 'log in as yourself in a browser; serve, check and token then use that login'
 } as const
 export type Command = keyof typeof COMMANDS
 

@@ -12,7 +12,9 @@ import type { Changes, ReloadSummary, RunningProxy } from './server.js'
 
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
-  const options: LoadOptions = { envFile: args.envFile, configFile: args.configFile, flags: args.flags, forwarding: args.command === 'serve' }
+  // `login` stores a login: the grant is that, whatever the configuration uses until it exists.
+  const flags = args.command === 'login' ? { GRANT: 'login', ...args.flags } : args.flags
+  const options: LoadOptions = { envFile: args.envFile, configFile: args.configFile, flags, forwarding: args.command === 'serve' }
   try {
     if (args.command === 'health') return await health(loadListening(options))
     const config = loadConfig(options)
@@ -21,6 +23,7 @@ export async function run (args: Arguments): Promise<number> {
       case 'check': return await check(withCredentials(config, args.credentials))
       case 'token': return await token(withCredentials(config, args.credentials))
       case 'clusters': return await clusters(config)
+      case 'login': return await login(withCredentials(config, args.credentials))
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error
@@ -175,6 +178,24 @@ function describeReload ({ sets, routes, settings, needsRestart }: ReloadSummary
   if (settings.length > 0) parts.push(`settings changed: ${settings.join(', ')}`)
   const done = parts.length === 0 ? 'nothing changed' : parts.join('; ')
   return needsRestart.length === 0 ? done : `${done}; ${needsRestart.join(', ')} changed too, which takes a restart`
+}
+
+/** `login`: the browser login, its refresh token stored for `serve`, `check` and `token`. */
+async function login (config: Config): Promise<number> {
+  const [{ LoginError, loginWithBrowser, openBrowser }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
+  const dispatcher = createDispatcher(config, createLogger(config.logLevel ?? 'silent', 2, config.logFormat))
+  const say = (line: string): void => { process.stderr.write(`${line}\n`) }
+  try {
+    const { subject } = await loginWithBrowser(config, dispatcher, { say, open: openBrowser })
+    const { credentials } = config.token
+    say(`Logged in${subject === undefined ? '' : ` as ${subject}`}. The login is kept in ${credentials.grant === 'login' ? credentials.login.store : 'the token store'}; bearer-proxy serve, check and token use it now.`)
+    return 0
+  } catch (error) {
+    say(`bearer-proxy: ${error instanceof LoginError ? error.message : `the login failed: ${(error as Error).message}`}`)
+    return 1
+  } finally {
+    await dispatcher.close()
+  }
 }
 
 /** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */

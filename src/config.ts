@@ -49,6 +49,16 @@ export interface ClientKey {
   readonly id: string | undefined
 }
 
+/** Where a person's login is kept, and what it is kept under (the issuer, and the client), and how `login` listens. */
+export interface Login {
+  readonly store: string
+  readonly issuer: string
+  /** The loopback port of the redirect (0: any free one). */
+  readonly port: number
+  /** Seconds `login` waits for the browser. */
+  readonly timeout: number
+}
+
 /** A client as the token endpoint knows it; `secret` is absent for public clients. */
 export interface Client { readonly id: string, readonly secret: SecretSource | undefined }
 
@@ -62,6 +72,8 @@ export type Credentials =
   | { readonly grant: 'client_credentials', readonly client: Client }
   /** RFC 7523 §2.1: an assertion signed with the client's key is the grant. */
   | { readonly grant: 'jwt_bearer', readonly client: Client }
+  /** `bearer-proxy login`: the refresh token stored for this issuer and client is the grant. */
+  | { readonly grant: 'login', readonly client: Client, readonly login: Login }
   | { readonly grant: 'password', readonly username: string, readonly password: SecretSource, readonly client: Client | undefined }
   | { readonly grant: 'refresh_token', readonly refreshToken: SecretSource, readonly client: Client | undefined }
   | { readonly grant: 'api_key', readonly apiKey: SecretSource, readonly client: Client | undefined }

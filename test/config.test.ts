@@ -87,7 +87,9 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   }
   for (const [flavour, grants] of Object.entries(NEEDS)) {
     for (const [grant, needed] of Object.entries(grants)) {
-      const env: Record<string, string> = { BEARER_PROXY_AUTH: flavour, BEARER_PROXY_GRANT: grant, BEARER_PROXY_UPSTREAM: 'https://api.example', BEARER_PROXY_TOKEN_URL: 'https://idp.example/t' }
+      // A login is kept per issuer: its endpoint is discovered.
+      const where: Record<string, string> = grant === 'login' ? { BEARER_PROXY_ISSUER: 'https://idp.example' } : { BEARER_PROXY_TOKEN_URL: 'https://idp.example/t' }
+      const env: Record<string, string> = { BEARER_PROXY_AUTH: flavour, BEARER_PROXY_GRANT: grant, BEARER_PROXY_UPSTREAM: 'https://api.example', ...where }
       for (const name of needed) env[`BEARER_PROXY_${name}`] = values[name] as string
       t.same(problems(env), [], `${flavour} ${grant} with ${needed.join(', ')}`)
       for (const name of needed) {
@@ -98,6 +100,8 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
     }
   }
   t.same(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }).length, 1, 'a secret set twice is one line, at its cause')
+  t.match(problems({ BEARER_PROXY_GRANT: 'login', BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_URL: 'https://idp.example/t', BEARER_PROXY_UPSTREAM: 'https://api.example' }),
+    [/^BEARER_PROXY_GRANT: login needs BEARER_PROXY_ISSUER \(or BEARER_PROXY_REALM with BEARER_PROXY_UPSTREAM\) rather than BEARER_PROXY_TOKEN_URL/])
   const first = await runCli(['check'], {}, { cwd: mkdtempSync(join(tmpdir(), 'bearer-proxy-empty-')) })
   t.equal(first.code, 2)
   t.match(first.stderr, /BEARER_PROXY_UPSTREAM.*BEARER_PROXY_TOKEN_URL or BEARER_PROXY_ISSUER.*BEARER_PROXY_CLIENT_ID, BEARER_PROXY_CLIENT_SECRET/)

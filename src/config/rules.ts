@@ -2,6 +2,7 @@ import { accessSync, constants, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import type { Client, ClientKey, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
+import { defaultStore, readLogin } from '../login/store.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
@@ -61,7 +62,9 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: Cli
   ['CLIENT_ASSERTION_AUDIENCE', (_flavour, grant, auth) => signs(auth, grant) || auth === 'client_secret_jwt', 'CLIENT_AUTH=private_key_jwt or client_secret_jwt, or GRANT=jwt_bearer'],
   ['SERVICE_ACCOUNT_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
   ['CLIENT_SECRET', (flavour, _grant, auth) => flavour !== 'oidc' || (auth !== 'private_key_jwt' && !byCertificate(auth)), 'a client that proves who it is with a secret (CLIENT_AUTH other than private_key_jwt, tls_client_auth, self_signed_tls_client_auth)'],
-  ['UPSTREAM_CLIENT_CERT', (_flavour, _grant, _auth, given) => given.has('CLIENT_CERT_FILE'), 'CLIENT_CERT_FILE']
+  ['UPSTREAM_CLIENT_CERT', (_flavour, _grant, _auth, given) => given.has('CLIENT_CERT_FILE'), 'CLIENT_CERT_FILE'],
+  ['LOGIN_PORT', (_flavour, grant) => grant === 'login', 'GRANT=login (bearer-proxy login)'],
+  ['LOGIN_TIMEOUT', (_flavour, grant) => grant === 'login', 'GRANT=login (bearer-proxy login)']
 ]
 
 export function interpret (raw: Record<string, unknown>, input: Input, problems: string[]): Config | undefined {
@@ -80,7 +83,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const auth = get('CLIENT_AUTH') as ClientAuth
   // A service account's key file says who the client is, with which key, and where tokens come from.
   const account = get('SERVICE_ACCOUNT_FILE') === undefined ? undefined : serviceAccount(get('SERVICE_ACCOUNT_FILE') as string, problems)
-  const grant = (get('GRANT') as Grant | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : grants[0] as Grant)
+  const store = get('TOKEN_STORE') ?? defaultStore()
+  const grant = (get('GRANT') as Grant | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : storedLogin(flavour, get, given, store) ? 'login' : grants[0] as Grant)
   // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
   const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
   const flavourProblems = unsure || input.token !== undefined ? [] : problems
@@ -143,7 +147,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     const why = needs.has(name) && !(NEEDS[flavour][grant] ?? []).includes(name) ? ` CLIENT_AUTH=${auth}` : ''
     flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}${why}`)
   }
-  const credentials = credentialsOf(grant, values)
+  const chosen = credentialsOf(grant, values)
   const tokenUrl = url('TOKEN_URL') ?? (account === undefined ? undefined : parseHttpUrl(account.tokenUri, `${PREFIX}SERVICE_ACCOUNT_FILE (token_uri)`, problems))
   // A certificate is only presented in a TLS handshake: over plain http the client could not prove who it is.
   const issuer = url('ISSUER')
@@ -154,6 +158,15 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   // A service account file that cannot be read has said so; the endpoint it would have named is not asked for too.
   const endpointProblems = given.has('SERVICE_ACCOUNT_FILE') && account === undefined ? [] : flavourProblems
   const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer, upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
+  // A login is kept per issuer, whose discovery also names the authorization endpoint.
+  if (grant === 'login' && endpoint !== undefined && endpoint.kind !== 'issuer') {
+    flavourProblems.push(`${PREFIX}GRANT: login needs ${PREFIX}ISSUER (or ${PREFIX}REALM with ${PREFIX}UPSTREAM) rather than ${PREFIX}TOKEN_URL: the login is kept per issuer, and its discovery names where to log in`)
+  }
+  const credentials: Credentials | undefined = grant === 'login'
+    ? chosen === undefined || endpoint?.kind !== 'issuer'
+      ? undefined
+      : { grant, client: chosen.client as Client, login: { store, issuer: endpoint.issuers[0].href.replace(/\/+$/, ''), port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') } }
+    : chosen
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -233,6 +246,9 @@ function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSour
     case 'client_credentials':
     case 'jwt_bearer':
       return id === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
+    case 'login':
+      // Where the login is kept is known once the issuer is: see `interpret`.
+      return id === undefined ? undefined : { grant, client: { id, secret: clientSecret }, login: { store: '', issuer: '', port: 0, timeout: 0 } }
     case 'app_token':
       return id === undefined || clientSecret === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
     case 'password':
@@ -264,6 +280,22 @@ function serviceAccount (path: string, problems: string[]): ServiceAccount | und
   } catch (error) {
     problems.push(`${PREFIX}SERVICE_ACCOUNT_FILE: ${error instanceof KeyError ? error.message : `cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`}`)
     return undefined
+  }
+}
+
+/**
+ * Whether `bearer-proxy login` stored a login for the configured issuer and client,
+ * with no other credential configured: then it is the grant, without `GRANT=login`.
+ */
+function storedLogin (flavour: Flavour, get: (name: string) => string | undefined, given: ReadonlySet<string>, store: string): boolean {
+  const other = ['CLIENT_SECRET', 'USERNAME', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'CLIENT_KEY_FILE', 'SERVICE_ACCOUNT_FILE', 'GRANT']
+  const issuer = get('ISSUER')
+  const clientId = get('CLIENT_ID')
+  if (flavour !== 'oidc' || issuer === undefined || clientId === undefined || other.some((name) => given.has(name) || given.has(`${name}_FILE`))) return false
+  try {
+    return readLogin(store, issuer, clientId) !== undefined
+  } catch {
+    return false
   }
 }
 

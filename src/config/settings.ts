@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 export const PREFIX = 'BEARER_PROXY_'
 
 export const FLAVOURS = ['oidc', 'runai', 'runai-apptoken', 'apiconnect'] as const
-export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer'] as const
+export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer', 'login'] as const
 export type Flavour = typeof FLAVOURS[number]
 export type Grant = typeof GRANTS[number]
 
@@ -30,7 +30,8 @@ export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, re
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
     password: ['CLIENT_ID', 'USERNAME', 'PASSWORD'],
     refresh_token: ['CLIENT_ID', 'REFRESH_TOKEN'],
-    jwt_bearer: ['CLIENT_ID', 'CLIENT_KEY_FILE']
+    jwt_bearer: ['CLIENT_ID', 'CLIENT_KEY_FILE'],
+    login: ['CLIENT_ID']
   },
   runai: {
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
@@ -70,6 +71,9 @@ export const SETTINGS: Record<string, object> = {
   SERVICE_ACCOUNT_FILE: str,
   CLIENT_CERT_FILE: str,
   UPSTREAM_CLIENT_CERT: bool,
+  TOKEN_STORE: str,
+  LOGIN_PORT: { type: 'integer', minimum: 0, maximum: 65535, default: 0 },
+  LOGIN_TIMEOUT: { type: 'number', exclusiveMinimum: 0, default: 300 },
   USERNAME: str,
   SCOPE: str,
   AUDIENCE: str,

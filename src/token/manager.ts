@@ -2,10 +2,11 @@ import { EventEmitter } from 'node:events'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
 import { type Dispatcher, request } from 'undici'
-import { type DialectName, type Endpoint, PREFIX, secretsOf, type TokenSettings } from '../config.js'
+import { type DialectName, type Endpoint, type Login, PREFIX, secretsOf, type TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { KeyError } from '../keys.js'
+import { NoStoredLogin, readLogin, saveLogin } from '../login/store.js'
 import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, type Grant, summariseError, TokenResponseError } from './dialect.js'
 import { scrubSecrets } from './redact.js'
@@ -277,7 +278,13 @@ export class TokenManager extends EventEmitter implements TokenSource {
       }
     }
     grant ??= endpoint === undefined ? await this.#firstGeneration(generations ?? []) : await this.#exchange(endpoint, undefined)
-    if (grant.refreshToken !== undefined) this.#refresh = grant.refreshToken
+    const { credentials } = this.#settings
+    if (credentials.grant === 'login') {
+      // A rotated refresh token is kept at once, where the next request (of any process) reads it.
+      if (grant.refreshToken !== undefined) this.#keepLogin(credentials.login, credentials.client.id, grant.refreshToken)
+    } else if (grant.refreshToken !== undefined) {
+      this.#refresh = grant.refreshToken
+    }
 
     const obtainedAt = Date.now()
     const claims = readClaims(grant.accessToken)
@@ -326,6 +333,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       built = await dialect.buildRequest(this.#settings, endpoint.url, refresh)
     } catch (error) {
       if (error instanceof KeyError) throw new KeyFileError(error.message)
+      if (error instanceof NoStoredLogin) throw new StatedFailure(`${error.message}; no token request was sent`)
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' },
@@ -395,12 +403,25 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 
   /** Any failure as a one-line message fit for logs and error bodies: no secret, no token, no body beyond code and message. */
+  #keepLogin (login: Login, clientId: string, refreshToken: Secret): void {
+    try {
+      saveLogin(login.store, login.issuer, clientId, refreshToken)
+    } catch (error) {
+      this.#log.warn({ event: 'login_not_saved', path: login.store, error: (error as NodeJS.ErrnoException).code ?? 'error' },
+        'could not save the rotated refresh token; the next renewal may need bearer-proxy login again')
+    }
+  }
+
   #failure (error: unknown): ProxyError {
     const where = `token endpoint ${this.#endpointName()}`
     let message: string
     if (error instanceof EndpointError) {
       const at = error.url === undefined ? where : `discovery document ${displayUrl(error.url)}`
       message = `${at} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
+      // A refused stored login: the person has to log in again.
+      if (this.#settings.credentials.grant === 'login' && error.url === undefined && error.summary?.startsWith('invalid_grant') === true) {
+        message += '; the stored login is no longer accepted: run bearer-proxy login again'
+      }
     } else if (error instanceof StatedFailure) {
       message = error.message
     } else if (error instanceof TokenResponseError) {
@@ -420,7 +441,14 @@ export class TokenManager extends EventEmitter implements TokenSource {
       } catch {}
     }
     if (this.#refresh !== undefined) values.push(this.#refresh.reveal())
-    return scrubSecrets(text, values, this.#settings.credentials.client?.id)
+    const { credentials } = this.#settings
+    if (credentials.grant === 'login') {
+      try {
+        const stored = readLogin(credentials.login.store, credentials.login.issuer, credentials.client.id)
+        if (stored !== undefined) values.push(stored.reveal())
+      } catch {}
+    }
+    return scrubSecrets(text, values, credentials.client?.id)
   }
 }
 

@@ -161,8 +161,8 @@ export function collect (child: ChildProcess): () => { stdout: string, stderr: s
   return () => ({ stdout, stderr })
 }
 
-/** Resolves with the first stdout line matching `pattern`; fails after `timeoutMs`. */
-export async function waitForLine (child: ChildProcess, pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+/** Resolves with the first line of `stream` (stdout by default) matching `pattern`; fails after `timeoutMs`. */
+export async function waitForLine (child: ChildProcess, pattern: RegExp, timeoutMs = 10_000, stream: 'stdout' | 'stderr' = 'stdout'): Promise<string> {
   return await new Promise((resolve, reject) => {
     let buffer = ''
     const timer = setTimeout(() => { cleanup(); reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms:\n${buffer}`)) }, timeoutMs)
@@ -174,10 +174,10 @@ export async function waitForLine (child: ChildProcess, pattern: RegExp, timeout
     const onExit = (): void => { cleanup(); reject(new Error(`process exited before a line matching ${pattern}:\n${buffer}`)) }
     const cleanup = (): void => {
       clearTimeout(timer)
-      child.stdout?.off('data', onData)
+      child[stream]?.off('data', onData)
       child.off('exit', onExit)
     }
-    child.stdout?.on('data', onData)
+    child[stream]?.on('data', onData)
     child.once('exit', onExit)
   })
 }
