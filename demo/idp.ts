@@ -103,7 +103,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/unused'],
-      ...(client.native === true ? { application_type: 'native' as const, redirect_uris: ['http://127.0.0.1/callback'], grant_types: ['authorization_code', 'refresh_token'] } : {}),
+      ...(client.native === true ? { application_type: 'native' as const, redirect_uris: ['http://127.0.0.1/callback'], grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'] } : {}),
       token_endpoint_auth_method: client.authMethod ?? 'client_secret_post'
     })),
     jwks: { keys: [key] },
@@ -129,6 +129,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       },
       devInteractions: { enabled: options.interactive === true },
       revocation: { enabled: options.interactive === true },
+      deviceFlow: { enabled: options.interactive === true },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => API_AUDIENCE,

@@ -15,7 +15,8 @@ const COMMANDS = {
   token: 'print an access token to stdout (for scripts)',
   health: 'exit 0 if a running proxy\'s /-/ready answers 200 (container health checks)',
   clusters: 'print the clusters the proxy would serve (name, uuid, URL, status)',
-  login: 'log in as yourself in a browser; serve, check and token then use that login'
+  login: 'log in as yourself in a browser (--device: on another device); serve, check and token then use that login',
+  logout: 'revoke the stored login at the provider and delete it'
 } as const
 export type Command = keyof typeof COMMANDS
 
@@ -34,6 +35,7 @@ ${Object.entries(FLAGS).map(([flag, { value, setting, help }]) => `${column(`${f
 ${column('--config PATH', 'read settings from a YAML or JSON file (keys: clientId, upstream, …)')}
 ${column('--credentials NAME', 'check, token: the credential set of the --config file to use')}
 ${column('--env-file PATH', 'read settings from PATH (default: ./.env when present)')}
+${column('--device', 'login: show a code to enter on another device (no browser here)')}
 ${column('--help, --version', '')}
 
 Most used variables (BEARER_PROXY_ and):
@@ -57,6 +59,8 @@ export interface Arguments {
   readonly credentials: string | undefined
   /** Settings given as flags, by setting name. */
   readonly flags: Readonly<Record<string, string>>
+  /** `login --device`: the device authorization grant, for a machine without a browser. */
+  readonly device: boolean
 }
 
 export class UsageError extends Error {}
@@ -68,17 +72,20 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
   let command: Command | undefined
   const files: Record<string, string> = {}
   const flags: Record<string, string> = {}
+  let device = false
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string
     if (arg === '--help' || arg === '-h') return 'help'
     if (arg === '--version' || arg === '-v') return 'version'
-    if (arg.startsWith('-')) {
+    if (arg === '--device') {
+      device = true
+    } else if (arg.startsWith('-')) {
       const equals = arg.indexOf('=')
       const name = equals === -1 ? arg : arg.slice(0, equals)
       const known = FLAGS[name]
       const file = FILES.includes(name)
       if (!file && known === undefined) {
-        throw new UsageError(`unknown flag ${name}${didYouMean(name, [...Object.keys(FLAGS), ...FILES, '--help', '--version'])}`)
+        throw new UsageError(`unknown flag ${name}${didYouMean(name, [...Object.keys(FLAGS), ...FILES, '--device', '--help', '--version'])}`)
       }
       const value = equals === -1 ? argv[++i] : arg.slice(equals + 1)
       if (value === undefined || value === '') throw new UsageError(`${name} needs a value${known === undefined ? (name === '--credentials' ? ' (a name)' : ' (a path)') : ` (${known.value})`}`)
@@ -95,7 +102,8 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
       throw new UsageError(`unknown command ${JSON.stringify(arg)}${command === undefined ? didYouMean(arg, Object.keys(COMMANDS)) : ''}`)
     }
   }
-  return { command: command ?? 'serve', envFile: files['--env-file'], configFile: files['--config'], credentials: files['--credentials'], flags }
+  if (device && command !== 'login') throw new UsageError('--device is a flag of login')
+  return { command: command ?? 'serve', envFile: files['--env-file'], configFile: files['--config'], credentials: files['--credentials'], flags, device }
 }
 
 function version (): string {

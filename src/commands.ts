@@ -13,7 +13,7 @@ import type { Changes, ReloadSummary, RunningProxy } from './server.js'
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
   // `login` stores a login: the grant is that, whatever the configuration uses until it exists.
-  const flags = args.command === 'login' ? { GRANT: 'login', ...args.flags } : args.flags
+  const flags = args.command === 'login' || args.command === 'logout' ? { GRANT: 'login', ...args.flags } : args.flags
   const options: LoadOptions = { envFile: args.envFile, configFile: args.configFile, flags, forwarding: args.command === 'serve' }
   try {
     if (args.command === 'health') return await health(loadListening(options))
@@ -23,7 +23,8 @@ export async function run (args: Arguments): Promise<number> {
       case 'check': return await check(withCredentials(config, args.credentials))
       case 'token': return await token(withCredentials(config, args.credentials))
       case 'clusters': return await clusters(config)
-      case 'login': return await login(withCredentials(config, args.credentials))
+      case 'login': return await login(withCredentials(config, args.credentials), args.device)
+      case 'logout': return await logout(withCredentials(config, args.credentials))
     }
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error
@@ -180,18 +181,34 @@ function describeReload ({ sets, routes, settings, needsRestart }: ReloadSummary
   return needsRestart.length === 0 ? done : `${done}; ${needsRestart.join(', ')} changed too, which takes a restart`
 }
 
-/** `login`: the browser login, its refresh token stored for `serve`, `check` and `token`. */
-async function login (config: Config): Promise<number> {
-  const [{ LoginError, loginWithBrowser, openBrowser }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
+/** `login`: the browser login (or, with `--device`, a code entered elsewhere), its refresh token stored for `serve`, `check` and `token`. */
+async function login (config: Config, device: boolean): Promise<number> {
+  const [{ LoginError, loginWithBrowser, loginWithDevice, openBrowser }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
   const dispatcher = createDispatcher(config, createLogger(config.logLevel ?? 'silent', 2, config.logFormat))
   const say = (line: string): void => { process.stderr.write(`${line}\n`) }
   try {
-    const { subject } = await loginWithBrowser(config, dispatcher, { say, open: openBrowser })
+    const { subject } = await (device ? loginWithDevice : loginWithBrowser)(config, dispatcher, { say, open: openBrowser })
     const { credentials } = config.token
     say(`Logged in${subject === undefined ? '' : ` as ${subject}`}. The login is kept in ${credentials.grant === 'login' ? credentials.login.store : 'the token store'}; bearer-proxy serve, check and token use it now.`)
     return 0
   } catch (error) {
     say(`bearer-proxy: ${error instanceof LoginError ? error.message : `the login failed: ${(error as Error).message}`}`)
+    return 1
+  } finally {
+    await dispatcher.close()
+  }
+}
+
+/** `logout`: the stored login revoked at the provider (when it can be) and deleted. */
+async function logout (config: Config): Promise<number> {
+  const [{ LoginError, logout: forget }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
+  const dispatcher = createDispatcher(config, createLogger(config.logLevel ?? 'silent', 2, config.logFormat))
+  try {
+    process.stderr.write(`${await forget(config, dispatcher)}\n`)
+    return 0
+  } catch (error) {
+    if (!(error instanceof LoginError)) throw error
+    process.stderr.write(`bearer-proxy: ${error.message}\n`)
     return 1
   } finally {
     await dispatcher.close()

@@ -5,8 +5,9 @@ import { dirname, join } from 'node:path'
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import { signIn } from './helpers/browser.js'
-import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, waitForLine } from './helpers/stack.js'
+import { approveDevice, signIn } from './helpers/browser.js'
+import { startTokenEndpoint } from './helpers/token-endpoint.js'
+import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, type Teardown, waitForLine } from './helpers/stack.js'
 import type { ChildProcess } from 'node:child_process'
 
 const storeOf = (): string => join(mkdtempSync(join(tmpdir(), 'bearer-proxy-login-')), 'config', 'bearer-proxy', 'logins.json')
@@ -17,10 +18,11 @@ async function person (t: Parameters<typeof startIdentity>[0]): ReturnType<typeo
 }
 
 /** `bearer-proxy login` started, and the URL it asks the person to open. */
-async function startLogin (env: Record<string, string>): Promise<{ child: ChildProcess, url: string, output: () => { stdout: string, stderr: string } }> {
+async function startLogin (t: Teardown, env: Record<string, string>): Promise<{ child: ChildProcess, url: string, output: () => { stdout: string, stderr: string } }> {
   const child = spawnCli(['login'], env, cleanDirectory())
+  t.teardown(() => { child.kill('SIGKILL') })
   const output = collect(child)
-  const line = await waitForLine(child, /^\s+http:\/\/127\.0\.0\.1:\d+\/auth\?/, 10_000, 'stderr')
+  const line = await waitForLine(child, /^\s+http:\/\/127\.0\.0\.1:\d+\/\S*auth\?/, 10_000, 'stderr')
   return { child, url: line.trim(), output }
 }
 
@@ -29,7 +31,7 @@ t.test('login: the browser signs in, the loopback listener takes the code, the r
   const api = await startApiOf(t, idp)
   const store = storeOf()
   const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store, BEARER_PROXY_UPSTREAM: api.url }
-  const { child, url, output } = await startLogin(env)
+  const { child, url, output } = await startLogin(t, env)
   const authorization = new URL(url)
   t.match(Object.fromEntries(authorization.searchParams), { response_type: 'code', client_id: 'cli', code_challenge_method: 'S256', scope: 'openid offline_access' })
   t.match(authorization.searchParams.get('redirect_uri'), /^http:\/\/127\.0\.0\.1:\d+\/callback$/)
@@ -76,7 +78,7 @@ t.test('login refuses a callback with another state, a denied consent, and gives
   const idp = await person(t)
   const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: storeOf() }
 
-  const forged = await startLogin(env)
+  const forged = await startLogin(t, env)
   const back = new URL(await signIn(forged.url))
   back.searchParams.set('state', 'someone-elses-state')
   await (await request(back)).body.dump()
@@ -84,13 +86,13 @@ t.test('login refuses a callback with another state, a denied consent, and gives
   t.equal(forgedExit, 1)
   t.match(forged.output().stderr, /the browser came back with another login's state: nothing was stored/)
 
-  const denied = await startLogin(env)
+  const denied = await startLogin(t, env)
   await (await request(await signIn(denied.url, { deny: true }))).body.dump()
   const [deniedExit] = await once(denied.child, 'exit') as [number]
   t.equal(deniedExit, 1)
   t.match(denied.output().stderr, /the provider did not log you in: access_denied \(.*aborted interaction\)/)
 
-  const late = await startLogin({ ...env, BEARER_PROXY_LOGIN_TIMEOUT: '0.5' })
+  const late = await startLogin(t, { ...env, BEARER_PROXY_LOGIN_TIMEOUT: '0.5' })
   const [lateExit] = await once(late.child, 'exit') as [number]
   t.equal(lateExit, 1)
   t.match(late.output().stderr, /the browser did not come back within 0\.5 s/)
@@ -98,4 +100,97 @@ t.test('login refuses a callback with another state, a denied consent, and gives
   const none = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
   t.equal(none.code, 1)
   t.match(none.stderr, /no login is stored for client cli at http:\/\/127\.0\.0\.1:\d+: run bearer-proxy login/)
+})
+
+/** `bearer-proxy login --device` started, and the page and code it tells the person. */
+async function startDeviceLogin (t: Teardown, env: Record<string, string>): Promise<{ child: ChildProcess, page: string, code: string, output: () => { stdout: string, stderr: string } }> {
+  const child = spawnCli(['login', '--device'], env, cleanDirectory())
+  t.teardown(() => { child.kill('SIGKILL') })
+  const output = collect(child)
+  // The last line of the instructions: the page and the code are above it.
+  await waitForLine(child, /^Waiting for the login/, 10_000, 'stderr')
+  const page = /open (\S+) on any device/.exec(output().stderr)?.[1] ?? ''
+  const code = /enter the code\n\n {2}(\S+)\n/.exec(output().stderr)?.[1] ?? ''
+  return { child, page, code, output }
+}
+
+t.test('login --device: the code approved at the provider\'s page on another device; a refusal is said plainly', async (t) => {
+  const idp = await person(t)
+  const store = storeOf()
+  const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store }
+  const approved = await startDeviceLogin(t, env)
+  t.match(approved.page, /^http:\/\/127\.0\.0\.1:\d+\/device$/)
+  t.match(approved.code, /^[A-Z]{4}-[A-Z]{4}$/)
+  await approveDevice(approved.page, approved.code, { user: 'bob' })
+  const [exitCode] = await once(approved.child, 'exit') as [number]
+  t.equal(exitCode, 0, approved.output().stderr)
+  t.match(approved.output().stderr, /Logged in as bob\./)
+  t.equal(statSync(store).mode & 0o777, 0o600)
+  const token = await runCli(['token'], env, { cwd: cleanDirectory() })
+  t.equal(decodeJwt(token.stdout.trim()).sub, 'bob')
+  t.notOk(approved.output().stderr.includes(stored(store)))
+
+  const refused = await startDeviceLogin(t, { ...env, BEARER_PROXY_TOKEN_STORE: storeOf() })
+  await approveDevice(refused.page, refused.code, { deny: true })
+  const [refusedExit] = await once(refused.child, 'exit') as [number]
+  t.equal(refusedExit, 1)
+  t.match(refused.output().stderr, /the login was refused at the provider: nothing was stored/)
+})
+
+t.test('login --device polls as the provider asks: slower after slow_down, stopping at expired_token', async (t) => {
+  const polls: number[] = []
+  let answers = ['authorization_pending', 'slow_down', 'expired_token']
+  const provider = await startTokenEndpoint(t, (call) => {
+    if (call.path.endsWith('/.well-known/openid-configuration')) {
+      return { body: { issuer: provider.url, authorization_endpoint: `${provider.url}/auth`, token_endpoint: `${provider.url}/token`, device_authorization_endpoint: `${provider.url}/device/auth` } }
+    }
+    if (call.path === '/device/auth') return { body: { device_code: 'dc-1', user_code: 'ABCD-EFGH', verification_uri: `${provider.url}/device`, expires_in: 60, interval: 0.05 } }
+    polls.push(Date.now())
+    return { status: 400, body: { error: answers.shift() ?? 'expired_token' } }
+  })
+  const env = { BEARER_PROXY_ISSUER: provider.url, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: storeOf() }
+  const { child, output } = await startDeviceLogin(t, env)
+  const [exitCode] = await once(child, 'exit') as [number]
+  t.equal(exitCode, 1)
+  t.match(output().stderr, /the code expired before the login was approved: start again with bearer-proxy login --device/)
+  t.equal(polls.length, 3)
+  t.ok((polls[2] as number) - (polls[1] as number) >= 5000, 'five seconds more after slow_down')
+  const fields = provider.calls.filter((call) => call.path === '/token').map((call) => call.fields)
+  t.same(fields[0], { grant_type: 'urn:ietf:params:oauth:grant-type:device_code', device_code: 'dc-1', client_id: 'cli' })
+  answers = []
+})
+
+t.test('logout revokes the stored refresh token at the provider (RFC 7009) and deletes it; with none stored it says so', async (t) => {
+  const idp = await person(t)
+  const store = storeOf()
+  const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store }
+  const { child, url } = await startLogin(t, env)
+  await (await request(await signIn(url))).body.dump()
+  await once(child, 'exit')
+  const refreshToken = stored(store)
+  const out = await runCli(['logout'], env, { cwd: cleanDirectory() })
+  t.equal(out.code, 0, out.stderr)
+  t.match(out.stderr, /^Logged out of http:\/\/127\.0\.0\.1:\d+: the refresh token was revoked at the provider; the stored login was deleted\.\n$/)
+  t.same((JSON.parse(readFileSync(store, 'utf8')) as { logins: object }).logins, {}, 'the login is gone from the file')
+  const used = await request(`${idp.issuer}/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken, client_id: 'cli' }).toString() })
+  t.equal(used.statusCode, 400, 'the provider no longer accepts it')
+  t.match(await used.body.json(), { error: 'invalid_grant' })
+  t.notOk(out.stderr.includes(refreshToken))
+  const again = await runCli(['logout'], env, { cwd: cleanDirectory() })
+  t.equal(again.code, 0)
+  t.match(again.stderr, /no login is stored for client cli at http:\/\/127\.0\.0\.1:\d+/)
+})
+
+t.test('login with a Keycloak realm found under /auth/realms (Run:ai self-hosted, older Keycloak): REALM and UPSTREAM, then token', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, path: '/auth/realms/runai', clients: [{ clientId: 'runai-cli', authMethod: 'none', native: true }] })
+  const base = new URL(idp.issuer).origin
+  const env = { BEARER_PROXY_UPSTREAM: base, BEARER_PROXY_REALM: 'runai', BEARER_PROXY_CLIENT_ID: 'runai-cli', BEARER_PROXY_TOKEN_STORE: storeOf() }
+  const { child, url, output } = await startLogin(t, env)
+  t.match(url, /\/auth\/realms\/runai\/auth\?/, 'the realm that exists was found')
+  await (await request(await signIn(url, { user: 'researcher' }))).body.dump()
+  const [exitCode] = await once(child, 'exit') as [number]
+  t.equal(exitCode, 0, output().stderr)
+  const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
+  t.equal(token.code, 0, token.stderr)
+  t.equal(decodeJwt(token.stdout.trim()).sub, 'researcher')
 })

@@ -10,7 +10,7 @@ import { Secret } from '../secret.js'
 import { authenticateClient } from '../token/client-auth.js'
 import { asObject, summariseError } from '../token/dialect.js'
 import { discoveryUrl } from '../token/oidc.js'
-import { saveLogin } from './store.js'
+import { readLogin, removeLogin, saveLogin } from './store.js'
 
 /**
  * `bearer-proxy login`: a person's own login, by the authorization code flow with
@@ -31,6 +31,10 @@ export interface ProviderMetadata {
   readonly issuer: URL
   readonly authorizationEndpoint: URL
   readonly tokenEndpoint: URL
+  /** RFC 8628, when the provider has it. */
+  readonly deviceEndpoint: URL | undefined
+  /** RFC 7009, when the provider has it. */
+  readonly revocationEndpoint: URL | undefined
 }
 
 const random = (): string => randomBytes(32).toString('base64url')
@@ -51,7 +55,14 @@ export async function discover (issuers: readonly URL[], dispatcher: Dispatcher,
         throw new LoginError(`the discovery document of ${displayUrl(issuer)} has no usable ${name}`)
       }
     }
-    return { issuer, authorizationEndpoint: url('authorization_endpoint'), tokenEndpoint: url('token_endpoint') }
+    const optional = (name: string): URL | undefined => body[name] === undefined ? undefined : url(name)
+    return {
+      issuer,
+      authorizationEndpoint: url('authorization_endpoint'),
+      tokenEndpoint: url('token_endpoint'),
+      deviceEndpoint: optional('device_authorization_endpoint'),
+      revocationEndpoint: optional('revocation_endpoint')
+    }
   }
   throw new LoginError(`no discovery document at ${issuers.map((issuer) => displayUrl(issuer)).join(' or ')}`)
 }
@@ -119,18 +130,7 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
   if (exchanged.statusCode !== 200) {
     throw new LoginError(`token endpoint ${displayUrl(provider.tokenEndpoint)} answered ${exchanged.statusCode}${summariseError(body, exchanged.statusCode) === undefined ? '' : ` ${summariseError(body, exchanged.statusCode) as string}`}`)
   }
-  // The ID token came straight from the token endpoint (OpenID Connect Core §3.1.3.7): its nonce ties it to this login.
-  let subject: string | undefined
-  if (typeof body.id_token === 'string') {
-    const claims = decodeJwt(body.id_token)
-    if (claims.nonce !== nonce) throw new LoginError('the ID token does not carry this login\'s nonce: nothing was stored')
-    subject = claims.sub
-  }
-  if (typeof body.refresh_token !== 'string' || body.refresh_token === '') {
-    throw new LoginError('the provider issued no refresh token: allow the client offline access (the offline_access scope, or "refresh tokens" in its settings)')
-  }
-  saveLogin(login.store, login.issuer, client.id, new Secret(body.refresh_token))
-  return { subject }
+  return store(settings, body, nonce)
 }
 
 /** The loopback listener: the first request to `/callback` is the answer, anything else is 404. */
@@ -179,4 +179,103 @@ export function openBrowser (url: string): void {
   const child = spawn(command as string, args as string[], { stdio: 'ignore', detached: true })
   child.on('error', () => {})
   child.unref()
+}
+
+export const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
+
+/**
+ * `bearer-proxy login --device` (RFC 8628): a code to enter at the provider's
+ * verification page on any device; the token endpoint polled at the interval it asks
+ * for (five seconds more after each `slow_down`) until the person approves or refuses,
+ * or the code expires. The refresh token is stored as after a browser login.
+ */
+export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo, wait = async (ms: number) => await new Promise<void>((resolve) => setTimeout(resolve, ms))): Promise<{ subject: string | undefined }> {
+  const { token: settings } = config
+  const { credentials } = settings
+  if (credentials.grant !== 'login' || settings.endpoint.kind !== 'issuer') throw new LoginError('login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
+  const provider = await discover(settings.endpoint.issuers, dispatcher, settings.timeout)
+  if (provider.deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
+  const post = async (url: URL, form: URLSearchParams): Promise<{ status: number, body: Record<string, unknown> }> => {
+    const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
+    await authenticateClient(settings, { form, headers, endpoint: url })
+    const answer = await request(url, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
+    return { status: answer.statusCode, body: asObject(await answer.body.json().catch(() => ({}))) }
+  }
+  const scope = [...new Set(['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)])].join(' ')
+  const started = await post(provider.deviceEndpoint, new URLSearchParams({ scope }))
+  const { device_code: deviceCode, user_code: userCode, verification_uri: page, verification_uri_complete: complete } = started.body
+  if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof page !== 'string') {
+    throw new LoginError(`the device authorization endpoint answered ${started.status}${summariseError(started.body, started.status) === undefined ? '' : ` ${summariseError(started.body, started.status) as string}`}`)
+  }
+  const expiresAt = Date.now() + (Number(started.body.expires_in) > 0 ? Number(started.body.expires_in) : 600) * 1000
+  let interval = Number(started.body.interval) > 0 ? Number(started.body.interval) : 5
+  io.say(`To log in to ${displayUrl(provider.issuer)}, open ${page} on any device and enter the code\n\n  ${userCode}\n`)
+  if (typeof complete === 'string') io.say(`(or open ${complete})`)
+  io.say(`Waiting for the login to be approved (the code is valid for ${Math.round((expiresAt - Date.now()) / 1000)} s)…`)
+  for (;;) {
+    await wait(interval * 1000)
+    const polled = await post(provider.tokenEndpoint, new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }))
+    if (polled.status === 200) return store(settings, polled.body, undefined)
+    const error = polled.body.error
+    if (error === 'authorization_pending' && Date.now() < expiresAt) continue
+    if (error === 'slow_down') {
+      interval += 5
+      continue
+    }
+    if (error === 'expired_token' || error === 'authorization_pending') throw new LoginError('the code expired before the login was approved: start again with bearer-proxy login --device')
+    if (error === 'access_denied') throw new LoginError('the login was refused at the provider: nothing was stored')
+    throw new LoginError(`token endpoint ${displayUrl(provider.tokenEndpoint)} answered ${polled.status}${summariseError(polled.body, polled.status) === undefined ? '' : ` ${summariseError(polled.body, polled.status) as string}`}`)
+  }
+}
+
+/** A token response of a login: its ID token's nonce checked (when the login sent one), its refresh token stored. */
+function store (settings: Config['token'], body: Record<string, unknown>, nonce: string | undefined): { subject: string | undefined } {
+  const { credentials } = settings
+  if (credentials.grant !== 'login') throw new LoginError('not a login')
+  // The ID token came straight from the token endpoint (OpenID Connect Core §3.1.3.7): its nonce ties it to this login.
+  let subject: string | undefined
+  if (typeof body.id_token === 'string') {
+    const claims = decodeJwt(body.id_token)
+    if (nonce !== undefined && claims.nonce !== nonce) throw new LoginError('the ID token does not carry this login\'s nonce: nothing was stored')
+    subject = claims.sub
+  }
+  if (typeof body.refresh_token !== 'string' || body.refresh_token === '') {
+    throw new LoginError('the provider issued no refresh token: allow the client offline access (the offline_access scope, or "refresh tokens" in its settings)')
+  }
+  saveLogin(credentials.login.store, credentials.login.issuer, credentials.client.id, new Secret(body.refresh_token))
+  return { subject }
+}
+
+/**
+ * `bearer-proxy logout`: the stored refresh token revoked at the provider's
+ * revocation endpoint (RFC 7009) when it has one, and forgotten here either way.
+ * Returns what happened, in a line for the user.
+ */
+export async function logout (config: Config, dispatcher: Dispatcher): Promise<string> {
+  const { token: settings } = config
+  const { credentials } = settings
+  if (credentials.grant !== 'login' || settings.endpoint.kind !== 'issuer') throw new LoginError('logout needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
+  const { login, client } = credentials
+  const refreshToken = readLogin(login.store, login.issuer, client.id)
+  if (refreshToken === undefined) return `no login is stored for client ${client.id} at ${login.issuer}`
+  let revoked: string
+  try {
+    const provider = await discover(settings.endpoint.issuers, dispatcher, settings.timeout)
+    if (provider.revocationEndpoint === undefined) {
+      revoked = 'the provider has no revocation endpoint, so the refresh token stays valid there until it expires'
+    } else {
+      const form = new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' })
+      const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
+      await authenticateClient(settings, { form, headers, endpoint: provider.revocationEndpoint })
+      const answer = await request(provider.revocationEndpoint, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
+      const body = await answer.body.json().catch(() => undefined)
+      revoked = answer.statusCode === 200
+        ? 'the refresh token was revoked at the provider'
+        : `the provider's revocation endpoint answered ${answer.statusCode}${summariseError(body, answer.statusCode) === undefined ? '' : ` ${summariseError(body, answer.statusCode) as string}`}, so the refresh token may stay valid there until it expires`
+    }
+  } catch (error) {
+    revoked = `the provider could not be asked to revoke it (${error instanceof LoginError ? error.message : (error as Error).message})`
+  }
+  removeLogin(login.store, login.issuer, client.id)
+  return `Logged out of ${login.issuer}: ${revoked}; the stored login was deleted.`
 }

@@ -1,56 +1,71 @@
 import { request } from 'undici'
 
-/**
- * A person at a browser: follows the authorization URL through oidc-provider's
- * sign-in and consent pages (any user name signs in), or cancels at the first page,
- * keeping cookies as a browser does, and stops at the redirect back to the loopback
- * listener, which it returns without following (`arrive` does, as the browser would).
- */
-export async function signIn (authorizationUrl: string, options: { user?: string, deny?: boolean } = {}): Promise<string> {
-  const cookies = new Map<string, string>()
-  const remember = (headers: Record<string, string | string[] | undefined>): void => {
-    const set = headers['set-cookie']
-    for (const line of Array.isArray(set) ? set : set === undefined ? [] : [set]) {
-      const [pair = ''] = line.split(';')
-      const at = pair.indexOf('=')
-      cookies.set(pair.slice(0, at), pair.slice(at + 1))
-    }
-  }
-  const go = async (url: string, form?: Record<string, string>): Promise<{ status: number, location: string | undefined }> => {
+/** A browser's memory: cookies kept as they are set, sent back with every request. */
+class Browser {
+  readonly #cookies = new Map<string, string>()
+
+  async go (url: string, form?: Record<string, string>): Promise<{ status: number, location: string | undefined, html: string }> {
     const answer = await request(url, {
       method: form === undefined ? 'GET' : 'POST',
       headers: {
-        cookie: [...cookies].map(([name, value]) => `${name}=${value}`).join('; '),
+        cookie: [...this.#cookies].map(([name, value]) => `${name}=${value}`).join('; '),
         ...(form === undefined ? {} : { 'content-type': 'application/x-www-form-urlencoded' })
       },
       body: form === undefined ? undefined : new URLSearchParams(form).toString()
     })
-    remember(answer.headers)
-    await answer.body.dump()
+    const set = answer.headers['set-cookie']
+    for (const line of Array.isArray(set) ? set : set === undefined ? [] : [set]) {
+      const [pair = ''] = line.split(';')
+      const at = pair.indexOf('=')
+      this.#cookies.set(pair.slice(0, at), pair.slice(at + 1))
+    }
+    const html = await answer.body.text()
     const location = answer.headers.location
-    return { status: answer.statusCode, location: typeof location === 'string' ? new URL(location, url).href : undefined }
+    return { status: answer.statusCode, location: typeof location === 'string' ? new URL(location, url).href : undefined, html }
   }
-  let url = authorizationUrl
-  for (let step = 0; step < 12; step++) {
-    const { location } = await go(url)
-    if (location === undefined) throw new Error(`the provider stopped at ${new URL(url).pathname}`)
-    if (location.startsWith('http://127.0.0.1') && new URL(location).pathname === '/callback') return location
-    const interaction = /\/interaction\/([^/?]+)$/.exec(new URL(location).pathname)
-    if (interaction === null) {
+
+  /**
+   * Follows redirects from `url` through oidc-provider's sign-in and consent pages (any
+   * user name signs in), or cancels at the first page; stops at a redirect to the
+   * loopback `/callback`, which it returns, or at a page that does not redirect.
+   */
+  async through (url: string, options: { user?: string, deny?: boolean }): Promise<string> {
+    for (let step = 0; step < 12; step++) {
+      if (/\/interaction\/[^/?]+$/.test(new URL(url).pathname)) {
+        // The page says which prompt it is; a login comes first, then consent. Cancelling is its abort link.
+        const { html } = await this.go(url)
+        const prompt = /name="prompt" value="(\w+)"/.exec(html)?.[1] ?? 'login'
+        const submitted = options.deny === true
+          ? await this.go(`${url}/abort`)
+          : await this.go(url, prompt === 'login' ? { prompt, login: options.user ?? 'alice', password: 'any' } : { prompt })
+        if (submitted.location === undefined) throw new Error(`the ${prompt} page did not move on`)
+        url = submitted.location
+        continue
+      }
+      const { location } = await this.go(url)
+      if (location === undefined) return url
+      if (location.startsWith('http://127.0.0.1') && new URL(location).pathname === '/callback') return location
       url = location
-      continue
     }
-    if (options.deny === true) {
-      url = `${location}/abort`
-      continue
-    }
-    // The page says which prompt it is; a login comes first, then consent.
-    const page = await request(location, { headers: { cookie: [...cookies].map(([name, value]) => `${name}=${value}`).join('; ') } })
-    const html = await page.body.text()
-    const prompt = /name="prompt" value="(\w+)"/.exec(html)?.[1] ?? 'login'
-    const submitted = await go(location, prompt === 'login' ? { prompt, login: options.user ?? 'alice', password: 'any' } : { prompt })
-    if (submitted.location === undefined) throw new Error(`the ${prompt} page did not move on`)
-    url = submitted.location
+    throw new Error('too many redirects')
   }
-  throw new Error('too many redirects')
+}
+
+/**
+ * A person at a browser: follows the authorization URL through the provider's pages
+ * and stops at the redirect back to the loopback listener, which it returns without
+ * following (the test does, as the browser would).
+ */
+export async function signIn (authorizationUrl: string, options: { user?: string, deny?: boolean } = {}): Promise<string> {
+  return await new Browser().through(authorizationUrl, options)
+}
+
+/** A person approving (or refusing) a device login (RFC 8628) at the provider's verification page, with its code. */
+export async function approveDevice (verificationUri: string, userCode: string, options: { user?: string, deny?: boolean } = {}): Promise<void> {
+  const browser = new Browser()
+  const xsrf = (html: string): string => /name="xsrf" value="([^"]+)"/.exec(html)?.[1] ?? ''
+  const entry = await browser.go(verificationUri)
+  const confirmation = await browser.go(verificationUri, { xsrf: xsrf(entry.html), user_code: userCode })
+  const decided = await browser.go(verificationUri, { xsrf: xsrf(confirmation.html), user_code: userCode, ...(options.deny === true ? { abort: 'yes' } : { confirm: 'yes' }) })
+  if (decided.location !== undefined) await browser.through(decided.location, options)
 }
