@@ -10,11 +10,16 @@ import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, type Teardown, waitForLine } from './helpers/stack.js'
 import type { ChildProcess } from 'node:child_process'
 
+const CONFIDENTIAL = 'confidential-Login-Secret-2121'
 const storeOf = (): string => join(mkdtempSync(join(tmpdir(), 'bearer-proxy-login-')), 'config', 'bearer-proxy', 'logins.json')
 const stored = (store: string): string => Object.values((JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string }> }).logins)[0]?.refreshToken ?? ''
 
 async function person (t: Parameters<typeof startIdentity>[0]): ReturnType<typeof startIdentity> {
-  return await startIdentity(t, { accessTokenTtl: 600, interactive: true, clients: [{ clientId: 'cli', authMethod: 'none', native: true }] })
+  return await startIdentity(t, {
+    accessTokenTtl: 600,
+    interactive: true,
+    clients: [{ clientId: 'cli', authMethod: 'none', native: true }, { clientId: 'confidential', clientSecret: CONFIDENTIAL, authMethod: 'client_secret_basic', native: true }]
+  })
 }
 
 /** `bearer-proxy login` started, and the URL it asks the person to open. */
@@ -193,4 +198,17 @@ t.test('login with a Keycloak realm found under /auth/realms (Run:ai self-hosted
   const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
   t.equal(token.code, 0, token.stderr)
   t.equal(decodeJwt(token.stdout.trim()).sub, 'researcher')
+})
+
+t.test('login with a confidential client: its secret authenticates the code exchange and the renewals, and is printed nowhere', async (t) => {
+  const idp = await person(t)
+  const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'confidential', BEARER_PROXY_CLIENT_SECRET: CONFIDENTIAL, BEARER_PROXY_CLIENT_AUTH: 'client_secret_basic', BEARER_PROXY_TOKEN_STORE: storeOf() }
+  const { child, url, output } = await startLogin(t, env)
+  await (await request(await signIn(url, { user: 'carol' }))).body.dump()
+  const [exitCode] = await once(child, 'exit') as [number]
+  t.equal(exitCode, 0, output().stderr)
+  const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
+  t.equal(token.code, 0, token.stderr)
+  t.equal(decodeJwt(token.stdout.trim()).sub, 'carol')
+  t.notOk((output().stderr + token.stderr).includes(CONFIDENTIAL))
 })
