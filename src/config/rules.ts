@@ -1,7 +1,7 @@
 import { accessSync, constants, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
-import type { Client, ClientKey, Config, Credentials, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
+import type { Client, ClientKey, Config, Credentials, Login, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
 import { defaultStore, readLogin } from '../login/store.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
@@ -147,7 +147,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     const why = needs.has(name) && !(NEEDS[flavour][grant] ?? []).includes(name) ? ` CLIENT_AUTH=${auth}` : ''
     flavourProblems.push(`${PREFIX}${name}: required${file} for AUTH=${flavour} GRANT=${grant}${why}`)
   }
-  const chosen = credentialsOf(grant, values)
+
   const tokenUrl = url('TOKEN_URL') ?? (account === undefined ? undefined : parseHttpUrl(account.tokenUri, `${PREFIX}SERVICE_ACCOUNT_FILE (token_uri)`, problems))
   // A certificate is only presented in a TLS handshake: over plain http the client could not prove who it is.
   const issuer = url('ISSUER')
@@ -162,11 +162,10 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   if (grant === 'login' && endpoint !== undefined && endpoint.kind !== 'issuer') {
     flavourProblems.push(`${PREFIX}GRANT: login needs ${PREFIX}ISSUER (or ${PREFIX}REALM with ${PREFIX}UPSTREAM) rather than ${PREFIX}TOKEN_URL: the login is kept per issuer, and its discovery names where to log in`)
   }
-  const credentials: Credentials | undefined = grant === 'login'
-    ? chosen === undefined || endpoint?.kind !== 'issuer'
-      ? undefined
-      : { grant, client: chosen.client as Client, login: { store, issuer: endpoint.issuers[0].href.replace(/\/+$/, ''), port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') } }
-    : chosen
+  const login = endpoint?.kind === 'issuer'
+    ? { store, issuer: endpoint.issuers[0].href.replace(/\/+$/, ''), port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
+    : undefined
+  const credentials = credentialsOf(grant, values, login)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -232,7 +231,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
 }
 
 /** The credentials of `grant`, when the table's required settings are all there. */
-function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSource | undefined>): Credentials | undefined {
+/** What the grant sends; a login also where it is kept (known once the issuer is). */
+function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSource | undefined>, login: Login | undefined): Credentials | undefined {
   const text = (name: Needed): string | undefined => typeof values[name] === 'string' ? values[name] : undefined
   const source = (name: Needed): SecretSource | undefined => typeof values[name] === 'object' ? values[name] : undefined
   const id = text('CLIENT_ID')
@@ -247,8 +247,7 @@ function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSour
     case 'jwt_bearer':
       return id === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
     case 'login':
-      // Where the login is kept is known once the issuer is: see `interpret`.
-      return id === undefined ? undefined : { grant, client: { id, secret: clientSecret }, login: { store: '', issuer: '', port: 0, timeout: 0 } }
+      return id === undefined || login === undefined ? undefined : { grant, client: { id, secret: clientSecret }, login }
     case 'app_token':
       return id === undefined || clientSecret === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
     case 'password':
