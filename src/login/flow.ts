@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { decodeJwt } from 'jose'
 import { type Dispatcher, request } from 'undici'
-import type { Config } from '../config.js'
+import type { Client, Config, Login } from '../config.js'
 import { displayUrl } from '../errors.js'
 import { Secret } from '../secret.js'
 import { authenticateClient } from '../token/client-auth.js'
@@ -38,6 +38,28 @@ export interface ProviderMetadata {
 }
 
 const random = (): string => randomBytes(32).toString('base64url')
+
+/** What a login is made of: the settings, where it is kept, the client, and the issuers to discover. */
+function loginOf (config: Config): { settings: Config['token'], login: Login, client: Client, issuers: readonly URL[] } {
+  const { token: settings } = config
+  const { credentials, endpoint } = settings
+  if (credentials.grant !== 'login' || endpoint.kind !== 'issuer') throw new LoginError('a login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
+  return { settings, login: credentials.login, client: credentials.client, issuers: endpoint.issuers }
+}
+
+/** A form POST to one of the provider's endpoints, with the client's authentication, and its JSON answer. */
+async function postForm (settings: Config['token'], url: URL, form: URLSearchParams, dispatcher: Dispatcher): Promise<{ status: number, body: Record<string, unknown> }> {
+  const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
+  await authenticateClient(settings, { form, headers, endpoint: url })
+  const answer = await request(url, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
+  return { status: answer.statusCode, body: asObject(await answer.body.json().catch(() => ({}))) }
+}
+
+/** `<what> answered <status> <error (description)>`: an answer in the words of the proxy's other errors. */
+function answered (what: string, { status, body }: { status: number, body: unknown }): string {
+  const summary = summariseError(body, status)
+  return `${what} answered ${status}${summary === undefined ? '' : ` ${summary}`}`
+}
 
 /** The issuer's discovery document: the first of the configured issuers that has one (Keycloak's two realm paths). */
 export async function discover (issuers: readonly URL[], dispatcher: Dispatcher, timeout: number): Promise<ProviderMetadata> {
@@ -81,11 +103,8 @@ export interface LoginIo {
  * refresh token stored. Returns who logged in, as the ID token says.
  */
 export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
-  const { token: settings } = config
-  const { credentials } = settings
-  if (credentials.grant !== 'login' || settings.endpoint.kind !== 'issuer') throw new LoginError('login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
-  const { login, client } = credentials
-  const provider = await discover(settings.endpoint.issuers, dispatcher, settings.timeout)
+  const { settings, login, client, issuers } = loginOf(config)
+  const provider = await discover(issuers, dispatcher, settings.timeout)
   const verifier = random()
   const state = random()
   const nonce = random()
@@ -122,15 +141,9 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
   const code = answer.get('code')
   if (code === null || code === '') throw new LoginError('the browser came back without a code')
 
-  const form = new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier })
-  const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
-  await authenticateClient(settings, { form, headers, endpoint: provider.tokenEndpoint })
-  const exchanged = await request(provider.tokenEndpoint, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
-  const body = asObject(await exchanged.body.json().catch(() => ({})))
-  if (exchanged.statusCode !== 200) {
-    throw new LoginError(`token endpoint ${displayUrl(provider.tokenEndpoint)} answered ${exchanged.statusCode}${summariseError(body, exchanged.statusCode) === undefined ? '' : ` ${summariseError(body, exchanged.statusCode) as string}`}`)
-  }
-  return store(settings, body, nonce)
+  const exchanged = await postForm(settings, provider.tokenEndpoint, new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }), dispatcher)
+  if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, exchanged))
+  return store(login, client, exchanged.body, nonce)
 }
 
 /** The loopback listener: the first request to `/callback` is the answer, anything else is 404. */
@@ -189,23 +202,15 @@ export const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
  * for (five seconds more after each `slow_down`) until the person approves or refuses,
  * or the code expires. The refresh token is stored as after a browser login.
  */
-export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo, wait = async (ms: number) => await new Promise<void>((resolve) => setTimeout(resolve, ms))): Promise<{ subject: string | undefined }> {
-  const { token: settings } = config
-  const { credentials } = settings
-  if (credentials.grant !== 'login' || settings.endpoint.kind !== 'issuer') throw new LoginError('login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
-  const provider = await discover(settings.endpoint.issuers, dispatcher, settings.timeout)
+export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
+  const { settings, login, client, issuers } = loginOf(config)
+  const provider = await discover(issuers, dispatcher, settings.timeout)
   if (provider.deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
-  const post = async (url: URL, form: URLSearchParams): Promise<{ status: number, body: Record<string, unknown> }> => {
-    const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
-    await authenticateClient(settings, { form, headers, endpoint: url })
-    const answer = await request(url, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
-    return { status: answer.statusCode, body: asObject(await answer.body.json().catch(() => ({}))) }
-  }
   const scope = [...new Set(['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)])].join(' ')
-  const started = await post(provider.deviceEndpoint, new URLSearchParams({ scope }))
+  const started = await postForm(settings, provider.deviceEndpoint, new URLSearchParams({ scope }), dispatcher)
   const { device_code: deviceCode, user_code: userCode, verification_uri: page, verification_uri_complete: complete } = started.body
   if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof page !== 'string') {
-    throw new LoginError(`the device authorization endpoint answered ${started.status}${summariseError(started.body, started.status) === undefined ? '' : ` ${summariseError(started.body, started.status) as string}`}`)
+    throw new LoginError(answered('the device authorization endpoint', started))
   }
   const expiresAt = Date.now() + (Number(started.body.expires_in) > 0 ? Number(started.body.expires_in) : 600) * 1000
   let interval = Number(started.body.interval) > 0 ? Number(started.body.interval) : 5
@@ -213,9 +218,9 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
   if (typeof complete === 'string') io.say(`(or open ${complete})`)
   io.say(`Waiting for the login to be approved (the code is valid for ${Math.round((expiresAt - Date.now()) / 1000)} s)…`)
   for (;;) {
-    await wait(interval * 1000)
-    const polled = await post(provider.tokenEndpoint, new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }))
-    if (polled.status === 200) return store(settings, polled.body, undefined)
+    await new Promise<void>((resolve) => setTimeout(resolve, interval * 1000))
+    const polled = await postForm(settings, provider.tokenEndpoint, new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }), dispatcher)
+    if (polled.status === 200) return store(login, client, polled.body, undefined)
     const error = polled.body.error
     if (error === 'authorization_pending' && Date.now() < expiresAt) continue
     if (error === 'slow_down') {
@@ -224,14 +229,12 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
     }
     if (error === 'expired_token' || error === 'authorization_pending') throw new LoginError('the code expired before the login was approved: start again with bearer-proxy login --device')
     if (error === 'access_denied') throw new LoginError('the login was refused at the provider: nothing was stored')
-    throw new LoginError(`token endpoint ${displayUrl(provider.tokenEndpoint)} answered ${polled.status}${summariseError(polled.body, polled.status) === undefined ? '' : ` ${summariseError(polled.body, polled.status) as string}`}`)
+    throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, polled))
   }
 }
 
 /** A token response of a login: its ID token's nonce checked (when the login sent one), its refresh token stored. */
-function store (settings: Config['token'], body: Record<string, unknown>, nonce: string | undefined): { subject: string | undefined } {
-  const { credentials } = settings
-  if (credentials.grant !== 'login') throw new LoginError('not a login')
+function store (login: Login, client: Client, body: Record<string, unknown>, nonce: string | undefined): { subject: string | undefined } {
   // The ID token came straight from the token endpoint (OpenID Connect Core §3.1.3.7): its nonce ties it to this login.
   let subject: string | undefined
   if (typeof body.id_token === 'string') {
@@ -242,7 +245,7 @@ function store (settings: Config['token'], body: Record<string, unknown>, nonce:
   if (typeof body.refresh_token !== 'string' || body.refresh_token === '') {
     throw new LoginError('the provider issued no refresh token: allow the client offline access (the offline_access scope, or "refresh tokens" in its settings)')
   }
-  saveLogin(credentials.login.store, credentials.login.issuer, credentials.client.id, new Secret(body.refresh_token))
+  saveLogin(login.store, login.issuer, client.id, new Secret(body.refresh_token))
   return { subject }
 }
 
@@ -252,26 +255,19 @@ function store (settings: Config['token'], body: Record<string, unknown>, nonce:
  * Returns what happened, in a line for the user.
  */
 export async function logout (config: Config, dispatcher: Dispatcher): Promise<string> {
-  const { token: settings } = config
-  const { credentials } = settings
-  if (credentials.grant !== 'login' || settings.endpoint.kind !== 'issuer') throw new LoginError('logout needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
-  const { login, client } = credentials
+  const { settings, login, client, issuers } = loginOf(config)
   const refreshToken = readLogin(login.store, login.issuer, client.id)
   if (refreshToken === undefined) return `no login is stored for client ${client.id} at ${login.issuer}`
   let revoked: string
   try {
-    const provider = await discover(settings.endpoint.issuers, dispatcher, settings.timeout)
+    const provider = await discover(issuers, dispatcher, settings.timeout)
     if (provider.revocationEndpoint === undefined) {
       revoked = 'the provider has no revocation endpoint, so the refresh token stays valid there until it expires'
     } else {
-      const form = new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' })
-      const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
-      await authenticateClient(settings, { form, headers, endpoint: provider.revocationEndpoint })
-      const answer = await request(provider.revocationEndpoint, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
-      const body = await answer.body.json().catch(() => undefined)
-      revoked = answer.statusCode === 200
+      const answer = await postForm(settings, provider.revocationEndpoint, new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' }), dispatcher)
+      revoked = answer.status === 200
         ? 'the refresh token was revoked at the provider'
-        : `the provider's revocation endpoint answered ${answer.statusCode}${summariseError(body, answer.statusCode) === undefined ? '' : ` ${summariseError(body, answer.statusCode) as string}`}, so the refresh token may stay valid there until it expires`
+        : `${answered('the provider\'s revocation endpoint', answer)}, so the refresh token may stay valid there until it expires`
     }
   } catch (error) {
     revoked = `the provider could not be asked to revoke it (${error instanceof LoginError ? error.message : (error as Error).message})`
