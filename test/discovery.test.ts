@@ -265,9 +265,12 @@ routes:
   t.match(await get('/clusters/gpu-a/x'), { status: 404, body: { error: 'unknown_cluster' } }, 'the top level has no clusters')
   // Over a raw socket: the route's clusters prefix encoded is refused, as /clusters/ is.
   for (const target of ['/first/%63lusters/gpu-a/x', '/first/clusters/gpu%2Da/x', '/fir%73t/clusters/gpu-a/x', '/first/clusters/%67pu-a']) {
-    const answer = await rawHttp(proxy.address, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`)
-    t.match(answer, /^HTTP\/1\.1 400 /, target)
-    t.match(answer, /encodes its \/first\/clusters\/<name> prefix/)
+    for (const upgrade of ['', 'Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n']) {
+      // As a request, and as a WebSocket upgrade (which the same guard judges).
+      const answer = await rawHttp(proxy.address, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: ${upgrade === '' ? 'close' : 'Upgrade'}\r\n${upgrade}\r\n`)
+      t.match(answer, /^HTTP\/1\.1 400 /, `${target}${upgrade === '' ? '' : ' (upgrade)'}`)
+      t.match(answer, /encodes its \/first\/clusters\/<name> prefix/)
+    }
   }
   t.same([first.served.length, second.served.length], servedBefore, 'an unknown cluster never reaches a control plane')
   t.equal(second.clusterReads, 0, 'a route that lists its clusters does not read them')
