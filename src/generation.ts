@@ -241,8 +241,9 @@ class DiscoveredClusters {
 }
 
 export interface ConfigurationsOptions {
-  /** Token back-off, for tests that cannot wait a second. */
+  /** Token back-off and renewal point, for tests that cannot wait a second. */
   readonly backoffMs?: number
+  readonly renewAt?: number
   /** Cluster discovery's timings (5 minutes, 30 s), for tests that cannot wait. */
   readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
@@ -401,7 +402,7 @@ export class Configurations {
   }
 
   #manager (name: string, settings: TokenSettings, of: Config, log: Logger, outbound: Outbound): TokenManager {
-    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs })
+    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt })
   }
 
   /** How a set's calls go out: its certificate and key read now (a reload reads them again when they change). */

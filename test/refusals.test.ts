@@ -14,7 +14,7 @@ class Held implements HeldToken {
   /** A new token is held, as after a token request. */
   renew (): AccessToken {
     this.#issued++
-    this.token = new AccessToken(new Secret(`token-${this.#issued}`), { obtainedAt: Date.now(), lifetimeMs: 600_000, skewMs: 0, subject: undefined, grant: 'client_credentials' })
+    this.token = new AccessToken(new Secret(`token-${this.#issued}`), { obtainedAt: Date.now(), lifetimeMs: 600_000, skewMs: 0, renewAt: 0.8, subject: undefined, grant: 'client_credentials' })
     return this.token
   }
 

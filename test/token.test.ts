@@ -7,6 +7,7 @@ import { request } from 'undici'
 import { startIdp } from '../demo/idp.js'
 import { Secret } from '../src/secret.js'
 import { checkBearer } from '../src/token/manager.js'
+import type { Scripted } from './helpers/token-endpoint.js'
 import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, afterFetch } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 import { startEcho } from './helpers/upstream.js'
@@ -133,46 +134,54 @@ t.test('a refresh token that is refused falls back to the configured grant', asy
   t.match(logs.events('token_refresh_failed')[0], { error: /answered 400 invalid_grant \(refresh token expired\)/ })
 })
 
-t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async (t) => {
+t.test('during back-off callers are answered at once, with Retry-After, and nothing is asked of the endpoint', async (t) => {
   const endpoint = await startTokenEndpoint(t, () => ({ status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } }))
+  // The default back-off (1 s doubling, first wait 0.5–1 s) would leave a slow machine a window; this one is 60–120 s.
+  const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`), { backoffMs: 120_000, maxBackoffMs: 120_000 })
+  await t.rejects(tokens.get(), { code: 'token_unavailable', message: `token endpoint ${endpoint.url}/token answered 401 invalid_client (bad secret)` })
+  const during = await tokens.get().then(() => undefined, (error: unknown) => error as { code: string, retryAfter: number })
+  t.equal(during?.code, 'token_unavailable')
+  t.ok(during !== undefined && during.retryAfter > 50 && during.retryAfter <= 120, `Retry-After is what the back-off has left (${during?.retryAfter} s)`)
+  t.equal(endpoint.calls.length, 1, 'no request during back-off')
+})
+
+t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async (t) => {
+  // One fault per request, in order, whenever the retries come: the sequence cannot be raced.
+  const faults: Array<() => Scripted> = [
+    () => ({ status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } }),
+    () => ({ body: '<html>oops</html>', contentType: 'text/html' }),
+    () => ({ body: { token_type: 'bearer' } }),
+    () => ({ body: { access_token: 'late' }, delayMs: 1000 })
+  ]
+  const endpoint = await startTokenEndpoint(t, () => (faults[endpoint.calls.length - 1] ?? (() => ({ body: { access_token: 'finally', expires_in: 60 } })))())
   const { tokens, logs } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`, { BEARER_PROXY_TIMEOUT: '0.3' }), { backoffMs: 20 })
 
   await t.rejects(tokens.get(), { code: 'token_unavailable', message: `token endpoint ${endpoint.url}/token answered 401 invalid_client (bad secret)` })
-  await t.rejects(tokens.get(), { code: 'token_unavailable', retryAfter: 1 }, 'during back-off callers are answered at once')
-  t.equal(endpoint.calls.length, 1, 'no request during back-off')
-
-  endpoint.answer = () => ({ body: '<html>oops</html>', contentType: 'text/html' })
-  await afterFetch(tokens, () => endpoint.calls.length >= 2, 2000, 'the retry')
-  await afterFetch(tokens, () => logs.events('token_failed').length >= 2, 2000, 'the second failure')
-  t.match(logs.events('token_failed')[1], { error: /answered with a body that is not JSON/ })
-
-  endpoint.answer = () => ({ body: { token_type: 'bearer' } })
-  await afterFetch(tokens, () => logs.events('token_failed').length >= 3, 2000, 'the third failure')
-  t.match(logs.events('token_failed')[2], { error: /unusable response: response has no access_token/ })
-
-  endpoint.answer = () => ({ body: { access_token: 'late' }, delayMs: 1000 })
-  await afterFetch(tokens, () => logs.events('token_failed').length >= 4, 3000, 'the fourth failure')
-  t.match(logs.events('token_failed')[3], { error: /no answer in time/ })
-
+  await afterFetch(tokens, () => tokens.current() !== undefined, 5000, 'recovery after four failures')
+  const errors = logs.events('token_failed').map((entry) => entry.error as string)
+  t.equal(errors.length, 4)
+  t.match(errors[0], /answered 401 invalid_client \(bad secret\)/)
+  t.match(errors[1], /answered with a body that is not JSON/)
+  t.match(errors[2], /unusable response: response has no access_token/)
+  t.match(errors[3], /no answer in time/)
   const delays = logs.events('token_failed').map((entry) => entry.retryInMs as number)
   t.ok(delays.every((delay, i) => delay >= 10 * 2 ** i && delay <= 20 * 2 ** i), `back-off doubles with jitter: ${delays.join(', ')}`)
-
-  endpoint.answer = () => ({ body: { access_token: 'finally', expires_in: 60 } })
-  await afterFetch(tokens, () => tokens.current() !== undefined, 3000, 'recovery')
+  t.equal(endpoint.calls.length, 5, 'the fifth request got the token')
   t.equal(tokens.lastError(), undefined)
 })
 
 t.test('a failed renewal keeps the still-valid token in use', async (t) => {
-  const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: 'tok-1', expires_in: 2 } }))
+  // Renewed after 1.2 s of its 60: the failed renewal leaves the token 58 s of life, no window a slow machine can miss.
+  const endpoint = await startTokenEndpoint(t, () => endpoint.calls.length === 1
+    ? { body: { access_token: 'tok-1', expires_in: 60 } }
+    : { status: 503, body: 'maintenance', contentType: 'text/plain' })
   const echo = await startEcho(t)
   const { url, proxy, logs } = await startTestProxy(t, {
     ...oidcEnv(`${endpoint.url}/token`),
     BEARER_PROXY_UPSTREAM: echo.url,
     BEARER_PROXY_PORT: '0'
-  }, { backoffMs: 100 })
-  await afterFetch(proxy.tokens, () => proxy.tokens.current() !== undefined, 5000, 'the first token')
-  endpoint.answer = () => ({ status: 503, body: 'maintenance', contentType: 'text/plain' })
-  await afterFetch(proxy.tokens, () => logs.events('token_failed').length >= 1, 5000, 'a failed renewal at 80% of the lifetime')
+  }, { backoffMs: 100, renewAt: 0.02 })
+  await afterFetch(proxy.tokens, () => logs.events('token_failed').length >= 1, 5000, 'a failed renewal')
   t.match(logs.events('token_failed')[0], { error: /answered 503$/ })
   const response = await request(`${url}/still-works`)
   t.equal(response.statusCode, 200)

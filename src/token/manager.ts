@@ -40,13 +40,13 @@ export class AccessToken {
   /** The grant that produced it: the configured one, or `refresh_token` from the previous response. */
   readonly grant: string
 
-  constructor (value: Secret, details: { obtainedAt: number, lifetimeMs: number, skewMs: number, subject: string | undefined, grant: string }) {
+  constructor (value: Secret, details: { obtainedAt: number, lifetimeMs: number, skewMs: number, renewAt: number, subject: string | undefined, grant: string }) {
     const { obtainedAt, lifetimeMs } = details
     this.#authorization = `Bearer ${value.reveal()}`
     this.obtainedAt = obtainedAt
     this.expiresAt = obtainedAt + lifetimeMs
     this.staleAt = this.expiresAt - Math.min(details.skewMs, lifetimeMs * MAX_SKEW_SHARE)
-    this.renewAt = obtainedAt + Math.min(lifetimeMs * RENEW_AT, MAX_RENEW_DELAY_MS)
+    this.renewAt = obtainedAt + Math.min(lifetimeMs * details.renewAt, MAX_RENEW_DELAY_MS)
     this.subject = details.subject
     this.grant = details.grant
   }
@@ -81,6 +81,8 @@ export interface TokenManagerOptions {
   /** Back-off of the first retry; it doubles up to `maxBackoffMs`. */
   readonly backoffMs?: number
   readonly maxBackoffMs?: number
+  /** The share of a token's lifetime after which it is renewed: 0.8. */
+  readonly renewAt?: number
 }
 
 /**
@@ -96,6 +98,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
   readonly #log: Logger
   readonly #backoffMs: number
   readonly #maxBackoffMs: number
+  readonly #renewAt: number
   #secrets: SecretSource[]
   /** Bumped by `reconfigure`: a request sent under older settings does not give the token held. */
   #generation = 0
@@ -120,6 +123,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#log = options.log
     this.#backoffMs = options.backoffMs ?? 1000
     this.#maxBackoffMs = options.maxBackoffMs ?? 60_000
+    this.#renewAt = options.renewAt ?? RENEW_AT
     this.#secrets = secretsOf(settings.credentials)
     if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.endpoint
   }
@@ -290,7 +294,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const claims = readClaims(grant.accessToken)
     const lifetime = lifetimeOf(grant.expiresIn, claims.exp, obtainedAt)
     return new AccessToken(grant.accessToken, {
-      obtainedAt, lifetimeMs: lifetime, skewMs: this.#settings.refreshSkew * 1000, subject: claims.sub, grant: used
+      obtainedAt, lifetimeMs: lifetime, skewMs: this.#settings.refreshSkew * 1000, renewAt: this.#renewAt, subject: claims.sub, grant: used
     })
   }
 

@@ -11,7 +11,7 @@ import { API_AUDIENCE, type Idp, type IdpOptions, startIdp } from '../../demo/id
 import { createLogger } from '../../src/log.js'
 import { createDispatcher } from '../../src/outbound.js'
 import { type RunningProxy, type StartOptions, startProxy } from '../../src/server.js'
-import { TokenManager } from '../../src/token/manager.js'
+import { TokenManager, type TokenManagerOptions } from '../../src/token/manager.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
 /** What a tap test offers for clean-up. */
@@ -78,7 +78,7 @@ export async function startTestProxy (t: Teardown, env: Record<string, string>, 
 }
 
 /** A token manager on its own, logs captured. */
-export function startTokenManager (t: Teardown, env: Record<string, string>, options: { backoffMs?: number } = {}): { tokens: TokenManager, logs: LogCapture, log: Logger } {
+export function startTokenManager (t: Teardown, env: Record<string, string>, options: Omit<TokenManagerOptions, 'dispatcher' | 'log'> = {}): { tokens: TokenManager, logs: LogCapture, log: Logger } {
   const config = loadConfig({ env, envFile: '/dev/null', forwarding: false })
   const logs = new LogCapture()
   const log = createLogger(env.BEARER_PROXY_LOG_LEVEL ?? 'info', logs)
