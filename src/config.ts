@@ -53,6 +53,8 @@ export interface ClientKey {
 export interface Login {
   readonly store: string
   readonly issuer: string
+  /** Where the provider's discovery document is looked for, in turn (a Keycloak realm has two places). */
+  readonly discovery: readonly URL[]
   /** The loopback port of the redirect (0: any free one). */
   readonly port: number
   /** Seconds `login` waits for the browser. */

@@ -88,7 +88,9 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   for (const [flavour, grants] of Object.entries(NEEDS)) {
     for (const [grant, needed] of Object.entries(grants)) {
       // A login is kept per issuer: its endpoint is discovered.
-      const where: Record<string, string> = grant === 'login' ? { BEARER_PROXY_ISSUER: 'https://idp.example' } : { BEARER_PROXY_TOKEN_URL: 'https://idp.example/t' }
+      const where: Record<string, string> = grant !== 'login'
+        ? { BEARER_PROXY_TOKEN_URL: 'https://idp.example/t' }
+        : flavour === 'runai' ? { BEARER_PROXY_REALM: 'tenant' } : { BEARER_PROXY_ISSUER: 'https://idp.example' }
       const env: Record<string, string> = { BEARER_PROXY_AUTH: flavour, BEARER_PROXY_GRANT: grant, BEARER_PROXY_UPSTREAM: 'https://api.example', ...where }
       for (const name of needed) env[`BEARER_PROXY_${name}`] = values[name] as string
       t.same(problems(env), [], `${flavour} ${grant} with ${needed.join(', ')}`)
@@ -102,6 +104,13 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   t.same(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }).length, 1, 'a secret set twice is one line, at its cause')
   t.match(problems({ BEARER_PROXY_GRANT: 'login', BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_URL: 'https://idp.example/t', BEARER_PROXY_UPSTREAM: 'https://api.example' }),
     [/^BEARER_PROXY_GRANT: login needs BEARER_PROXY_ISSUER \(or BEARER_PROXY_REALM with BEARER_PROXY_UPSTREAM\) rather than BEARER_PROXY_TOKEN_URL/])
+  // Run:ai's own sign-in is at its realm: without one there is nowhere to log in; its code is exchanged by /api/v1/token alone.
+  const runaiLogin = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_GRANT: 'login', BEARER_PROXY_CLIENT_ID: 'runai-cli', BEARER_PROXY_UPSTREAM: 'https://runai.example' }
+  t.match(problems(runaiLogin), [/^BEARER_PROXY_REALM: required for AUTH=runai GRANT=login \(the realm of Run:ai's sign-in/])
+  t.match(problems({ ...runaiLogin, BEARER_PROXY_REALM: 'tenant', BEARER_PROXY_RUNAI_TOKEN_API: 'v2' }), [/^BEARER_PROXY_RUNAI_TOKEN_API: does nothing with AUTH=runai GRANT=login/])
+  const config = loadConfig({ env: { ...runaiLogin, BEARER_PROXY_REALM: 'tenant' }, envFile: '/dev/null' })
+  t.match(config.token.credentials, { grant: 'login', login: { issuer: 'https://runai.example/auth/realms/tenant' } }, 'the login is kept under the realm')
+  t.match(config.token.endpoint, { kind: 'url', endpoint: { url: new URL('https://runai.example/api/v1/token'), dialect: 'runai-v1' } }, 'and renewed by the token API')
   const first = await runCli(['check'], {}, { cwd: mkdtempSync(join(tmpdir(), 'bearer-proxy-empty-')) })
   t.equal(first.code, 2)
   t.match(first.stderr, /BEARER_PROXY_UPSTREAM.*BEARER_PROXY_TOKEN_URL or BEARER_PROXY_ISSUER.*BEARER_PROXY_CLIENT_ID, BEARER_PROXY_CLIENT_SECRET/)
@@ -114,7 +123,7 @@ t.test('a problem is reported once, at its cause; settings the chosen flavour or
   t.match(problems({ BEARER_PROXY_AUTH: 'runia', BEARER_PROXY_UPSTREAM: 'https://runai.example' }), [/^BEARER_PROXY_AUTH: must be equal to one of the allowed values: oidc, runai/])
   t.same(problems({ ...minimal, BEARER_PROXY_GRANT: 'pasword' }).length, 1, 'a misspelt GRANT too')
   const runai = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: 'https://runai.example', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's' }
-  t.match(problems({ ...runai, BEARER_PROXY_REALM: 'runai' }), [/^BEARER_PROXY_REALM: does nothing with AUTH=runai GRANT=client_credentials \(only AUTH=oidc \(Keycloak\) or apiconnect reads it\); remove it$/])
+  t.match(problems({ ...runai, BEARER_PROXY_REALM: 'runai' }), [/^BEARER_PROXY_REALM: does nothing with AUTH=runai GRANT=client_credentials \(only AUTH=oidc \(Keycloak\), apiconnect, or runai with GRANT=login reads it\); remove it$/])
   t.match(problems({ ...runai, BEARER_PROXY_SCOPE: 'openid' }), [/^BEARER_PROXY_SCOPE: does nothing with AUTH=runai/])
   t.match(problems({ ...minimal, BEARER_PROXY_USERNAME: 'u' }), [/^BEARER_PROXY_USERNAME: does nothing with AUTH=oidc GRANT=client_credentials \(only GRANT=password reads it\)/])
   t.match(problems({ ...minimal, BEARER_PROXY_API_KEY_FILE: '/dev/null' }), [/^BEARER_PROXY_API_KEY: does nothing/])

@@ -6,6 +6,7 @@ import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
 import { approveDevice, signIn } from './helpers/browser.js'
+import { startRunai } from './helpers/emulators.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, type Teardown, waitForLine } from './helpers/stack.js'
 import type { ChildProcess } from 'node:child_process'
@@ -198,6 +199,53 @@ t.test('login with a Keycloak realm found under /auth/realms (Run:ai self-hosted
   const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
   t.equal(token.code, 0, token.stderr)
   t.equal(decodeJwt(token.stdout.trim()).sub, 'researcher')
+})
+
+t.test('login with Run:ai\'s own sign-in: its realm, the code exchanged and renewed by its token API; a refused login says to log in again; no device grant', async (t) => {
+  // The realm knows runai-cli as a confidential client whose secret only the control plane holds: the CLI side has none.
+  const cli = { id: 'runai-cli', secret: 'runai-Cli-Backend-Secret-4410' }
+  const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, path: '/auth/realms/tenant', clients: [{ clientId: cli.id, clientSecret: cli.secret, authMethod: 'client_secret_post', native: true }] })
+  const runai = await startRunai(t, { realm: { issuer: idp.issuer, tokenUrl: idp.tokenUrl, client: cli } })
+  const store = storeOf()
+  const env = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: runai.url, BEARER_PROXY_REALM: 'tenant', BEARER_PROXY_CLIENT_ID: cli.id, BEARER_PROXY_TOKEN_STORE: store }
+  const { child, url, output } = await startLogin(t, env)
+  const authorization = new URL(url)
+  t.match(url, /\/auth\/realms\/tenant\/auth\?/, 'the sign-in is the control plane\'s realm, found under /auth/realms')
+  t.match(Object.fromEntries(authorization.searchParams), { response_type: 'code', client_id: cli.id, state: /.{20}/, nonce: /.{20}/ })
+  t.notOk(authorization.searchParams.has('code_challenge'), 'no PKCE challenge: Run:ai\'s token request has no field for its verifier')
+  const back = await signIn(url, { user: 'researcher' })
+  const code = new URL(back).searchParams.get('code') ?? ''
+  await (await request(back)).body.dump()
+  const [exitCode] = await once(child, 'exit') as [number]
+  t.equal(exitCode, 0, output().stderr)
+  t.match(output().stderr, /Logged in as researcher\./)
+  t.match(runai.calls.at(-1), { path: '/api/v1/token', contentType: 'application/json', body: { grantType: 'exchange_token', code, redirectUri: authorization.searchParams.get('redirect_uri') } })
+  t.ok(stored(store).length > 10, 'the realm\'s refresh token is stored')
+
+  // token: the stored login is picked on its own (AUTH=runai, REALM, CLIENT_ID, no secret) and renewed at /api/v1/token.
+  const token = await runCli(['token'], env, { cwd: cleanDirectory() })
+  t.equal(token.code, 0, token.stderr)
+  t.equal(decodeJwt(token.stdout.trim()).sub, 'researcher')
+  t.match(runai.calls.at(-1), { path: '/api/v1/token', body: { grantType: 'refresh_token' } })
+
+  // serve: the researcher's token reaches the API; once the control plane refuses the login, 503 says to log in again.
+  const { url: proxy, proxy: running, logs } = await startTestProxy(t, { ...env, BEARER_PROXY_PORT: '0', BEARER_PROXY_CLUSTERS: '' }, { backoffMs: 60_000 })
+  const answer = await request(`${proxy}/api/v1/workloads`)
+  t.equal(answer.statusCode, 200)
+  await answer.body.dump()
+  t.equal(runai.served.at(-1), '/api/v1/workloads')
+  runai.refuseRefresh = true
+  running.tokens.drop(running.tokens.current() as NonNullable<ReturnType<typeof running.tokens.current>>)
+  const refused = await request(`${proxy}/api/v1/workloads`)
+  t.equal(refused.statusCode, 503)
+  t.match(await refused.body.json(), { error: 'token_unavailable', message: /api\/v1\/token answered 401 .*; the stored login is no longer accepted: run bearer-proxy login again$/ })
+
+  const device = await runCli(['login', '--device'], env, { cwd: cleanDirectory() })
+  t.not(device.code, 0)
+  t.match(device.stderr, /Run:ai's token API has no device grant: log in with a browser/)
+  // Only token's stdout carries a token: no code, token, refresh token or the realm's secret anywhere else.
+  const printed = output().stderr + token.stderr + device.stderr + logs.text
+  t.same([code, cli.secret, ...runai.issued].filter((secret) => printed.includes(secret)), [], 'nothing secret is printed')
 })
 
 t.test('login with a confidential client: its secret authenticates the code exchange and the renewals, and is printed nowhere', async (t) => {

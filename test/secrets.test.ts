@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type EventEmitter, once } from 'node:events'
 import { RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
@@ -171,15 +171,33 @@ t.test('signed client assertions at trace: no private key, assertion or HMAC sec
 })
 
 t.test('a person\'s login at trace: no code, refresh or access token in the output of login, serve, check, logout, error bodies or metrics', async (t) => {
-  const { mkdtempSync, readFileSync } = await import('node:fs')
+  const { mkdtempSync } = await import('node:fs')
   const { tmpdir } = await import('node:os')
   const { join } = await import('node:path')
+  const store = (): string => join(mkdtempSync(join(tmpdir(), 'bearer-proxy-scan-login-')), 'logins.json')
+  t.test('at an OpenID Connect provider, with PKCE', async (t) => {
+    const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, clients: [{ clientId: 'cli', authMethod: 'none', native: true }] })
+    const api = await startApiOf(t, idp)
+    const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store(), BEARER_PROXY_UPSTREAM: api.url }
+    await scanLogin(t, env, () => api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, '')), [])
+  })
+  t.test('at Run:ai, its token API exchanging the code', async (t) => {
+    const cli = { id: 'runai-cli', secret: 'runai-Cli-Backend-Secret-8820' }
+    const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, path: '/auth/realms/tenant', clients: [{ clientId: cli.id, clientSecret: cli.secret, authMethod: 'client_secret_post', native: true }] })
+    const runai = await startRunai(t, { realm: { issuer: idp.issuer, tokenUrl: idp.tokenUrl, client: cli } })
+    const env = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: runai.url, BEARER_PROXY_REALM: 'tenant', BEARER_PROXY_CLIENT_ID: cli.id, BEARER_PROXY_TOKEN_STORE: store() }
+    await scanLogin(t, env, () => runai.issued, [cli.secret])
+  })
+})
+
+/** login, serve, check and logout at trace, then the store emptied under the proxy: none of their output or answers carries a secret. */
+async function scanLogin (t: Test, settings: Record<string, string>, tokensSent: () => string[], secretsBesides: string[]): Promise<void> {
+  const { readFileSync } = await import('node:fs')
   const { signIn } = await import('./helpers/browser.js')
   const { cleanDirectory, collect, spawnCli, waitForLine } = await import('./helpers/stack.js')
-  const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, clients: [{ clientId: 'cli', authMethod: 'none', native: true }] })
-  const api = await startApiOf(t, idp)
-  const store = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-scan-login-')), 'logins.json')
-  const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store, BEARER_PROXY_UPSTREAM: api.url, BEARER_PROXY_LOG_LEVEL: 'trace' }
+  const env: Record<string, string> = { ...settings, BEARER_PROXY_LOG_LEVEL: 'trace' }
+  const stored = (): string[] => Object.values((JSON.parse(readFileSync(env.BEARER_PROXY_TOKEN_STORE as string, 'utf8')) as { logins: Record<string, { refreshToken: string }> }).logins)
+    .map(({ refreshToken }) => refreshToken)
   const login = spawnCli(['login'], env, cleanDirectory())
   t.teardown(() => { login.kill('SIGKILL') })
   const loginOutput = collect(login)
@@ -187,25 +205,21 @@ t.test('a person\'s login at trace: no code, refresh or access token in the outp
   const back = await signIn(url)
   await (await request(back)).body.dump()
   await once(login, 'exit')
-  const refreshTokens = [JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string }> }]
-    .flatMap(({ logins }) => Object.values(logins).map(({ refreshToken }) => refreshToken))
+  const refreshTokens = stored()
   const bodies: string[] = []
   const { url: proxy, proxy: running, logs } = await startTestProxy(t, { ...env, BEARER_PROXY_PORT: '0' }, { backoffMs: 60_000 })
   await (await request(`${proxy}/x`)).body.dump()
-  refreshTokens.push(...Object.values((JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string }> }).logins).map(({ refreshToken }) => refreshToken))
+  refreshTokens.push(...stored())
   const check = await runCli(['check'], env)
-  refreshTokens.push(...Object.values((JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string }> }).logins).map(({ refreshToken }) => refreshToken))
+  refreshTokens.push(...stored())
   const logout = await runCli(['logout'], env)
   running.tokens.drop(running.tokens.current() as NonNullable<ReturnType<typeof running.tokens.current>>)
   bodies.push(await (await request(`${proxy}/x`)).body.text(), await (await request(`${proxy}/-/ready`)).body.text(), await (await request(`${proxy}/-/metrics`)).body.text())
-  const secrets = fragments([
-    new URL(back).searchParams.get('code') ?? '', ...refreshTokens,
-    ...api.seen.map((seen) => (seen.headers.authorization ?? '').replace(/^Bearer /, ''))
-  ].filter((value) => value.length > 8))
-  t.ok(refreshTokens.length >= 3 && api.seen.length >= 1, 'a login, renewals and a request were made')
+  const secrets = fragments([new URL(back).searchParams.get('code') ?? '', ...refreshTokens, ...tokensSent(), ...secretsBesides].filter((value) => value.length > 8))
+  t.ok(refreshTokens.length >= 3 && tokensSent().length >= 1, 'a login, renewals and a request were made')
   t.match(bodies[0], /run bearer-proxy login again|no login is stored/, 'the proxy said what to do once the login was gone')
   assertNoSecret(t, 'login output', loginOutput().stdout + loginOutput().stderr, secrets)
   assertNoSecret(t, 'proxy logs', logs.text, secrets)
   assertNoSecret(t, 'check and logout output', check.stdout + check.stderr + logout.stdout + logout.stderr, secrets)
   assertNoSecret(t, 'error bodies, /-/ready and /-/metrics', bodies.join('\n'), secrets)
-})
+}

@@ -45,14 +45,14 @@ const byCertificate = (auth: ClientAuth): boolean => auth === 'tls_client_auth' 
 
 /** Settings that only some flavours, grants or client authentications read: set elsewhere, they would be silently ignored. */
 const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: ClientAuth, given: ReadonlySet<string>) => boolean, string]> = [
-  ['REALM', (flavour) => flavour === 'oidc' || flavour === 'apiconnect', 'AUTH=oidc (Keycloak) or apiconnect'],
+  ['REALM', (flavour, grant) => flavour === 'oidc' || flavour === 'apiconnect' || (flavour === 'runai' && grant === 'login'), 'AUTH=oidc (Keycloak), apiconnect, or runai with GRANT=login'],
   ['ISSUER', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['SCOPE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['AUDIENCE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['TOKEN_PARAMS', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['CLIENT_AUTH', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['APP_NAME', (flavour) => flavour === 'runai-apptoken', 'AUTH=runai-apptoken'],
-  ['RUNAI_TOKEN_API', (flavour, grant) => flavour === 'runai' && grant !== 'app_token', 'AUTH=runai with a grant other than app_token (which only /api/v1/token has)'],
+  ['RUNAI_TOKEN_API', (flavour, grant) => flavour === 'runai' && grant !== 'app_token' && grant !== 'login', 'AUTH=runai with a grant other than app_token and login (which only /api/v1/token has)'],
   ['USERNAME', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
@@ -159,12 +159,15 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const endpointProblems = given.has('SERVICE_ACCOUNT_FILE') && account === undefined ? [] : flavourProblems
   const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer, upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
   // A login is kept per issuer, whose discovery also names the authorization endpoint.
-  if (grant === 'login' && endpoint !== undefined && endpoint.kind !== 'issuer') {
-    flavourProblems.push(`${PREFIX}GRANT: login needs ${PREFIX}ISSUER (or ${PREFIX}REALM with ${PREFIX}UPSTREAM) rather than ${PREFIX}TOKEN_URL: the login is kept per issuer, and its discovery names where to log in`)
+  const discovery = grant === 'login' ? loginDiscovery(flavour, get, endpoint) : undefined
+  if (grant === 'login' && endpoint !== undefined && discovery === undefined) {
+    flavourProblems.push(flavour === 'runai'
+      ? `${PREFIX}REALM: required for AUTH=runai GRANT=login (the realm of Run:ai's sign-in, under General | Settings, Researcher Authentication)`
+      : `${PREFIX}GRANT: login needs ${PREFIX}ISSUER (or ${PREFIX}REALM with ${PREFIX}UPSTREAM) rather than ${PREFIX}TOKEN_URL: the login is kept per issuer, and its discovery names where to log in`)
   }
-  const login = endpoint?.kind === 'issuer'
-    ? { store, issuer: endpoint.issuers[0].href.replace(/\/+$/, ''), port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
-    : undefined
+  const login = discovery === undefined
+    ? undefined
+    : { store, issuer: (discovery[0] as URL).href.replace(/\/+$/, ''), discovery, port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
   const credentials = credentialsOf(grant, values, login)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
@@ -287,14 +290,44 @@ function serviceAccount (path: string, problems: string[]): ServiceAccount | und
  * with no other credential configured: then it is the grant, without `GRANT=login`.
  */
 function storedLogin (flavour: Flavour, get: (name: string) => string | undefined, given: ReadonlySet<string>, store: string): boolean {
-  const other = ['CLIENT_SECRET', 'USERNAME', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'CLIENT_KEY_FILE', 'SERVICE_ACCOUNT_FILE', 'GRANT']
-  const issuer = get('ISSUER')
+  const other = ['CLIENT_SECRET', 'USERNAME', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'CLIENT_KEY_FILE', 'SERVICE_ACCOUNT_FILE', 'GRANT', 'TOKEN_URL']
+  const issuer = loginDiscovery(flavour, get, undefined)?.[0]
   const clientId = get('CLIENT_ID')
-  if (flavour !== 'oidc' || issuer === undefined || clientId === undefined || other.some((name) => given.has(name) || given.has(`${name}_FILE`))) return false
+  if (issuer === undefined || clientId === undefined || other.some((name) => given.has(name) || given.has(`${name}_FILE`))) return false
   try {
-    return readLogin(store, issuer, clientId) !== undefined
+    return readLogin(store, issuer.href.replace(/\/+$/, ''), clientId) !== undefined
   } catch {
     return false
+  }
+}
+
+/**
+ * Where a login finds its provider, the first place naming the stored login: the
+ * issuer (oidc; a Keycloak realm has two places), or the realm of a Run:ai control
+ * plane's own sign-in, under /auth/realms as Run:ai serves it.
+ */
+function loginDiscovery (flavour: Flavour, get: (name: string) => string | undefined, endpoint: TokenEndpoint | undefined): readonly URL[] | undefined {
+  const realm = get('REALM')
+  if (flavour === 'runai') {
+    const upstream = safeUrl(get('UPSTREAM'))
+    if (realm === undefined || upstream === undefined) return undefined
+    const name = encodeURIComponent(realm)
+    return [joinPath(upstream, `/auth/realms/${name}`), joinPath(upstream, `/realms/${name}`)]
+  }
+  if (flavour !== 'oidc') return undefined
+  if (endpoint !== undefined) return endpoint.kind === 'issuer' ? endpoint.issuers : undefined
+  const issuer = safeUrl(get('ISSUER'))
+  const base = issuer ?? safeUrl(get('UPSTREAM'))
+  if (realm !== undefined && base !== undefined) return [joinPath(base, `/realms/${encodeURIComponent(realm)}`)]
+  return issuer === undefined || get('TOKEN_URL') !== undefined ? undefined : [issuer]
+}
+
+/** A URL setting's value, or nothing when it is absent or not a URL (reported where it is read). */
+function safeUrl (value: string | undefined): URL | undefined {
+  try {
+    return value === undefined ? undefined : new URL(value)
+  } catch {
+    return undefined
   }
 }
 
@@ -381,8 +414,8 @@ function runaiDialect (api: string | undefined, url: URL | undefined): DialectNa
 
 function tokenEndpoint (settings: EndpointSettings, problems: string[]): TokenEndpoint | undefined {
   const { flavour, grant, tokenUrl, issuer, upstream, realm, runaiApi } = settings
-  // app_token only exists on /api/v1/token.
-  const api = flavour === 'runai' && grant === 'app_token' ? 'v1' : runaiApi
+  // app_token, and the exchange of a login's code, only exist on /api/v1/token.
+  const api = flavour === 'runai' && (grant === 'app_token' || grant === 'login') ? 'v1' : runaiApi
   if (tokenUrl !== undefined) {
     return { kind: 'url', endpoint: { url: tokenUrl, dialect: flavour === 'runai' ? runaiDialect(api, tokenUrl) : DIALECT_OF[flavour] } }
   }

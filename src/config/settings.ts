@@ -37,7 +37,8 @@ export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, re
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
     password: ['USERNAME', 'PASSWORD'],
     refresh_token: ['REFRESH_TOKEN'],
-    app_token: ['CLIENT_ID', 'CLIENT_SECRET']
+    app_token: ['CLIENT_ID', 'CLIENT_SECRET'],
+    login: ['CLIENT_ID']
   },
   'runai-apptoken': {
     app_token: ['CLIENT_ID', 'CLIENT_SECRET']

@@ -16,6 +16,11 @@ import { readLogin, removeLogin, saveLogin } from './store.js'
  * `bearer-proxy login`: a person's own login, by the authorization code flow with
  * PKCE (RFC 7636, S256) and a loopback redirect (RFC 8252 §7.3), stored as a refresh
  * token for `serve`, `check` and `token` to use (`GRANT=login`).
+ *
+ * With AUTH=runai the person signs in at the control plane's own realm and the code
+ * is exchanged by Run:ai's token API (`grantType: exchange_token`, `code`,
+ * `redirectUri`), which renews the login after. That request has no field for a PKCE
+ * verifier, so none is sent: `state` and `nonce` still tie the answer to this login.
  */
 
 /** Why a login did not complete, in the user's words; never a code, verifier or token. */
@@ -39,12 +44,16 @@ export interface ProviderMetadata {
 
 const random = (): string => randomBytes(32).toString('base64url')
 
-/** What a login is made of: the settings, where it is kept, the client, and the issuers to discover. */
-function loginOf (config: Config): { settings: Config['token'], login: Login, client: Client, issuers: readonly URL[] } {
+/**
+ * What a login is made of: the settings, where it is kept, the client, the issuers to
+ * discover, and Run:ai's token API when it exchanges the code (AUTH=runai).
+ */
+function loginOf (config: Config): { settings: Config['token'], login: Login, client: Client, issuers: readonly URL[], runaiApi: URL | undefined } {
   const { token: settings } = config
   const { credentials, endpoint } = settings
-  if (credentials.grant !== 'login' || endpoint.kind !== 'issuer') throw new LoginError('a login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
-  return { settings, login: credentials.login, client: credentials.client, issuers: endpoint.issuers }
+  if (credentials.grant !== 'login') throw new LoginError('a login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
+  const runaiApi = settings.flavour === 'runai' && endpoint.kind === 'url' ? endpoint.endpoint.url : undefined
+  return { settings, login: credentials.login, client: credentials.client, issuers: credentials.login.discovery, runaiApi }
 }
 
 /** A form POST to one of the provider's endpoints, with the client's authentication, and its JSON answer. */
@@ -103,7 +112,7 @@ export interface LoginIo {
  * refresh token stored. Returns who logged in, as the ID token says.
  */
 export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
-  const { settings, login, client, issuers } = loginOf(config)
+  const { settings, login, client, issuers, runaiApi } = loginOf(config)
   const provider = await discover(issuers, dispatcher, settings.timeout)
   const verifier = random()
   const state = random()
@@ -120,8 +129,7 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
     scope: [...new Set(scope)].join(' '),
     state,
     nonce,
-    code_challenge: createHash('sha256').update(verifier).digest('base64url'),
-    code_challenge_method: 'S256'
+    ...(runaiApi === undefined ? { code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256' } : {})
   })) url.searchParams.set(name, value)
   io.say(`Open this URL in a browser to log in to ${displayUrl(provider.issuer)}:\n\n  ${url.href}\n`)
   io.say(`Waiting for the browser to come back to ${redirectUri} (up to ${login.timeout} s)…`)
@@ -141,9 +149,28 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
   const code = answer.get('code')
   if (code === null || code === '') throw new LoginError('the browser came back without a code')
 
+  if (runaiApi !== undefined) return store(login, client, await exchangeAtRunai(runaiApi, code, redirectUri, settings.timeout, dispatcher), nonce)
   const exchanged = await postForm(settings, provider.tokenEndpoint, new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }), dispatcher)
   if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, exchanged))
   return store(login, client, exchanged.body, nonce)
+}
+
+/** Run:ai's token API exchanges the code (OpenAPI 2.22 TokenRequest `exchange_token`); its answer, in OAuth's names. */
+async function exchangeAtRunai (api: URL, code: string, redirectUri: string, timeout: number, dispatcher: Dispatcher): Promise<Record<string, unknown>> {
+  const answer = await request(api, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ grantType: 'exchange_token', code, redirectUri }),
+    dispatcher,
+    headersTimeout: timeout * 1000
+  })
+  const body = asObject(await answer.body.json().catch(() => ({})))
+  if (answer.statusCode === 404 || answer.statusCode === 405) {
+    throw new LoginError(`${displayUrl(api)} answered ${answer.statusCode}: this control plane has no token API to exchange the code; ` +
+      'log in at its realm directly with AUTH=oidc, REALM and UPSTREAM instead')
+  }
+  if (answer.statusCode !== 200) throw new LoginError(answered(`Run:ai's token API ${displayUrl(api)}`, { status: answer.statusCode, body }))
+  return { id_token: body.idToken, refresh_token: body.refreshToken }
 }
 
 /** The loopback listener: the first request to `/callback` is the answer, anything else is 404. */
@@ -203,7 +230,11 @@ export const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
  * or the code expires. The refresh token is stored as after a browser login.
  */
 export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
-  const { settings, login, client, issuers } = loginOf(config)
+  const { settings, login, client, issuers, runaiApi } = loginOf(config)
+  if (runaiApi !== undefined) {
+    throw new LoginError('Run:ai\'s token API has no device grant: log in with a browser (bearer-proxy login). ' +
+      'On a machine without one, fix BEARER_PROXY_LOGIN_PORT, forward it from yours (ssh -L <port>:127.0.0.1:<port> <this machine>) and open the URL there')
+  }
   const provider = await discover(issuers, dispatcher, settings.timeout)
   if (provider.deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
   const scope = [...new Set(['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)])].join(' ')

@@ -67,6 +67,13 @@ export function removeLogin (path: string, issuer: string, clientId: string): bo
   return true
 }
 
+/** The refresh token a renewal sends: the stored login's, read at each request (another process may have rotated it). */
+export function storedRefreshToken (login: { readonly store: string, readonly issuer: string }, clientId: string): Secret {
+  const stored = readLogin(login.store, login.issuer, clientId)
+  if (stored === undefined) throw new NoStoredLogin(login.issuer, clientId)
+  return stored
+}
+
 /** No login is stored for the configured issuer and client. */
 export class NoStoredLogin extends Error {
   constructor (issuer: string, clientId: string) {

@@ -422,8 +422,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (error instanceof EndpointError) {
       const at = error.url === undefined ? where : `discovery document ${displayUrl(error.url)}`
       message = `${at} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
-      // A refused stored login: the person has to log in again.
-      if (this.#settings.credentials.grant === 'login' && error.url === undefined && error.summary?.startsWith('invalid_grant') === true) {
+      // A refused stored login: the person has to log in again. OAuth says invalid_grant; Run:ai's token API, 400 or 401.
+      const refused = this.#settings.flavour === 'runai' ? error.status === 400 || error.status === 401 : error.summary?.startsWith('invalid_grant') === true
+      if (this.#settings.credentials.grant === 'login' && error.url === undefined && refused) {
         message += '; the stored login is no longer accepted: run bearer-proxy login again'
       }
     } else if (error instanceof StatedFailure) {

@@ -1,7 +1,7 @@
 import type { TokenSettings } from '../config.js'
 import { displayUrl } from '../errors.js'
 import { readSecret, Secret } from '../secret.js'
-import { NoStoredLogin, readLogin } from '../login/store.js'
+import { storedRefreshToken } from '../login/store.js'
 import { authenticateClient, signedAssertion } from './client-auth.js'
 import { asObject, type Dialect, type Grant, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
 
@@ -26,12 +26,8 @@ export const oidc: Dialect = {
     } else if (credentials.grant === 'client_credentials') {
       form.set('grant_type', 'client_credentials')
     } else if (credentials.grant === 'login') {
-      // The refresh token `bearer-proxy login` stored, read at each request: another process may have rotated it.
-      const { store, issuer } = credentials.login
-      const stored = readLogin(store, issuer, credentials.client.id)
-      if (stored === undefined) throw new NoStoredLogin(issuer, credentials.client.id)
       form.set('grant_type', 'refresh_token')
-      form.set('refresh_token', stored.reveal())
+      form.set('refresh_token', storedRefreshToken(credentials.login, credentials.client.id).reveal())
     } else if (credentials.grant === 'jwt_bearer') {
       // RFC 7523 §2.1: the signed assertion is the grant.
       form.set('grant_type', JWT_BEARER)

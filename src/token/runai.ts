@@ -1,4 +1,5 @@
 import type { TokenSettings } from '../config.js'
+import { storedRefreshToken } from '../login/store.js'
 import { readSecret, Secret } from '../secret.js'
 import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString, secretOf, UnsupportedGrant } from './dialect.js'
 
@@ -15,6 +16,8 @@ export const runai: Dialect = {
       body = { grantType: 'refresh_token', refreshToken: readSecret(credentials.refreshToken).reveal() }
     } else if (credentials.grant === 'app_token') {
       body = { grantType: 'app_token', appID: credentials.client.id, appSecret: readSecret(credentials.client.secret).reveal() }
+    } else if (credentials.grant === 'login') {
+      body = { grantType: 'refresh_token', refreshToken: storedRefreshToken(credentials.login, credentials.client.id).reveal() }
     } else if (credentials.grant === 'client_credentials') {
       body = { grantType: 'client_credentials', clientID: credentials.client.id, clientSecret: readSecret(secretOf(credentials.client)).reveal() }
     } else {

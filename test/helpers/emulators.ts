@@ -1,6 +1,7 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { exportJWK, generateKeyPair, type JSONWebKeySet, jwtVerify, createLocalJWKSet, SignJWT } from 'jose'
+import { decodeJwt, exportJWK, generateKeyPair, type JSONWebKeySet, jwtVerify, createLocalJWKSet, SignJWT } from 'jose'
+import { request } from 'undici'
 import type { Teardown } from './stack.js'
 
 export interface Emulator {
@@ -24,13 +25,18 @@ export interface Emulator {
   readonly jwks: JSONWebKeySet
 }
 
-type Handler = (body: Record<string, unknown>, emulator: Emulator) => { status: number, body: unknown }
+type Answer = { status: number, body: unknown }
+type Handler = (body: Record<string, unknown>, emulator: Emulator) => Answer | Promise<Answer>
 
 /** A token endpoint this generation of the product does not have. */
 const ABSENT = Symbol('absent')
 
-/** A control plane on 127.0.0.1: token endpoints given by `tokenRoutes`, every other path an API that checks its own tokens. */
-async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler | { [ABSENT]: number }>): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
+/**
+ * A control plane on 127.0.0.1: token endpoints given by `tokenRoutes`, paths under
+ * `realm`'s issuer path passed to that identity provider (as a control plane serves
+ * its Keycloak), every other path an API that checks its own tokens.
+ */
+async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler | { [ABSENT]: number }>, realm?: URL): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
   const { privateKey, publicKey } = await generateKeyPair('RS256')
   const jwks = { keys: [{ ...await exportJWK(publicKey), alg: 'RS256' }] }
   const keys = createLocalJWKSet(jwks)
@@ -59,6 +65,16 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
     let raw = ''
     req.setEncoding('utf8').on('data', (chunk: string) => { raw += chunk }).on('end', () => {
       const path = (req.url ?? '').split('?')[0] as string
+      if (realm !== undefined && path.startsWith(`${realm.pathname}/`)) {
+        const { host: _host, ...headers } = req.headers
+        const forwarded = httpRequest(new URL(req.url ?? '/', realm.origin), { method: req.method, headers }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers)
+          answer.pipe(res)
+        })
+        forwarded.on('error', () => send(res, 502, { code: 502, message: 'realm unreachable' }))
+        forwarded.end(raw)
+        return
+      }
       const route = req.method === 'POST' ? tokenRoutes[path] : undefined
       if (route !== undefined && typeof route !== 'function') {
         emulator.absent.push(path)
@@ -76,8 +92,8 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
           return
         }
         emulator.calls.push({ path, contentType: req.headers['content-type'], body })
-        const answer = route(body, emulator)
-        Promise.resolve(answer.body).then((resolved) => send(res, answer.status, resolved), () => send(res, 500, {}))
+        Promise.resolve(route(body, emulator))
+          .then(async (answer) => { send(res, answer.status, await answer.body) }, () => send(res, 500, {}))
         return
       }
       const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1]
@@ -120,6 +136,12 @@ export interface RunaiOptions {
   readonly absentStatus?: 404 | 405
   /** The `expires_in` of v2 answers (the JWT's own `exp` follows `ttl`). */
   readonly expiresIn?: number
+  /**
+   * The sign-in realm (an oidc-provider at `/auth/realms/<name>`), served at the same
+   * path here: `/api/v1/token` then exchanges its codes (`exchange_token`) and renews
+   * its refresh tokens with `client`, the confidential client only the control plane knows.
+   */
+  readonly realm?: { readonly issuer: string, readonly tokenUrl: string, readonly client: { readonly id: string, readonly secret: string } }
 }
 
 /**
@@ -142,7 +164,24 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
       if (sub === undefined) return refused
       return { status: 200, body: (async () => ({ access_token: await emulator.sign(sub as string), token_type: 'Bearer', expires_in: options.expiresIn ?? 3600 }))() }
     },
-    '/api/v1/token': (body, self) => {
+    '/api/v1/token': async (body, self) => {
+      const { realm } = options
+      // A person's sign-in: the code exchanged, and its refresh token renewed, at the realm, as the control plane does.
+      if (realm !== undefined && (body.grantType === 'exchange_token' || (body.grantType === 'refresh_token' && !refreshTokens.has(String(body.refreshToken))))) {
+        const form: Record<string, string> = body.grantType === 'exchange_token'
+          ? { grant_type: 'authorization_code', code: String(body.code), redirect_uri: String(body.redirectUri) }
+          : { grant_type: 'refresh_token', refresh_token: String(body.refreshToken) }
+        const answer = await request(realm.tokenUrl, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: new URLSearchParams({ ...form, client_id: realm.client.id, client_secret: realm.client.secret }).toString()
+        })
+        const tokens = await answer.body.json() as Record<string, string>
+        if (answer.statusCode !== 200 || self.refuseRefresh) return { status: 401, body: { code: 401, message: `the identity service refused: ${tokens.error ?? 'refused'}` } }
+        self.issued.push(tokens.refresh_token as string)
+        const { sub } = decodeJwt(tokens.id_token as string)
+        return { status: 200, body: { accessToken: await emulator.sign(sub as string), idToken: tokens.id_token, refreshToken: tokens.refresh_token } }
+      }
       let sub: string | undefined
       if (body.grantType === 'client_credentials' && body.clientID === RUNAI.client.id && body.clientSecret === RUNAI.client.secret) sub = RUNAI.client.id
       if (body.grantType === 'password' && body.username === RUNAI.user.username && body.password === RUNAI.user.password) sub = RUNAI.user.username
@@ -162,7 +201,7 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
       if (body.id !== RUNAI.app.id || body.secret !== RUNAI.app.secret || typeof body.name !== 'string') return refused
       return { status: 200, body: (async () => ({ access_token: await emulator.sign(`${body.name}`), id_token: await emulator.sign('id') }))() }
     }
-  })
+  }, options.realm === undefined ? undefined : new URL(options.realm.issuer))
   return emulator
 }
 
