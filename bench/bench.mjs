@@ -1,14 +1,18 @@
 #!/usr/bin/env node
 // npm run bench [-- --json FILE] [-- --duration S]
-// Upstream alone and through bearer-proxy, node:http and undici pipe proxies and
-// nginx (when installed), in one run, all on 127.0.0.1, with autocannon.
-import { spawn, spawnSync } from 'node:child_process'
+// The upstream alone and through bearer-proxy, the bare stack (Fastify + @fastify/http-proxy),
+// node:http and undici pipes, nginx, HAProxy, Caddy and Go's ReverseProxy (those installed),
+// in one run, every server in its own process, all on 127.0.0.1. autocannon is the load.
+// Then bearer-proxy's own footprint: spawn to /-/ready, idle and peak RSS, 256 MiB transfers.
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
+import { Client, request } from 'undici'
+import { freePort, startPeers } from './peers.mjs'
 
 const args = process.argv.slice(2)
 const option = (name, fallback) => {
@@ -18,121 +22,105 @@ const option = (name, fallback) => {
 const DURATION = Number(option('--duration', '8'))
 const JSON_FILE = option('--json', undefined)
 const CONNECTIONS = 50
+/** Sequential requests per target in the one-client latency pass, in 4 alternating rounds. */
+const SEQUENTIAL = 4000
 const here = fileURLToPath(new URL('.', import.meta.url))
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
+const TARGETS = { idleRss: 65, peakRss: 85, transferRss: 110, readyMs: 300, addedP50Us: 200, vsFloor: 1.0, vsGo: 0.75 }
 
 /** A child process running one of the servers in servers.mjs; resolves with its port once it listens. */
-async function serve (role, env = {}, argv = []) {
-  const child = spawn(process.execPath, [...argv, join(here, 'servers.mjs'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+async function serve (role, env = {}) {
+  const child = spawn(process.execPath, [join(here, 'servers.mjs'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   const [line] = await once(child.stdout, 'data')
   const port = Number(/listening (\d+)/.exec(String(line))?.[1])
   child.stdout.resume()
   return { child, port }
 }
 
-async function freePort () {
-  const { createServer } = await import('node:net')
-  const server = createServer().listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
+const status = (pid, field) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-function peakRss (pid) {
-  return Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024
-}
-
-async function load (port, path, duration = DURATION) {
-  const result = await autocannon({ url: `http://127.0.0.1:${port}${path}`, connections: CONNECTIONS, duration, pipelining: 1 })
-  return {
-    rps: Math.round(result.requests.average),
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    errors: result.errors + result.timeouts + result.non2xx
-  }
-}
-
-async function startNginx (upstreamPort) {
-  const which = spawnSync('sh', ['-c', 'command -v nginx || ls /usr/sbin/nginx'], { encoding: 'utf8' })
-  const binary = which.stdout.trim().split('\n')[0]
-  if (which.status !== 0 || binary === '') return undefined
-  const dir = mkdtempSync(join(tmpdir(), 'bench-nginx-'))
+/** bearer-proxy as users start it (dist/cli.js by its shebang, with its node flags); resolves at /-/ready 200, with the time it took. */
+async function startBearerProxy (tokenPort, upstreamPort) {
   const port = await freePort()
-  writeFileSync(join(dir, 'nginx.conf'), `
-worker_processes 1;
-daemon off;
-error_log ${dir}/error.log warn;
-pid ${dir}/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-  upstream api { server 127.0.0.1:${upstreamPort}; keepalive 64; }
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://api;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer fixed-token";
-    }
-  }
-}
-`)
-  const child = spawn(binary, ['-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: 'inherit' })
-  for (let i = 0; i < 100; i++) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${port}/small`)
-      await response.arrayBuffer()
-      return { child, port }
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
+  const began = process.hrtime.bigint()
+  const child = spawn(cli, ['serve'], {
+    env: {
+      ...process.env,
+      BEARER_PROXY_TOKEN_URL: `http://127.0.0.1:${tokenPort}/token`,
+      BEARER_PROXY_ALLOW_HTTP_TOKEN_ENDPOINT: 'true',
+      BEARER_PROXY_CLIENT_ID: 'bench',
+      BEARER_PROXY_CLIENT_SECRET: 'bench-secret',
+      BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${upstreamPort}`,
+      BEARER_PROXY_PORT: String(port),
+      BEARER_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn'
+    },
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  // Bounded: 10 s, polled every 5 ms.
+  for (let i = 0; i < 2000; i++) {
+    const ready = await fetch(`http://127.0.0.1:${port}/-/ready`).then(async (response) => { await response.arrayBuffer(); return response.status }, () => 0)
+    if (ready === 200) return { child, port, readyMs: Number(process.hrtime.bigint() - began) / 1e6 }
+    if (child.exitCode !== null) break
+    await sleep(5)
   }
   child.kill()
-  return undefined
+  throw new Error('bearer-proxy did not become ready within 10 s')
 }
 
+async function load (port, path, duration) {
+  const result = await autocannon({ url: `http://127.0.0.1:${port}${path}`, connections: CONNECTIONS, duration, pipelining: 1 })
+  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.timeouts + result.non2xx }
+}
+
+/** One client, one kept-alive connection, one request at a time: each request's time, in µs. */
+async function sequential (client, count) {
+  const times = []
+  for (let i = 0; i < count; i++) {
+    const began = process.hrtime.bigint()
+    const { statusCode, body } = await client.request({ path: '/small', method: 'GET' })
+    await body.dump()
+    if (statusCode !== 200) throw new Error(`answered ${statusCode}`)
+    times.push(Number(process.hrtime.bigint() - began) / 1000)
+  }
+  return times
+}
+
+const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
+
+// --- Start everything --------------------------------------------------------
 const upstream = await serve('upstream')
 const tokens = await serve('token')
-const undiciPipe = await serve('undici-pipe', { UPSTREAM_PORT: String(upstream.port) })
-const nodePipe = await serve('node-pipe', { UPSTREAM_PORT: String(upstream.port) })
-const stackFloor = await serve('fastify-http-proxy', { UPSTREAM_PORT: String(upstream.port) })
-const nginx = await startNginx(upstream.port)
+const floors = [
+  ['fastify+http-proxy', await serve('fastify-http-proxy', { UPSTREAM_PORT: String(upstream.port) })],
+  ['undici pipe', await serve('undici-pipe', { UPSTREAM_PORT: String(upstream.port) })],
+  ['node:http pipe', await serve('node-pipe', { UPSTREAM_PORT: String(upstream.port) })]
+]
+const peers = await startPeers(upstream.port)
 
-const proxyPort = await freePort()
-// Started as users start it: dist/cli.js by its shebang, with its node flags.
-const proxy = spawn(cli, ['serve'], {
-  env: {
-    ...process.env,
-    BEARER_PROXY_TOKEN_URL: `http://127.0.0.1:${tokens.port}/token`,
-    BEARER_PROXY_CLIENT_ID: 'bench',
-    BEARER_PROXY_CLIENT_SECRET: 'bench-secret',
-    BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${upstream.port}`,
-    BEARER_PROXY_PORT: String(proxyPort),
-    BEARER_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn'
-  },
-  stdio: ['ignore', 'pipe', 'inherit']
-})
-proxy.stdout.resume()
-// Bounded wait for the first token (/-/ready 200).
-for (let i = 0; i < 100; i++) {
-  const ready = await fetch(`http://127.0.0.1:${proxyPort}/-/ready`).then((response) => response.status, () => 0)
-  if (ready === 200) break
-  await new Promise((resolve) => setTimeout(resolve, 50))
+// Start-up: three spawns to /-/ready (the first token from the local token server included); the third stays for the rest.
+const readyTimes = []
+let proxy
+for (let i = 0; i < 3; i++) {
+  proxy = await startBearerProxy(tokens.port, upstream.port)
+  readyTimes.push(proxy.readyMs)
+  if (i < 2) {
+    proxy.child.kill()
+    await once(proxy.child, 'exit')
+  }
 }
+await sleep(1000)
+const idleRss = status(proxy.child.pid, 'VmRSS')
 
 const targets = [
   ['direct', upstream.port],
-  ['bearer-proxy', proxyPort],
-  ['undici pipe', undiciPipe.port],
-  ['node:http pipe', nodePipe.port],
-  ['fastify+http-proxy', stackFloor.port],
-  ...(nginx === undefined ? [] : [['nginx', nginx.port]])
+  ['bearer-proxy', proxy.port],
+  ...floors.map(([name, { port }]) => [name, port]),
+  ...peers.filter((peer) => peer.port !== undefined).map((peer) => [peer.name, peer.port])
 ]
-// Two rounds of half the duration each, targets alternating, so that a slow spell of
-// this shared machine does not fall on one target only.
+
+// --- Throughput: two rounds of half the duration each, targets alternating -----
 const results = {}
 for (const [path, label] of [['/small', '1 KiB'], ['/large', '64 KiB']]) {
   const rounds = {}
@@ -150,25 +138,81 @@ for (const [path, label] of [['/small', '1 KiB'], ['/large', '64 KiB']]) {
     process.stderr.write(`  ${label} ${name}: ${results[label][name].rps} req/s\n`)
   }
 }
-const tokenRequests = Number(await (await fetch(`http://127.0.0.1:${tokens.port}/count`)).text())
-const proxyRss = peakRss(proxy.pid)
 
+// --- Latency: one client, sequential, rounds alternating between targets --------
+const clients = Object.fromEntries(targets.map(([name, port]) => [name, new Client(`http://127.0.0.1:${port}`, { pipelining: 1 })]))
+const samples = Object.fromEntries(targets.map(([name]) => [name, []]))
+for (const [name] of targets) await sequential(clients[name], 300) // warm-up
+for (let round = 0; round < 4; round++) {
+  for (const [name] of targets) samples[name].push(...await sequential(clients[name], SEQUENTIAL / 4))
+}
+const latency = {}
+for (const [name, times] of Object.entries(samples)) {
+  const sorted = times.sort((a, b) => a - b)
+  latency[name] = { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99) }
+}
+for (const client of Object.values(clients)) await client.close()
+for (const [name] of targets) {
+  latency[name].addedP50 = latency[name].p50 - latency.direct.p50
+  latency[name].addedP99 = latency[name].p99 - latency.direct.p99
+}
+const peakRss = status(proxy.child.pid, 'VmHWM')
+
+// --- 256 MiB down and up through bearer-proxy ---------------------------------
+const down = await request(`http://127.0.0.1:${proxy.port}/huge`)
+let received = 0
+for await (const chunk of down.body) received += chunk.length
+const chunk = Buffer.alloc(64 * 1024, 'y')
+const up = await request(`http://127.0.0.1:${proxy.port}/sink`, {
+  method: 'POST',
+  headers: { 'content-type': 'application/octet-stream', 'content-length': String(4096 * chunk.length) },
+  body: Readable.from((function * () { for (let i = 0; i < 4096; i++) yield chunk })())
+})
+const sent = Number(await up.body.text())
+const transferRss = status(proxy.child.pid, 'VmHWM')
+const tokenRequests = Number(await (await fetch(`http://127.0.0.1:${tokens.port}/count`)).text())
+
+// --- Report ----------------------------------------------------------------------
 const ratio = (a, b) => (b === 0 ? 0 : a / b)
-const lines = []
+const lines = [`bearer-proxy bench, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}`]
 for (const [label, row] of Object.entries(results)) {
   lines.push(`\n${label} responses, ${CONNECTIONS} connections, ${DURATION} s each`)
-  lines.push('target              req/s     p50 ms  p99 ms  vs direct  bearer-proxy vs it  errors')
+  lines.push('target               req/s    p50 ms  p99 ms  vs direct  bearer-proxy vs it  errors')
   for (const [name, r] of Object.entries(row)) {
-    const mine = name === 'bearer-proxy' || name === 'direct' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].p99, r.p99).toFixed(2)}x p99`
-    lines.push(`${name.padEnd(18)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${mine.padEnd(19)} ${r.errors}`)
+    const mine = name === 'bearer-proxy' || name === 'direct' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps`
+    lines.push(`${name.padEnd(19)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${mine.padEnd(19)} ${r.errors}`)
   }
 }
-if (nginx === undefined) lines.push('\nnginx: not installed, skipped (apt-get install nginx-light)')
-lines.push(`\ntoken requests during the run: ${tokenRequests} (must be 1)`)
-lines.push(`bearer-proxy peak RSS: ${proxyRss.toFixed(1)} MiB`)
+lines.push(`\none client, ${SEQUENTIAL} sequential 1 KiB requests each (4 alternating rounds)`)
+lines.push('target                p50 µs   p99 µs   added p50  added p99')
+for (const [name, l] of Object.entries(latency)) {
+  const added = name === 'direct' ? '' : `${('+' + Math.round(l.addedP50)).padStart(9)}  ${('+' + Math.round(l.addedP99)).padStart(9)}`
+  lines.push(`${name.padEnd(19)} ${String(Math.round(l.p50)).padStart(8)} ${String(Math.round(l.p99)).padStart(8)}  ${added}`)
+}
+for (const peer of peers.filter((peer) => peer.skipped !== undefined)) lines.push(`${peer.name}: ${peer.skipped}, skipped`)
+
+const small = results['1 KiB']
+const go = small['go ReverseProxy']
+const check = (ok) => (ok ? 'met' : 'MISSED')
+const targetLines = [
+  ['idle RSS after start', `${idleRss.toFixed(1)} MiB`, `≤ ${TARGETS.idleRss} MiB`, idleRss <= TARGETS.idleRss],
+  ['peak RSS under the bench', `${peakRss.toFixed(1)} MiB`, `≤ ${TARGETS.peakRss} MiB`, peakRss <= TARGETS.peakRss],
+  ['peak RSS after 256 MiB down and up', `${transferRss.toFixed(1)} MiB`, `≤ ${TARGETS.transferRss} MiB`, transferRss <= TARGETS.transferRss],
+  ['spawn to /-/ready 200 (median of 3)', `${Math.round(median(readyTimes))} ms (${readyTimes.map(Math.round).join(', ')})`, `≤ ${TARGETS.readyMs} ms`, median(readyTimes) <= TARGETS.readyMs],
+  ['added latency, one client, p50', `${Math.round(latency['bearer-proxy'].addedP50)} µs`, `≤ ${TARGETS.addedP50Us} µs`, latency['bearer-proxy'].addedP50 <= TARGETS.addedP50Us],
+  ['1 KiB req/s vs fastify+http-proxy', `${ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps).toFixed(2)}x`, `≥ ${TARGETS.vsFloor.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps) >= TARGETS.vsFloor],
+  ...(go === undefined ? [] : [['1 KiB req/s vs Go ReverseProxy', `${ratio(small['bearer-proxy'].rps, go.rps).toFixed(2)}x`, `≥ ${TARGETS.vsGo.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, go.rps) >= TARGETS.vsGo]])
+]
+lines.push('\nbearer-proxy footprint            measured                  target      ')
+for (const [what, value, target, ok] of targetLines) lines.push(`${what.padEnd(36)} ${value.padEnd(24)} ${target.padEnd(11)} ${check(ok)}`)
+lines.push(`256 MiB through the proxy: ${received === 4096 * 65536 ? 'down whole' : `down ${received} bytes`}, ${sent === 4096 * 65536 ? 'up whole' : `up ${sent} bytes`}`)
+lines.push(`token requests during the run: ${tokenRequests} (3 starts: must be 3)`)
 process.stdout.write(lines.join('\n') + '\n')
 if (JSON_FILE !== undefined) {
-  writeFileSync(JSON_FILE, JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, results, tokenRequests, proxyPeakRssMiB: proxyRss, nginx: nginx !== undefined }, null, 2) + '\n')
+  writeFileSync(JSON_FILE, JSON.stringify({
+    node: process.version, connections: CONNECTIONS, durationSeconds: DURATION, results, latency, readyMs: readyTimes, idleRssMiB: idleRss, peakRssMiB: peakRss, transferRssMiB: transferRss,
+    tokenRequests, skipped: peers.filter((peer) => peer.skipped !== undefined).map(({ name, skipped }) => ({ name, skipped }))
+  }, null, 2) + '\n')
 }
 
-for (const child of [upstream.child, tokens.child, undiciPipe.child, nodePipe.child, stackFloor.child, proxy, nginx?.child]) child?.kill()
+for (const child of [upstream.child, tokens.child, proxy.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()

@@ -14,6 +14,25 @@ function listen (server) {
 if (role === 'upstream') {
   // The API: 1 KiB or 64 KiB of JSON, keep-alive.
   listen(createServer((req, res) => {
+    if (req.url === '/huge') {
+      // 256 MiB, streamed with back-pressure: what a model download through the proxy looks like.
+      let left = 4096
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 4096 * LARGE.length })
+      const more = () => {
+        while (left > 0) {
+          left--
+          if (!res.write(LARGE)) return res.once('drain', more)
+        }
+        res.end()
+      }
+      return more()
+    }
+    if (req.url === '/sink') {
+      // An upload: counted and dropped.
+      let size = 0
+      req.on('data', (chunk) => { size += chunk.length }).on('end', () => res.end(String(size)))
+      return
+    }
     req.resume()
     const body = req.url === '/large' ? LARGE : SMALL
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length })
