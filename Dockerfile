@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
-# Build: compile TypeScript with all dependencies.
+# Build: type-check, and bundle src/ and its dependencies into dist/cli.js (scripts/bundle.mjs).
 FROM node:24-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json ./
 COPY src ./src
+COPY scripts ./scripts
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 # Run: production dependencies and dist/ only, as a non-root user.

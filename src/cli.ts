@@ -1,7 +1,9 @@
 #!/usr/bin/env -S node --max-semi-space-size=4 --
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { setFlagsFromString } from 'node:v8'
 import { FLAGS } from './config/settings.js'
+import { packageRoot } from './paths.js'
 import { didYouMean } from './suggest.js'
 
 /**
@@ -107,7 +109,7 @@ function parseArguments (argv: readonly string[]): Arguments | 'help' | 'version
 }
 
 function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }
   return pkg.version
 }
 

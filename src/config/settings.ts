@@ -1,4 +1,5 @@
-import { fileURLToPath } from 'node:url'
+import { join, sep } from 'node:path'
+import { packageRoot } from '../paths.js'
 
 /** The settings: their names, value rules (for env-schema), and what each flavour × grant needs. */
 
@@ -124,7 +125,7 @@ export const SCHEMA = {
 }
 
 /** The package's `config/` directory, where the examples are, wherever it is installed. */
-const EXAMPLES = fileURLToPath(new URL('../../config/', import.meta.url))
+const EXAMPLES = join(packageRoot(), 'config') + sep
 
 /** What `npm start` with no configuration says: the settings a first setup needs, from the table. */
 export function firstSetup (): string[] {
