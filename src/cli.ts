@@ -137,7 +137,8 @@ async function main (): Promise<number> {
   //   by default), which short-lived request objects filled: peak RSS under the bench 146 → 103–110 MiB.
   //   It only takes effect on node's command line, hence the shebang (and `npm start`'s node flags).
   setFlagsFromString('--liftoff-only')
-  const { run } = await import('./commands.js')
+  // A health probe loads only what it needs: no settings check (Ajv), no token or server code.
+  const { run } = parsed.command === 'health' ? await import('./health.js') : await import('./commands.js')
   return await run(parsed)
 }
 

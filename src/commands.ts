@@ -1,9 +1,9 @@
 import { existsSync, rmSync, type Stats, unwatchFile, watchFile } from 'node:fs'
 import type { Logger } from 'pino'
-import { request } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Arguments } from './cli.js'
-import { type Config, ConfigError, type LoadOptions, loadConfig, loadListening, secretsOf } from './config.js'
+import { type Config, loadConfig, secretsOf } from './config.js'
+import { ConfigError, type LoadOptions, refused } from './config/read.js'
 import { joinPath } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
@@ -16,7 +16,6 @@ export async function run (args: Arguments): Promise<number> {
   const flags = args.command === 'login' || args.command === 'logout' ? { GRANT: 'login', ...args.flags } : args.flags
   const options: LoadOptions = { envFile: args.envFile, configFile: args.configFile, flags, forwarding: args.command === 'serve' }
   try {
-    if (args.command === 'health') return await health(loadListening(options))
     const config = loadConfig(options)
     switch (args.command) {
       case 'serve': return await serve(config, options)
@@ -25,12 +24,10 @@ export async function run (args: Arguments): Promise<number> {
       case 'clusters': return await clusters(config)
       case 'login': return await login(withCredentials(config, args.credentials), args.device)
       case 'logout': return await logout(withCredentials(config, args.credentials))
+      case 'health': throw new Error('health runs from health.ts')
     }
   } catch (error) {
-    if (!(error instanceof ConfigError)) throw error
-    const lines = error.empty ? error.problems : ['configuration error:', ...error.problems.map((line) => `  ${line}`)]
-    process.stderr.write(lines.map((line) => `bearer-proxy: ${line}`).join('\n') + '\n')
-    return 2
+    return refused(error)
   }
 }
 
@@ -338,30 +335,4 @@ async function clusters (config: Config): Promise<number> {
     }))
   }
   return code
-}
-
-/** `health`: exit 0 if the running proxy's `/-/ready` answers 200; the admin listener when there is one, as probes use. */
-async function health (where: ReturnType<typeof loadListening>): Promise<number> {
-  const loopback = (host: string): string => host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host
-  const target = where.adminAddress !== undefined
-    ? { host: loopback(where.adminAddress.host), port: where.adminAddress.port }
-    : where.socket === undefined ? { host: loopback(where.host), port: where.port } : { socketPath: where.socket }
-  const url = 'socketPath' in target
-    ? `unix:${target.socketPath}:/-/ready`
-    : `http://${target.host.includes(':') ? `[${target.host}]` : target.host}:${target.port}/-/ready`
-  const status = await new Promise<number | string>((resolve) => {
-    const req = request({ ...target, path: '/-/ready', method: 'GET', headers: { host: 'localhost' }, timeout: 5000 }, (res) => {
-      res.resume()
-      resolve(res.statusCode ?? 0)
-    })
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'no answer within 5 s' })))
-    req.on('error', (error) => resolve((error as NodeJS.ErrnoException).code ?? error.message))
-    req.end()
-  })
-  if (status === 200) {
-    process.stdout.write(`ok: ${url} answered 200\n`)
-    return 0
-  }
-  process.stderr.write(`bearer-proxy: health: ${url} ${typeof status === 'number' ? `answered ${status}` : `failed: ${status}`}\n`)
-  return 1
 }
