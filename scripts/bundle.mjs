@@ -9,7 +9,16 @@
 // yaml (--config) and pino-pretty (LOG_FORMAT=pretty) stay outside: they are loaded
 // only when asked for, from node_modules.
 import { chmodSync, rmSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
+
+// `undici` (ours and reply-from's): its dispatchers only (see the file).
+const dispatchersOnly = {
+  name: 'undici-dispatchers',
+  setup (build) {
+    build.onResolve({ filter: /^undici$/ }, () => ({ path: fileURLToPath(new URL('undici-dispatchers.cjs', import.meta.url)) }))
+  }
+}
 
 rmSync('dist', { recursive: true, force: true })
 await build({
@@ -25,6 +34,7 @@ await build({
   minifySyntax: true,
   minifyWhitespace: true,
   legalComments: 'none',
-  logLevel: 'warning'
+  logLevel: 'warning',
+  plugins: [dispatchersOnly]
 })
 chmodSync('dist/cli.js', 0o755)
