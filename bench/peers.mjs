@@ -127,33 +127,26 @@ func main() {
 /** nginx, HAProxy, Caddy and Go's ReverseProxy in front of `upstream`: started, or skipped with the reason. */
 export async function startPeers (upstream) {
   const peers = []
-  const nginx = find(['nginx'])
-  if (nginx === undefined) {
-    peers.push({ name: 'nginx', skipped: 'not installed (apt-get install -y nginx-light)' })
-  } else {
-    const dir = mkdtempSync(join(tmpdir(), 'bench-nginx-'))
+  // Those run from a configuration file: what to write, and how to start it.
+  const configured = [
+    { name: 'nginx', apt: 'nginx-light', file: 'nginx.conf', text: (dir, port) => nginxConf(dir, port, upstream), args: (dir, file) => ['-c', file, '-p', dir] },
+    { name: 'haproxy', apt: 'haproxy', file: 'haproxy.cfg', text: (_dir, port) => haproxyConf(port, upstream), args: (_dir, file) => ['-db', '-f', file] },
+    {
+      name: 'caddy', apt: 'caddy', file: 'Caddyfile', text: (_dir, port) => caddyfile(port, upstream), args: (_dir, file) => ['run', '--config', file, '--adapter', 'caddyfile'],
+      env: (dir) => ({ GOMAXPROCS: '1', HOME: dir, XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir })
+    }
+  ]
+  for (const peer of configured) {
+    const binary = find([peer.name])
+    if (binary === undefined) {
+      peers.push({ name: peer.name, skipped: `not installed (apt-get install -y ${peer.apt})` })
+      continue
+    }
+    const dir = mkdtempSync(join(tmpdir(), `bench-${peer.name}-`))
     const port = await freePort()
-    writeFileSync(join(dir, 'nginx.conf'), nginxConf(dir, port, upstream))
-    peers.push(await started('nginx', nginx, ['-c', join(dir, 'nginx.conf'), '-p', dir], {}, port))
-  }
-  const haproxy = find(['haproxy'])
-  if (haproxy === undefined) {
-    peers.push({ name: 'haproxy', skipped: 'not installed (apt-get install -y haproxy)' })
-  } else {
-    const dir = mkdtempSync(join(tmpdir(), 'bench-haproxy-'))
-    const port = await freePort()
-    writeFileSync(join(dir, 'haproxy.cfg'), haproxyConf(port, upstream))
-    peers.push(await started('haproxy', haproxy, ['-db', '-f', join(dir, 'haproxy.cfg')], {}, port))
-  }
-  const caddy = find(['caddy'])
-  if (caddy === undefined) {
-    peers.push({ name: 'caddy', skipped: 'not installed (apt-get install -y caddy)' })
-  } else {
-    const dir = mkdtempSync(join(tmpdir(), 'bench-caddy-'))
-    const port = await freePort()
-    writeFileSync(join(dir, 'Caddyfile'), caddyfile(port, upstream))
-    peers.push(await started('caddy', caddy, ['run', '--config', join(dir, 'Caddyfile'), '--adapter', 'caddyfile'],
-      { GOMAXPROCS: '1', HOME: dir, XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir }, port))
+    const file = join(dir, peer.file)
+    writeFileSync(file, peer.text(dir, port))
+    peers.push(await started(peer.name, binary, peer.args(dir, file), peer.env?.(dir) ?? {}, port))
   }
   const go = find(['go'])
   if (go === undefined) {
