@@ -12,11 +12,17 @@ import { chmodSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
-// `undici` (ours and reply-from's): its dispatchers only (see the file).
-const dispatchersOnly = {
-  name: 'undici-dispatchers',
+// Packages whose index loads much that bearer-proxy never uses: the bundle gets the
+// parts it uses instead (each file says what it leaves out and why).
+const SUBSTITUTES = {
+  undici: 'undici-dispatchers.cjs', // ours and reply-from's: the dispatchers, not fetch and the web half
+  'prom-client': 'prom-client-core.cjs', // the registry and metric types, not the Pushgateway and cluster aggregator
+  ajv: 'ajv-prechecked.cjs' // env-schema's: Ajv, without compiling the meta-schema at each start
+}
+const substitutes = {
+  name: 'substitutes',
   setup (build) {
-    build.onResolve({ filter: /^undici$/ }, () => ({ path: fileURLToPath(new URL('undici-dispatchers.cjs', import.meta.url)) }))
+    build.onResolve({ filter: new RegExp(`^(${Object.keys(SUBSTITUTES).join('|')})$`) }, ({ path }) => ({ path: fileURLToPath(new URL(SUBSTITUTES[path], import.meta.url)) }))
   }
 }
 
@@ -35,6 +41,6 @@ await build({
   minifyWhitespace: true,
   legalComments: 'none',
   logLevel: 'warning',
-  plugins: [dispatchersOnly]
+  plugins: [substitutes]
 })
 chmodSync('dist/cli.js', 0o755)

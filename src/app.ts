@@ -101,6 +101,6 @@ export function ownEndpoints (app: FastifyInstance, { credentials, metrics, tabl
       routes
     })
   })
-  app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()))
+  app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.scrape()))
   app.all('/-/*', async (_request, reply) => sendProxyError(reply, new ProxyError('not_found', 'the proxy has no such endpoint')))
 }

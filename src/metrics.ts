@@ -13,6 +13,7 @@ export class Metrics {
   readonly #recorders = new Map<string, { count: Map<number, Counter.Internal>, duration: Histogram.Internal<'upstream'> }>()
   readonly #fetches: Counter<'credentials' | 'result'>
   readonly #counting = new Map<TokenManager, (fetch: { result: 'success' | 'failure' }) => void>()
+  #processMetrics = false
 
   /**
    * Token series are labelled by credential set (`default` without a configuration
@@ -20,7 +21,6 @@ export class Metrics {
    * or removes sets changes that map, and calls `count` and `forget`.
    */
   constructor (credentials: ReadonlyMap<string, TokenManager>) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_' })
     this.#requests = new Counter({
       name: 'bearer_proxy_requests_total',
       help: 'Requests answered, by upstream route and status',
@@ -62,6 +62,21 @@ export class Metrics {
         for (const [name, tokens] of credentials) this.set({ credentials: name }, tokens.status().ready ? 1 : 0)
       }
     })
+  }
+
+  /**
+   * The exposition, for `/-/metrics`. Node's process metrics (prom-client's default
+   * collectors) start at the first scrape: their event-loop monitor is a timer (every
+   * 100 ms here, prom-client's default being 10 ms) and a GC observer runs at each
+   * collection, which a proxy nobody scrapes should not pay for: idle, it then wakes
+   * no more than its own timers ask. Their counters start from that scrape.
+   */
+  async scrape (): Promise<string> {
+    if (!this.#processMetrics) {
+      this.#processMetrics = true
+      collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_', eventLoopMonitoringPrecision: 100 })
+    }
+    return await this.registry.metrics()
   }
 
   /** Counts the token requests of a credential set, from zero. */

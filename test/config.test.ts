@@ -1,8 +1,10 @@
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Ajv } from 'ajv'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../src/config.js'
+import { SCHEMA } from '../src/config/settings.js'
 import { runCli } from './helpers/stack.js'
 
 const minimal = {
@@ -32,6 +34,13 @@ t.test('defaults', async (t) => {
   t.equal(config.logLevel, undefined, 'each command has its own default level')
   t.equal(config.logFormat, undefined, 'pretty on a terminal, else JSON')
   t.equal(JSON.stringify(config).includes('Sup3r-Secret-Value'), false, 'the secret cannot be serialised')
+})
+
+t.test('the settings schema is a valid JSON Schema: the bundle\'s Ajv does not check it at each start (scripts/ajv-prechecked.cjs)', async (t) => {
+  const ajv = new Ajv({ strict: true, allowUnionTypes: true })
+  t.ok(ajv.validateSchema(SCHEMA), ajv.errorsText(ajv.errors))
+  const broken = { ...SCHEMA, properties: { ...SCHEMA.properties, BEARER_PROXY_PORT: { type: 'integr' } } }
+  t.notOk(ajv.validateSchema(broken), 'a misspelt type is caught')
 })
 
 t.test('every bad value is reported, one line each, naming the variable and never a secret', async (t) => {

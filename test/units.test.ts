@@ -3,6 +3,7 @@ import type { TokenSettings } from '../src/config.js'
 import { parseAddress } from '../src/config.js'
 import { ProxyError } from '../src/errors.js'
 import { checkPath } from '../src/guard.js'
+import { Metrics } from '../src/metrics.js'
 import { clusterRootsOf, locationRewriter, RouteTable, routesOf } from '../src/routes.js'
 
 t.test('parseAddress: host:port, [v6]:port, a bare port on loopback; nothing else', async (t) => {
@@ -110,4 +111,19 @@ t.test('Location rewriting: the route\'s own upstream back to the proxy, anythin
   t.equal(onGpu('https://elsewhere.example/base/x'), 'https://elsewhere.example/base/x')
   t.equal(onGpu('/relative'), '/relative')
   t.equal(locationRewriter(admin!)('https://admin.example/next'), '/next')
+})
+
+t.test('metrics: Node\'s process metrics (an event-loop timer, a GC observer) start at the first scrape, once', async (t) => {
+  const metrics = new Metrics(new Map())
+  const processSeries = (): string[] => metrics.registry.getMetricsAsArray().map(({ name }) => name).filter((name) => /^bearer_proxy_(process|nodejs)_/.test(name))
+  t.same(processSeries(), [], 'none before anyone scrapes')
+  metrics.observe('admin', 200, 0.002)
+  const first = await metrics.scrape()
+  t.match(first, /^bearer_proxy_requests_total\{upstream="admin",status="200"\} 1$/m)
+  t.match(first, /^bearer_proxy_process_cpu_user_seconds_total \d/m)
+  t.match(first, /^bearer_proxy_nodejs_eventloop_lag_p50_seconds \d/m)
+  const count = processSeries().length
+  t.ok(count > 10, `${count} process series`)
+  await metrics.scrape()
+  t.equal(processSeries().length, count, 'a second scrape registers nothing again')
 })
