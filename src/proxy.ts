@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
 import { Dispatcher } from 'undici'
-import { bearerInterceptor } from './bearer.js'
+import { BearerDispatcher } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
@@ -14,10 +14,10 @@ export interface ServedRoute extends Route {
   readonly dispatcher: Dispatcher
 }
 
-/** A route with its own credential: the shared agent composed with the bearer interceptor. */
+/** A route with its own credential: a dispatcher that adds its token, over the shared agent. */
 export function serveRoute (route: Route, agent: Dispatcher, tokens: TokenSource, log: Logger): ServedRoute {
   const credential = { route: route.name, tokens, refusals: new RouteRefusals(tokens) }
-  return { ...route, dispatcher: agent.compose(bearerInterceptor(credential, log)) }
+  return { ...route, dispatcher: new BearerDispatcher(agent, credential, log) }
 }
 
 export interface ProxyOptions {

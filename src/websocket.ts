@@ -1,4 +1,4 @@
-import { type IncomingHttpHeaders, type IncomingMessage, type Server, STATUS_CODES } from 'node:http'
+import { type IncomingMessage, type Server, STATUS_CODES } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { ProxyError, rawErrorResponse } from './errors.js'
@@ -26,12 +26,12 @@ function refuse (socket: Duplex, error: ProxyError): void {
 const DROPPED_RESPONSE: ReadonlySet<string> = new Set(DROPPED_RESPONSE_HEADERS)
 const NOTHING: ReadonlySet<string> = new Set()
 
-/** Response headers as lines, without the ones in `drop` (hop-by-hop ones, for a non-101 answer). */
-function headerLines (headers: IncomingHttpHeaders, drop: ReadonlySet<string>): string {
+/** Response headers, as the upstream sent them, as lines: without the ones in `drop` (hop-by-hop ones, for a non-101 answer). */
+function headerLines (rawHeaders: ReadonlyArray<Buffer | string> | null, drop: ReadonlySet<string>): string {
   let lines = ''
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || drop.has(name)) continue
-    for (const one of Array.isArray(value) ? value : [value]) lines += `${name}: ${one}\r\n`
+  for (let i = 0; rawHeaders !== null && i + 1 < rawHeaders.length; i += 2) {
+    const name = String(rawHeaders[i])
+    if (!drop.has(name.toLowerCase())) lines += `${name}: ${String(rawHeaders[i + 1])}\r\n`
   }
   return lines
 }
@@ -73,24 +73,28 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
       upgrade: 'websocket',
       headersTimeout: options.timeout * 1000
     }, {
-      onRequestStart (controller) {
-        socket.once('close', () => { if (!answered) controller.abort(new Error('client went away')) })
+      // The handler of undici's request API, which the route's dispatcher takes (src/bearer.ts).
+      onConnect (abort: (reason?: Error) => void) {
+        socket.once('close', () => { if (!answered) abort(new Error('client went away')) })
       },
-      onResponseStart (_controller, status, responseHeaders) {
+      onHeaders (status: number, rawHeaders: Buffer[]) {
+        if (status < 200) return true
         // Refused: answered as the upstream answered.
         answered = true
-        socket.write(`${statusLine(status)}${headerLines(responseHeaders, DROPPED_RESPONSE)}connection: close\r\n\r\n`)
+        socket.write(`${statusLine(status)}${headerLines(rawHeaders, DROPPED_RESPONSE)}connection: close\r\n\r\n`)
         log(status)
+        return true
       },
-      onResponseData (_controller, chunk) {
+      onData (chunk: Buffer) {
         socket.write(chunk)
+        return true
       },
-      onResponseEnd () {
+      onComplete () {
         socket.end()
       },
-      onRequestUpgrade (_controller, status, responseHeaders, upstream) {
+      onUpgrade (status: number, rawHeaders: Buffer[] | string[] | null, upstream: Duplex) {
         answered = true
-        socket.write(`${statusLine(status)}${headerLines(responseHeaders, NOTHING)}\r\n`)
+        socket.write(`${statusLine(status)}${headerLines(rawHeaders, NOTHING)}\r\n`)
         if (head.length > 0) upstream.write(head)
         upstream.pipe(socket).pipe(upstream)
         upstream.on('error', () => socket.destroy())
@@ -98,7 +102,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
         socket.on('close', () => upstream.destroy())
         log(status)
       },
-      onResponseError (_controller, error) {
+      onError (error: Error) {
         if (answered) {
           socket.destroy()
           return
