@@ -1,4 +1,7 @@
+import pino from 'pino'
 import t from 'tap'
+import { Agent, type Dispatcher } from 'undici'
+import { BearerDispatcher } from '../src/bearer.js'
 import type { TokenSettings } from '../src/config.js'
 import { parseAddress } from '../src/config.js'
 import { ProxyError } from '../src/errors.js'
@@ -126,4 +129,15 @@ t.test('metrics: Node\'s process metrics (an event-loop timer, a GC observer) st
   t.ok(count > 10, `${count} process series`)
   await metrics.scrape()
   t.equal(processSeries().length, count, 'a second scrape registers nothing again')
+})
+
+t.test('a route\'s dispatcher takes the handlers of undici\'s request(); another kind is refused at once, never half-served', async (t) => {
+  const agent = new Agent()
+  t.teardown(async () => { await agent.close() })
+  let asked = 0
+  const tokens = { current: () => { asked++ }, get: async () => { asked++; throw new Error('not asked') } }
+  const dispatcher = new BearerDispatcher(agent, { route: 'admin', tokens, refusals: {} } as never, pino({ level: 'silent' }))
+  const options: Dispatcher.DispatchOptions = { origin: 'http://127.0.0.1:9', path: '/', method: 'GET', headers: {} }
+  t.throws(() => dispatcher.dispatch(options, { onResponseStart () {} } as Dispatcher.DispatchHandler), { name: 'TypeError', message: /request\(\), stream\(\) and pipeline\(\)/ })
+  t.equal(asked, 0, 'no token was looked at')
 })
