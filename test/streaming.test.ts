@@ -160,6 +160,8 @@ t.test('WebSocket: a refused upgrade is answered as the upstream answered; guard
   const refused = await rawHttp(url, upgrade('/socket'))
   t.match(refused, /^HTTP\/1.1 401 Unauthorized\r\n/)
   t.match(refused, /www-authenticate: Bearer/i)
+  t.match(refused, /\r\nContent-Type: text\/html\r\n/, 'the upstream\'s header lines as it sent them')
+  t.equal(refused.match(/^connection:/gim)?.length, 1, 'its hop-by-hop `Connection` (any case) replaced by the proxy\'s own')
   t.match(await rawHttp(url, upgrade('/clusters/none/x')), /^HTTP\/1.1 404[^]*unknown_cluster/)
   t.match(await rawHttp(url, upgrade('/x', 'Origin: https://evil.example\r\n')), /^HTTP\/1.1 403/, 'cross-site WebSocket hijacking refused')
   t.match(await rawHttp(url, upgrade('/a/%2e%2e/b')), /^HTTP\/1.1 400/)
