@@ -124,20 +124,19 @@ export const SCHEMA = {
   properties: Object.fromEntries(Object.entries(SETTINGS).map(([name, rule]) => [PREFIX + name, rule]))
 }
 
-/** The package's `config/` directory, where the examples are, wherever it is installed. */
-const EXAMPLES = join(packageRoot(), 'config') + sep
-
 /** What `npm start` with no configuration says: the settings a first setup needs, from the table. */
 export function firstSetup (): string[] {
   const [grant = 'client_credentials', ...others] = grantsOf('oidc')
   const named = (names: readonly Needed[] = []): string => names.map((name) => PREFIX + name).join(', ')
+  // The package's `config/` directory, where the examples are, wherever it is installed.
+  const examples = join(packageRoot(), 'config') + sep
   return [
     `no configuration found: set ${PREFIX}* environment variables, write them to ./.env, or pass --env-file PATH, --config FILE or flags (bearer-proxy --help).`,
     `A first setup needs ${PREFIX}UPSTREAM (the API), ${PREFIX}TOKEN_URL or ${PREFIX}ISSUER (where tokens come from), ` +
       `and for GRANT=${grant} (the default) ${named(NEEDS.oidc[grant])}.`,
     `Other grants: ${others.map((other) => `GRANT=${other} needs ${named(NEEDS.oidc[other])}`).join('; ')}. ` +
       `With ${PREFIX}AUTH=runai, runai-apptoken or apiconnect the token endpoint is derived from ${PREFIX}UPSTREAM.`,
-    `Examples to copy (in a clone or the installed package): ${EXAMPLES}{keycloak,runai,runai-keycloak,apiconnect}.env.`,
+    `Examples to copy (in a clone or the installed package): ${examples}{keycloak,runai,runai-keycloak,apiconnect}.env.`,
     'To see the proxy work first, in a clone: npm run demo'
   ]
 }
