@@ -260,7 +260,7 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
     if (set === undefined) {
       problems.push(values.credentials === undefined
         ? `${where('credentials')}: required (the name of a credential set under credentials:)`
-        : `${where('credentials')}: no credential set named ${JSON.stringify(values.credentials)}${didYouMean(values.credentials, sets.keys())}`)
+        : `${where('credentials')}: names no credential set (the sets are ${[...sets.keys()].join(', ') || 'none'})${didYouMean(values.credentials, sets.keys())}`)
       continue
     }
     const upstream = values.upstream === undefined ? set.upstream : parseHttpUrl(values.upstream, where('upstream'), problems)

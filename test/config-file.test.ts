@@ -81,7 +81,16 @@ t.test('--config problems name the file, the line and the key, once each, exit 2
     ['clientSecret: "Hunter2-secret\nclientId: c\n', [/bad4\.yaml:\d+:\d+: /]],
     ['clientSecret: [Hunter2-secret, {a: 1}]\n', [/bad5\.yaml:1: clientSecret: expected a single value$/m]],
     ['- Hunter2-secret\n', [/bad6\.yaml: expected a mapping of settings/]],
-    ['clientSecret: Hunter2-secret\nclientSecret: Hunter2-secret\n', [/bad7\.yaml:2:1: Map keys must be unique/]]
+    ['clientSecret: Hunter2-secret\nclientSecret: Hunter2-secret\n', [/bad7\.yaml:2:1: a key that this mapping already has$/m]],
+    // Each YAML error whose parser message quotes the line: in the proxy's words instead.
+    ['clientSecret: |Hunter2-secret\n', [/bad8\.yaml:1:\d+: something YAML does not expect here \(after \| or >/]],
+    ['clientSecret: >Hunter2-secret\n  more\n', [/bad9\.yaml:1:\d+: something YAML does not expect/]],
+    ['clientSecret: !Hunter2-secret x\n', [/bad10\.yaml:1:\d+: a tag \(!x\) that YAML does not know/]],
+    ['clientSecret: "\\xHunter2-secret"\n', [/bad11\.yaml:1:\d+: a "quoted" value has a \\ escape/]],
+    ['%Hunter2-secret\n---\nclientId: c\n', [/bad12\.yaml:1:\d+: a directive/]],
+    ['clientSecret: @Hunter2-secret\n', [/bad13\.yaml:1:\d+: a plain value cannot start with/]],
+    ['clientSecret: *Hunter2-secret\n', [/bad14\.yaml:1: clientSecret: expected a single value$/m]],
+    ['clientSecret: Hunter2-secret\n\tclientId: c\n', [/bad15\.yaml:2:\d+: /]]
   ]
   for (const [index, [text, expected]] of cases.entries()) {
     const result = await runCli(['check', '--config', write(`bad${index + 1}.yaml`, text)], {})

@@ -145,7 +145,7 @@ routes:
   for (const line of [
     /bad-sets-2\.yaml:1: clientId: with credential sets, credentials and upstreams belong to a set/,
     /bad-sets-2\.yaml:8: credentials\.south\.auth: must be equal to one of the allowed values: .*; did you mean runai\?/,
-    /bad-sets-2\.yaml:13: routes\[0\]\.credentials: no credential set named "nrth"; did you mean north\?/,
+    /bad-sets-2\.yaml:13: routes\[0\]\.credentials: names no credential set \(the sets are north\); did you mean north\?/,
     /bad-sets-2\.yaml:14: routes\[1\]\.prefix: a path of letters/,
     /bad-sets-2\.yaml:16: routes\[2\]\.upstream: required \(or an upstream in credential set north\)/
   ]) t.match(more.stderr, line)

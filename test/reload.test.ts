@@ -112,6 +112,11 @@ ${extra}`
   write('proxy.yaml', yaml('north-second', 'north-Second-5520', 'portt: 1\n'))
   child.kill('SIGHUP')
   t.match(await waitForLine(child, /"event":"reload_refused"/), /portt: unknown setting; did you mean port\?/)
+  // A YAML error on a line holding a secret: the parser's message would quote it; the proxy's never does.
+  write('proxy.yaml', yaml('north-second', 'north-Second-5520', 'clientSecret: |Leaked-Yaml-Value-77\n'))
+  child.kill('SIGHUP')
+  const refused = await waitForLine(child, /"event":"reload_refused".*after \| or >/)
+  t.notMatch(refused, /Leaked-Yaml-Value-77/, 'the reload_refused line quotes none of the file')
 
   // Without a signal: south's secret file rotated (renamed over, as a Kubernetes Secret is) is noticed, south gets a new token.
   t.equal(await (await request(`${address}/south/before`)).body.text(), 'Bearer south-token-1')

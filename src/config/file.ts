@@ -62,6 +62,32 @@ let parser: Yaml | undefined
 /** The YAML parser, loaded on first use: a proxy configured by its environment never pays for it. */
 const yaml = (): Yaml => (parser ??= createRequire(import.meta.url)('yaml') as Yaml)
 
+/** What each of the YAML parser's errors means, without quoting any of the file (the parser's messages do). */
+const YAML_PROBLEMS: Readonly<Record<string, string>> = {
+  ALIAS_PROPS: 'an alias (*name) cannot have a tag or an anchor',
+  BAD_ALIAS: 'an alias (*name) that names no anchor',
+  BAD_DIRECTIVE: 'a directive (a line starting with %) that YAML does not have',
+  BAD_DQ_ESCAPE: 'a "quoted" value has a \\ escape that YAML does not have (quote it with \' instead)',
+  BAD_INDENT: 'the indentation is off: items of one mapping or list start in one column',
+  BAD_PROP_ORDER: 'a tag (!x) or anchor (&x) is not where YAML expects it',
+  BAD_SCALAR_START: 'a plain value cannot start with @, `, % or another reserved character: quote it',
+  BLOCK_AS_IMPLICIT_KEY: 'a key: value mapping inside another on one line (a value with ": " in it needs quotes)',
+  BLOCK_IN_FLOW: 'an indented block inside [ ] or { }',
+  DUPLICATE_KEY: 'a key that this mapping already has',
+  KEY_OVER_1024_CHARS: 'a key longer than 1024 characters',
+  MISSING_CHAR: 'a quote or bracket is not closed',
+  MULTILINE_IMPLICIT_KEY: 'a key that runs over several lines',
+  MULTIPLE_ANCHORS: 'two anchors (&x) on one value',
+  MULTIPLE_DOCS: 'more than one document (---): one configuration per file',
+  MULTIPLE_TAGS: 'two tags (!x) on one value',
+  NON_STRING_KEY: 'a key that is not a plain word',
+  RESOURCE_EXHAUSTION: 'aliases that expand to too much',
+  TAB_AS_INDENT: 'a tab used as indentation (use spaces)',
+  TAG_RESOLVE_FAILED: 'a tag (!x) that YAML does not know: quote a value that starts with !',
+  UNEXPECTED_TOKEN: 'something YAML does not expect here (after | or >, only a digit, + or - may follow; quote a value that starts with one)',
+  BAD_COLLECTION_TYPE: 'a tag (!x) that does not fit this kind of value'
+}
+
 export function readConfigFile (path: string): FileSettings {
   const result: FileSettings = { values: {}, origins: {}, credentialSets: [], routes: [], problems: [] }
   let text: string
@@ -78,12 +104,14 @@ export function readConfigFile (path: string): FileSettings {
     const { line } = lines.linePos(node?.range?.[0] ?? 0)
     return `${path}:${line}`
   }
-  for (const error of document.errors) {
-    // The parser's first line only: the excerpt after it quotes the file, which may hold a secret.
+  // Warnings too (an unknown tag or directive): a file is read as written, or not at all.
+  const errors = [...document.errors, ...document.warnings]
+  for (const error of errors) {
+    // In the proxy's words, by the parser's code: its own message and excerpt quote the file, which may hold a secret.
     const [line = 0, column = 0] = [error.linePos?.[0].line, error.linePos?.[0].col]
-    result.problems.push(`${path}:${line}:${column}: ${error.message.split('\n')[0]?.replace(/ at line \d+, column \d+:?$/, '')}`)
+    result.problems.push(`${path}:${line}:${column}: ${YAML_PROBLEMS[error.code] ?? 'this is not valid YAML here'}`)
   }
-  if (document.errors.length > 0) return result
+  if (errors.length > 0) return result
   const root = document.contents
   if (root === null) return result
   if (!yaml().isMap(root)) {
