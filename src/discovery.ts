@@ -84,15 +84,15 @@ export function servableClusters (entries: unknown[], controlPlane: URL): Cluste
       ? 'its name is not a safe path segment (letters, digits, ".", "_", "-")'
       : uuid === undefined
         ? 'it has no uuid'
-        : taken.has(name) || taken.has(uuid)
-          ? 'its name or uuid is already served by another cluster'
+        : taken.has(name.toLowerCase()) || taken.has(uuid)
+          ? 'its name or uuid (compared without case) is already served by another cluster'
           : undefined
     const url = reason === undefined ? domainOf(fields.domain, controlPlane) : undefined
     if (reason !== undefined || typeof url === 'string' || url === undefined) {
       skipped.push({ name: shown, reason: reason ?? (typeof url === 'string' ? url : 'it has no domain') })
       continue
     }
-    taken.add(name).add(uuid as string)
+    taken.add(name.toLowerCase()).add(uuid as string)
     clusters.push({ name, uuid: uuid as string, url, status: statusOf(fields.status) })
   }
   return { clusters, skipped }

@@ -59,7 +59,7 @@ async function buildGeneration (config: Config, shared: Shared, routes: readonly
   const { log, metrics } = shared
   const table = new RouteTable(routes, clusterRootsOf(config))
   const app = createApp(log, (target) => table.meant(target))
-  const guard = createGuard(config)
+  const guard = createGuard(config, (path) => table.canonical(path))
   app.addHook('onRequest', guardHook(guard))
 
   // Callback style: no promise per request; the log line is only built when it is written.
@@ -110,7 +110,7 @@ async function buildGeneration (config: Config, shared: Shared, routes: readonly
     } else {
       // Clusters that come and go: one route resolves them in the table at each request.
       discovered.attach(table)
-      await app.register(discoveredRoutes, { root, table, refresh: async () => await discovered.discovery.refreshIfStale(), timeout: config.timeout, log })
+      await app.register(discoveredRoutes, { root, table, refresh: async () => await discovered.discovery.refreshIfStale(), admit: guard, timeout: config.timeout, log })
     }
   }
   await app.register(proxyRoutes, { routes: table.routes, timeout: config.timeout, log })

@@ -132,9 +132,10 @@ export type Guard = (request: InboundRequest) => Admitted | ProxyError
  * The inbound checks, for requests and WebSocket upgrades alike:
  * origin-form targets only, paths decoded and checked once, the Host (DNS
  * rebinding) and Origin (cross-site requests) of browsers, the inbound key, then
- * method and path policy.
+ * method and path policy. Path rules judge the path with its cluster named as the
+ * cluster is named (`canonical`), whichever name or spelling of it the client sent.
  */
-export function createGuard (config: Config): Guard {
+export function createGuard (config: Config, canonical: (path: string) => string = (path) => path): Guard {
   const key = config.inboundKey === undefined ? undefined : digest(`Bearer ${readSecret(config.inboundKey).reveal()}`)
   const anyHost = config.allowedHosts.includes('*')
   const hosts = new Set([...LOOPBACK_HOSTS, ...config.allowedHosts.map(hostName)])
@@ -149,6 +150,7 @@ export function createGuard (config: Config): Guard {
     .filter((route) => route.readOnly || route.allowPaths.length > 0 || route.denyPaths.length > 0)
     .sort((a, b) => b.prefix.length - a.prefix.length)
     .map((route) => ({ route, allowed: prefixMatcher(route.allowPaths), denied: prefixMatcher(route.denyPaths) }))
+  const rules = allowed !== undefined || denied !== undefined || routes.length > 0
   /** The policy of the route that serves `path`, with `path` as seen below its prefix. */
   const ownPolicy = (path: string): { policy: typeof routes[number], below: string } | undefined => {
     for (const policy of routes) {
@@ -195,7 +197,9 @@ export function createGuard (config: Config): Guard {
         return forbidden('this proxy needs Proxy-Authorization: Bearer <inbound key>')
       }
     }
-    const own = routes.length === 0 || path.startsWith('/-/') ? undefined : ownPolicy(path)
+    // Only with rules to judge by: the plain case costs nothing.
+    const judged = rules ? canonical(path) : path
+    const own = routes.length === 0 || path.startsWith('/-/') ? undefined : ownPolicy(judged)
     const readOnly = config.readOnly || own?.policy.route.readOnly === true
     if (!path.startsWith('/-/')) {
       if (readOnly) {
@@ -207,7 +211,7 @@ export function createGuard (config: Config): Guard {
         // A tunnel carries writes as well as reads (exec, attach).
         if (headers.upgrade !== undefined) return forbidden(`WebSocket upgrades are not forwarded: ${why}`)
       }
-      if (denied?.(path) === true || (allowed !== undefined && !allowed(path))) {
+      if (denied?.(judged) === true || (allowed !== undefined && !allowed(judged))) {
         return forbidden('this path is not forwarded (BEARER_PROXY_ALLOW_PATHS / DENY_PATHS)')
       }
       if (own !== undefined && (own.policy.denied?.(own.below) === true || (own.policy.allowed !== undefined && !own.policy.allowed(own.below)))) {

@@ -5,6 +5,7 @@ import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
 import { Dispatcher } from 'undici'
 import { BearerDispatcher } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
+import type { Admitted, InboundRequest } from './guard.js'
 import { answeredPlainHttp, networkReason, type TokenSource } from './token/manager.js'
 import { RouteRefusals } from './token/refusals.js'
 import { basePath, locationRewriter, type Route, type RouteTable } from './routes.js'
@@ -138,6 +139,8 @@ export interface DiscoveredRoutesOptions {
   readonly table: RouteTable<ServedRoute>
   /** Asked to read the list again when a request names an unknown cluster (at most every 30 s). */
   readonly refresh: () => Promise<void>
+  /** The guard, for a request whose cluster became known only by a refresh. */
+  readonly admit: (request: InboundRequest) => Admitted | ProxyError
   readonly timeout: number
   readonly log: Logger
 }
@@ -152,7 +155,7 @@ export interface DiscoveredRoutesOptions {
 export async function discoveredRoutes (app: FastifyInstance, options: DiscoveredRoutesOptions): Promise<void> {
   const { table } = options
   passBodiesThrough(app)
-  await app.register(replyFrom, { undici: new ClusterDispatcher(table), disableRequestLogging: true, logLevel: 'error' })
+  await app.register(replyFrom, { undici: new ClusterDispatcher(), disableRequestLogging: true, logLevel: 'error' })
   const replyOptions = new WeakMap<ServedRoute, FastifyReplyFromHooks>()
   app.all(`${options.root}*`, async (request, reply) => {
     const target = request.raw.url ?? ''
@@ -160,13 +163,16 @@ export async function discoveredRoutes (app: FastifyInstance, options: Discovere
     if (resolved instanceof ProxyError && resolved.code === 'unknown_cluster') {
       await options.refresh()
       resolved = table.resolve(target)
+      // The guard judged a name it did not know yet: judged again, now that it names a cluster.
+      const verdict = resolved instanceof ProxyError ? undefined : options.admit(request.raw)
+      if (verdict instanceof ProxyError) return sendProxyError(reply, verdict)
     }
     if (resolved instanceof ProxyError) return sendProxyError(reply, resolved)
     const { route, path } = resolved
     request.upstreamName = route.name
     let hooks = replyOptions.get(route)
     if (hooks === undefined) {
-      hooks = replyOptionsFor(route, options)
+      hooks = routedTo(route, replyOptionsFor(route, options))
       replyOptions.set(route, hooks)
     }
     const query = path.indexOf('?')
@@ -174,19 +180,27 @@ export async function discoveredRoutes (app: FastifyInstance, options: Discovere
   })
 }
 
-/** Hands each request to the dispatcher of the discovered cluster it is addressed to. */
+/**
+ * The route a request to a discovered cluster was routed to, carried with the request
+ * to the dispatcher: decided once, by the path the client sent, and never looked up
+ * again from the upstream URL (two routes may reach one cluster with different tokens).
+ * A symbol: no header a client sends can set it, and undici never sends it.
+ */
+const ROUTED = Symbol('routed')
+
+function routedTo (route: ServedRoute, hooks: FastifyReplyFromHooks): FastifyReplyFromHooks {
+  const rewrite = hooks.rewriteRequestHeaders as NonNullable<FastifyReplyFromHooks['rewriteRequestHeaders']>
+  return { ...hooks, rewriteRequestHeaders: (request, headers) => Object.assign(rewrite(request, headers), { [ROUTED]: route }) }
+}
+
+/** Hands each request to the dispatcher of the route it was routed to (`ROUTED`), which adds that route's token. */
 class ClusterDispatcher extends Dispatcher {
-  readonly #table: RouteTable<ServedRoute>
-
-  constructor (table: RouteTable<ServedRoute>) {
-    super()
-    this.#table = table
-  }
-
   override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const route = this.#table.clusterAt(String(options.origin), options.path)
+    const headers = options.headers as Record<string | symbol, unknown>
+    const route = headers[ROUTED] as ServedRoute | undefined
     // Thrown: undici's request() passes it to its caller, whose onError answers it, as for a refused dispatch.
-    if (route === undefined) throw new ProxyError('unknown_cluster', 'the cluster stopped being served while the request was on its way')
+    if (route === undefined) throw new ProxyError('unknown_cluster', 'the request reached the clusters\' dispatcher without its route')
+    delete headers[ROUTED]
     return route.dispatcher.dispatch(options, handler)
   }
 

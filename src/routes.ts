@@ -40,7 +40,11 @@ export function clusterRootsOf (config: Pick<Config, 'prefixRoutes'>): string[] 
   return [CLUSTERS_PREFIX, ...config.prefixRoutes.filter((route) => route.clusters.size > 0 || route.discoverClusters).map((route) => clusterRoot(route.prefix))]
 }
 
-/** The clusters served under one root: by name (and discovered ones by uuid too). */
+/**
+ * The clusters served under one root, by name (and discovered ones by uuid too), in
+ * lower case: one cluster whichever name or spelling reaches it (names are unique
+ * without case, as configuration and discovery check).
+ */
 interface Namespace<R extends Route> {
   readonly root: string
   clusters: ReadonlyMap<string, R>
@@ -72,7 +76,7 @@ export class RouteTable<R extends Route> {
       const clusters = new Map<string, R>()
       for (const route of routes) {
         const name = route.prefix.startsWith(root) ? route.prefix.slice(root.length) : ''
-        if (name !== '' && !name.includes('/')) clusters.set(name, route)
+        if (name !== '' && !name.includes('/')) clusters.set(name.toLowerCase(), route)
       }
       return { root, clusters, known: clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...clusters.keys()].join(', ')}` }
     })
@@ -86,7 +90,7 @@ export class RouteTable<R extends Route> {
     const namespace = this.#namespaces.find((namespace) => namespace.root === root)
     if (namespace === undefined) return
     const map = new Map<string, R>()
-    for (const { route, uuid } of clusters) map.set(route.prefix.slice(root.length), route).set(uuid, route)
+    for (const { route, uuid } of clusters) map.set(route.prefix.slice(root.length).toLowerCase(), route).set(uuid.toLowerCase(), route)
     namespace.clusters = map
     namespace.known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${clusters.map(({ route }) => route.prefix.slice(root.length)).join(', ')}`
   }
@@ -98,19 +102,6 @@ export class RouteTable<R extends Route> {
     return [...(this.#admin === undefined ? [] : [this.#admin.name]), ...prefixed, ...clusters]
   }
 
-  /** The cluster route an outbound request goes to: its origin, and the longest base path its path starts with. */
-  clusterAt (origin: string, path: string): R | undefined {
-    let found: R | undefined
-    for (const { clusters } of this.#namespaces) {
-      for (const route of clusters.values()) {
-        if (route.upstream.origin !== origin) continue
-        const base = basePath(route)
-        if ((path === base || path.startsWith(`${base}/`) || path.startsWith(`${base}?`) || base === '') && (found === undefined || base.length > basePath(found).length)) found = route
-      }
-    }
-    return found
-  }
-
   resolve (target: string): Resolved<R> | ProxyError {
     if (target.startsWith('/-/')) return new ProxyError('not_found', 'the proxy has no such endpoint')
     for (const namespace of this.#namespaces) {
@@ -118,7 +109,7 @@ export class RouteTable<R extends Route> {
       const rest = target.slice(namespace.root.length)
       const end = rest.search(/[/?]/)
       const name = end === -1 ? rest : rest.slice(0, end)
-      const route = namespace.clusters.get(name)
+      const route = namespace.clusters.get(name.toLowerCase())
       if (route === undefined) return this.unknownCluster(namespace.root, name)
       const tail = end === -1 ? '/' : rest.slice(end)
       return { route, path: basePath(route) + (tail.startsWith('?') ? `/${tail}` : tail) }
@@ -132,12 +123,30 @@ export class RouteTable<R extends Route> {
     return { route: this.#admin, path: basePath(this.#admin) + target }
   }
 
+  /**
+   * A decoded path with its cluster named as the cluster is named, whichever name or
+   * spelling reached it (its uuid, another case): the path that path rules judge.
+   * A path under no cluster, or under one not known (yet), is returned as it is.
+   */
+  canonical (path: string): string {
+    for (const { root, clusters } of this.#namespaces) {
+      if (!path.startsWith(root)) continue
+      const end = path.indexOf('/', root.length)
+      const segment = path.slice(root.length, end === -1 ? undefined : end)
+      const route = clusters.get(segment.toLowerCase())
+      if (route === undefined) return path
+      const name = route.prefix.slice(root.length)
+      return name === segment ? path : root + name + (end === -1 ? '' : path.slice(end))
+    }
+    return path
+  }
+
   /** The cluster a `/<name>/…` target probably meant, when `<name>` is a cluster of the top level: `/clusters/<name>/…`. */
   meant (target: string): string | undefined {
     const end = target.slice(1).search(/[/?]/)
     const first = end === -1 ? target.slice(1) : target.slice(1, 1 + end)
     const top = this.#namespaces.find(({ root }) => root === CLUSTERS_PREFIX)
-    return top?.clusters.has(first) === true ? `${CLUSTERS_PREFIX}${first}/…` : undefined
+    return top?.clusters.has(first.toLowerCase()) === true ? `${CLUSTERS_PREFIX}${first}/…` : undefined
   }
 
   /** The answer to a `<root><name>/…` that no route serves: never the control plane's API. */

@@ -77,6 +77,7 @@ t.test('missing and conflicting settings', async (t) => {
   t.match(problems({ ...minimal, BEARER_PROXY_UPSTREAM: 'not a url' }), [/UPSTREAM: not a URL/])
   t.match(problems({ ...minimal, BEARER_PROXY_UPSTREAM: 'https://user:pw@api.example' }), [/must not carry a user name or password/])
   t.match(problems({ ...minimal, BEARER_PROXY_CLUSTERS: 'a=http://x,a=http://y,=http://z' }), [/listed twice/, /expected name=url/])
+  t.match(problems({ ...minimal, BEARER_PROXY_CLUSTERS: 'gpu-a=http://x,GPU-A=http://y' }), [/cluster GPU-A is listed twice \(names are compared without case\)/], 'one cluster per name, whatever its case')
   t.match(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }), [/set one of them, not both/])
   t.match(problems({ ...minimal, BEARER_PROXY_CLIENT_SECRET: '', BEARER_PROXY_CLIENT_SECRET_FILE: '/nonexistent/secret' }),
     [/CLIENT_SECRET_FILE: cannot read \/nonexistent\/secret \(ENOENT\)/])

@@ -75,7 +75,7 @@ t.test('AUTH=runai without CLUSTERS: clusters are read from /api/v1/clusters and
     ['(a name that is not a safe path segment)', 'its name is not a safe path segment (letters, digits, ".", "_", "-")'],
     ['with-creds', 'its domain carries credentials'],
     ['ftp', 'its domain is not an http(s) URL'],
-    ['gpu-a-again', 'its name or uuid is already served by another cluster']
+    ['gpu-a-again', 'its name or uuid (compared without case) is already served by another cluster']
   ], 'each skipped cluster said once, with why')
   t.match(logs.events('clusters_discovered'), [{ added: ['gpu-a', 'gpu-b'], removed: [] }])
   t.equal(runai.clusterReads, 1, 'read once at start')

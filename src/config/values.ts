@@ -43,8 +43,9 @@ export function parseClusters (value: string | undefined, problems: string[], la
       problems.push(`${label}: expected name=url,name=url with names of letters, digits, '.', '_' or '-'`)
       continue
     }
-    if (clusters.has(name)) {
-      problems.push(`${label}: cluster ${name} is listed twice`)
+    // One cluster per name whatever its case: the proxy serves `/clusters/GPU-A/` as `gpu-a`'s, and path rules ignore case.
+    if ([...clusters.keys()].some((listed) => listed.toLowerCase() === name.toLowerCase())) {
+      problems.push(`${label}: cluster ${name} is listed twice (names are compared without case)`)
       continue
     }
     const url = parseHttpUrl(entry.slice(at + 1).trim(), `${label} (${name})`, problems)
