@@ -43,6 +43,11 @@ export interface IdpOptions {
   /** Token endpoint path below the issuer (Keycloak: `/protocol/openid-connect/token`). */
   readonly tokenPath?: string
   readonly port?: number
+  /**
+   * The origin clients reach it at when another server serves it there (a control
+   * plane serving its Keycloak at its own origin): its issuer and endpoints are named there.
+   */
+  readonly origin?: string
   /** People can log in (oidc-provider's development sign-in and consent pages; any user name is an account). */
   readonly interactive?: boolean
   /** Serve https with this certificate, asking clients for theirs (mutual TLS, RFC 8705), trusting `ca` for them. */
@@ -54,6 +59,8 @@ export type IdpMode = 'normal' | 'down' | 'garbage' | 'slow' | 'error'
 
 export interface Idp {
   readonly issuer: string
+  /** Where it listens (its issuer's origin, unless another server serves it at its own). */
+  readonly listening: string
   readonly tokenUrl: string
   /** The public keys that verify its tokens. */
   readonly jwks: JSONWebKeySet
@@ -83,7 +90,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
   await new Promise<void>((resolve) => server.listen(options.port ?? 0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   const path = options.path ?? ''
-  const issuer = `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}${path}`
+  const listening = `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`
+  const issuer = `${options.origin ?? listening}${path}`
   const resourceServer = {
     scope: 'api',
     audience: API_AUDIENCE,
@@ -191,6 +199,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
   }
   const idp: Idp = {
     issuer,
+    listening,
     tokenUrl: `${issuer}${tokenPath}`,
     jwks: { keys: [publicKey] },
     tokenRequests: 0,

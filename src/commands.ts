@@ -7,7 +7,9 @@ import { ConfigError, type LoadOptions, refused } from './config/read.js'
 import { joinPath } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { createLogger } from './log.js'
+import { PrivacyError } from './private-file.js'
 import { didYouMean } from './suggest.js'
+import { printable } from './terminal.js'
 import type { Changes, ReloadSummary, RunningProxy } from './server.js'
 
 /** The commands, each loading what it needs only when it runs. */
@@ -54,7 +56,7 @@ async function serve (config: Config, options: LoadOptions): Promise<number> {
   try {
     proxy = await startProxy(config, log)
   } catch (error) {
-    if (!(error instanceof ListenError)) throw error
+    if (!(error instanceof ListenError) && !(error instanceof PrivacyError)) throw error
     log.flush()
     process.stderr.write(`bearer-proxy: ${error.message}\n`)
     return 2
@@ -183,14 +185,15 @@ function describeReload ({ sets, routes, settings, needsRestart }: ReloadSummary
 async function login (config: Config, device: boolean): Promise<number> {
   const [{ LoginError, loginWithBrowser, loginWithDevice, openBrowser }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
   const dispatcher = createDispatcher(config, createLogger(config.logLevel ?? 'silent', 2, config.logFormat))
-  const say = (line: string): void => { process.stderr.write(`${line}\n`) }
+  // What reaches the terminal passes `printable` last, whatever part of it came from the provider.
+  const say = (line: string): void => { process.stderr.write(`${printable(line)}\n`) }
   try {
     const { subject } = await (device ? loginWithDevice : loginWithBrowser)(config, dispatcher, { say, open: openBrowser })
     const { credentials } = config.token
     say(`Logged in${subject === undefined ? '' : ` as ${subject}`}. The login is kept in ${credentials.grant === 'login' ? credentials.login.store : 'the token store'}; bearer-proxy serve, check and token use it now.`)
     return 0
   } catch (error) {
-    say(`bearer-proxy: ${error instanceof LoginError ? error.message : `the login failed: ${(error as Error).message}`}`)
+    say(`bearer-proxy: ${error instanceof LoginError || error instanceof PrivacyError ? error.message : `the login failed: ${(error as Error).message}`}`)
     return 1
   } finally {
     await dispatcher.close()
@@ -202,11 +205,11 @@ async function logout (config: Config): Promise<number> {
   const [{ LoginError, logout: forget }, { createDispatcher }] = await Promise.all([import('./login/flow.js'), import('./outbound.js')])
   const dispatcher = createDispatcher(config, createLogger(config.logLevel ?? 'silent', 2, config.logFormat))
   try {
-    process.stderr.write(`${await forget(config, dispatcher)}\n`)
+    process.stderr.write(`${printable(await forget(config, dispatcher))}\n`)
     return 0
   } catch (error) {
-    if (!(error instanceof LoginError)) throw error
-    process.stderr.write(`bearer-proxy: ${error.message}\n`)
+    if (!(error instanceof LoginError) && !(error instanceof PrivacyError)) throw error
+    process.stderr.write(`bearer-proxy: ${printable(error.message)}\n`)
     return 1
   } finally {
     await dispatcher.close()

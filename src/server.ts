@@ -9,7 +9,7 @@ import { displayUrl, ProxyError } from './errors.js'
 import { Configurations, type ConfigurationsOptions, type Generation, type ReloadSummary, type Shared } from './generation.js'
 import { createDispatcher } from './outbound.js'
 import { routesOf } from './routes.js'
-import { tokenFileSink } from './token/file.js'
+import { prepareTokenFile, tokenFileSink } from './token/file.js'
 import type { TokenManager } from './token/manager.js'
 import { websocketTunnel } from './websocket.js'
 
@@ -79,6 +79,7 @@ export type StartOptions = ConfigurationsOptions
 
 /** Everything `serve` runs: dispatcher, token managers (first tokens requested at once), listeners, reloads. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
+  if (config.tokenFile !== undefined) prepareTokenFile(config.tokenFile)
   const dispatcher = createDispatcher(config, log)
   const configurations = await Configurations.build(config, { log, dispatcher }, options)
   const { shared, tokens } = configurations

@@ -165,7 +165,7 @@ t.test('TOKEN_FILE: serve keeps the current token there (0600, atomic, renewed, 
   t.equal(stale.code, 0)
   t.not(stale.stdout.trim(), readFileSync(file, 'utf8'), 'an expired token in the file is replaced by a fresh one')
 
-  const nowhere = await runCli(['serve'], { ...env, BEARER_PROXY_TOKEN_FILE: join(dir, 'missing', 'token') })
+  const nowhere = await runCli(['serve'], { ...env, BEARER_PROXY_TOKEN_FILE: join(dir, 'missing', 'deeper', 'token') })
   t.equal(nowhere.code, 2)
-  t.match(nowhere.stderr, /BEARER_PROXY_TOKEN_FILE: cannot write in the directory of .*missing\/token \(ENOENT\)/)
+  t.match(nowhere.stderr, /BEARER_PROXY_TOKEN_FILE: cannot write in the directory of .*missing\/deeper\/token \(ENOENT\)/)
 })

@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type EventEmitter, once } from 'node:events'
-import { RUNAI, runaiEnv, startRunai } from './helpers/emulators.js'
+import { RUNAI, runaiEnv, startRunai, startRunaiWithRealm } from './helpers/emulators.js'
 import { baseEnv, bounded, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
@@ -183,8 +183,7 @@ t.test('a person\'s login at trace: no code, refresh or access token in the outp
   })
   t.test('at Run:ai, its token API exchanging the code', async (t) => {
     const cli = { id: 'runai-cli', secret: 'runai-Cli-Backend-Secret-8820' }
-    const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, path: '/auth/realms/tenant', clients: [{ clientId: cli.id, clientSecret: cli.secret, authMethod: 'client_secret_post', native: true }] })
-    const runai = await startRunai(t, { realm: { issuer: idp.issuer, tokenUrl: idp.tokenUrl, client: cli } })
+    const { runai } = await startRunaiWithRealm(t, 'tenant', cli)
     const env = { BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_UPSTREAM: runai.url, BEARER_PROXY_REALM: 'tenant', BEARER_PROXY_CLIENT_ID: cli.id, BEARER_PROXY_TOKEN_STORE: store() }
     await scanLogin(t, env, () => runai.issued, [cli.secret])
   })

@@ -1,8 +1,9 @@
-import { accessSync, constants, readFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import type { Client, ClientKey, Config, Credentials, Login, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
 import { defaultStore, readLogin } from '../login/store.js'
+import { othersCanWrite } from '../private-file.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
@@ -369,10 +370,20 @@ function readable (path: string, name: string, problems: string[]): void {
 }
 
 function writableDirectory (file: string, problems: string[]): void {
+  const directory = dirname(resolve(file))
+  // A missing directory is made by serve, mode 0700, in a parent that must exist (a shared volume's root may be everyone's).
+  const missing = !existsSync(directory)
   try {
-    accessSync(dirname(resolve(file)), constants.W_OK)
+    accessSync(missing ? dirname(directory) : directory, constants.W_OK)
   } catch (error) {
     problems.push(`${PREFIX}TOKEN_FILE: cannot write in the directory of ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
+    return
+  }
+  if (missing) return
+  // Another user who can write there could replace the token file that tools trust.
+  const unsafe = othersCanWrite(directory)
+  if (unsafe !== undefined) {
+    problems.push(`${PREFIX}TOKEN_FILE: the directory of ${file} ${unsafe}; use a directory only this user can write (or one with the sticky bit, as /tmp)`)
   }
 }
 

@@ -3,13 +3,17 @@ import { spawn } from 'node:child_process'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { decodeJwt } from 'jose'
-import { type Dispatcher, request } from 'undici'
-import type { Client, Config, Login } from '../config.js'
+import type { Dispatcher } from 'undici'
+import { type Client, type Config, type Login, secretsOf } from '../config.js'
 import { displayUrl } from '../errors.js'
-import { Secret } from '../secret.js'
+import { type AuthorizationServer, checkProviderUrl, discover, DiscoveryAnswerError, type EndpointName } from '../oauth/discovery.js'
+import { oauthRequest } from '../oauth/http.js'
+import { readSecret, Secret } from '../secret.js'
+import { printable } from '../terminal.js'
 import { authenticateClient } from '../token/client-auth.js'
-import { asObject, summariseError } from '../token/dialect.js'
-import { discoveryUrl } from '../token/oidc.js'
+import { asObject, summariseError, TokenResponseError } from '../token/dialect.js'
+import { networkReason } from '../token/manager.js'
+import { scrubSecrets } from '../token/redact.js'
 import { readLogin, removeLogin, saveLogin } from './store.js'
 
 /**
@@ -21,6 +25,12 @@ import { readLogin, removeLogin, saveLogin } from './store.js'
  * is exchanged by Run:ai's token API (`grantType: exchange_token`, `code`,
  * `redirectUri`), which renews the login after. That request has no field for a PKCE
  * verifier, so none is sent: `state` and `nonce` still tie the answer to this login.
+ *
+ * Every request goes through the proxy's own OAuth client (`src/oauth/`): the
+ * discovery document checked (its issuer, every endpoint an http(s) URL, https for
+ * an https issuer), the whole answer within `TIMEOUT` and 1 MiB, an error answer
+ * scrubbed of every secret of the login; everything a provider sends that reaches
+ * the terminal is printed without control characters.
  */
 
 /** Why a login did not complete, in the user's words; never a code, verifier or token. */
@@ -31,18 +41,72 @@ export class LoginError extends Error {
   }
 }
 
-/** What an issuer's discovery document says a login needs. */
-export interface ProviderMetadata {
-  readonly issuer: URL
-  readonly authorizationEndpoint: URL
-  readonly tokenEndpoint: URL
-  /** RFC 8628, when the provider has it. */
-  readonly deviceEndpoint: URL | undefined
-  /** RFC 7009, when the provider has it. */
-  readonly revocationEndpoint: URL | undefined
+const random = (): string => randomBytes(32).toString('base64url')
+
+/**
+ * One login's dealings with its provider: the settings, the dispatcher, and every
+ * secret it has sent or received so far (the client's, the code, the verifier, the
+ * device code, the refresh token), which an error answer is scrubbed of.
+ */
+class Session {
+  readonly settings: Config['token']
+  readonly dispatcher: Dispatcher
+  readonly #secrets: string[] = []
+
+  constructor (settings: Config['token'], dispatcher: Dispatcher) {
+    this.settings = settings
+    this.dispatcher = dispatcher
+  }
+
+  /** `value` is a secret of this login from now on. */
+  secret (value: string): string {
+    this.#secrets.push(value)
+    return value
+  }
+
+  scrub (text: string): string {
+    const values = [...this.#secrets]
+    for (const source of secretsOf(this.settings.credentials)) {
+      try {
+        values.push(readSecret(source).reveal())
+      } catch {}
+    }
+    return scrubSecrets(text, values, this.settings.credentials.client?.id)
+  }
+
+  /** The provider's metadata, through the proxy's discovery and its checks. */
+  async discover (issuers: readonly URL[]): Promise<AuthorizationServer> {
+    try {
+      return await discover(issuers, { dispatcher: this.dispatcher, timeout: this.settings.timeout, allowHttp: this.settings.allowHttpTokenEndpoint, scrub: (text) => this.scrub(text) })
+    } catch (error) {
+      if (error instanceof DiscoveryAnswerError || error instanceof TokenResponseError) throw new LoginError(`${displayUrl(issuers[0] as URL)}: ${error.message}`)
+      throw new LoginError(`the provider ${displayUrl(issuers[0] as URL)} is unreachable: ${networkReason(error)}`)
+    }
+  }
+
+  /** A form or JSON POST to one of the provider's endpoints (`authenticated`: with the client's authentication), and its answer. */
+  async post (url: URL, what: string, body: URLSearchParams | Record<string, unknown>, authenticated = true): Promise<{ status: number, body: Record<string, unknown> }> {
+    const form = body instanceof URLSearchParams
+    const headers: Record<string, string> = { 'content-type': form ? 'application/x-www-form-urlencoded' : 'application/json', accept: 'application/json' }
+    if (form && authenticated) await authenticateClient(this.settings, { form: body, headers, endpoint: url })
+    try {
+      const answer = await oauthRequest(url, { method: 'POST', headers, body: form ? body.toString() : JSON.stringify(body), dispatcher: this.dispatcher, timeout: this.settings.timeout, scrub: (text) => this.scrub(text) })
+      return { status: answer.status, body: asObject(answer.body) }
+    } catch (error) {
+      if (error instanceof TokenResponseError) throw new LoginError(`${what} ${displayUrl(url)} answered ${error.message}`)
+      throw new LoginError(`${what} ${displayUrl(url)} is unreachable: ${networkReason(error)}`)
+    }
+  }
 }
 
-const random = (): string => randomBytes(32).toString('base64url')
+/** An endpoint of the provider's metadata, checked; why it cannot be used is a LoginError. */
+function endpointOf (provider: AuthorizationServer, name: EndpointName): URL | undefined {
+  try {
+    return provider.endpoint(name)
+  } catch (error) {
+    throw new LoginError(`${displayUrl(provider.issuer)}: ${(error as Error).message}`)
+  }
+}
 
 /**
  * What a login is made of: the settings, where it is kept, the client, the issuers to
@@ -56,46 +120,10 @@ function loginOf (config: Config): { settings: Config['token'], login: Login, cl
   return { settings, login: credentials.login, client: credentials.client, issuers: credentials.login.discovery, runaiApi }
 }
 
-/** A form POST to one of the provider's endpoints, with the client's authentication, and its JSON answer. */
-async function postForm (settings: Config['token'], url: URL, form: URLSearchParams, dispatcher: Dispatcher): Promise<{ status: number, body: Record<string, unknown> }> {
-  const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' }
-  await authenticateClient(settings, { form, headers, endpoint: url })
-  const answer = await request(url, { method: 'POST', headers, body: form.toString(), dispatcher, headersTimeout: settings.timeout * 1000 })
-  return { status: answer.statusCode, body: asObject(await answer.body.json().catch(() => ({}))) }
-}
-
 /** `<what> answered <status> <error (description)>`: an answer in the words of the proxy's other errors. */
 function answered (what: string, { status, body }: { status: number, body: unknown }): string {
   const summary = summariseError(body, status)
   return `${what} answered ${status}${summary === undefined ? '' : ` ${summary}`}`
-}
-
-/** The issuer's discovery document: the first of the configured issuers that has one (Keycloak's two realm paths). */
-export async function discover (issuers: readonly URL[], dispatcher: Dispatcher, timeout: number): Promise<ProviderMetadata> {
-  for (const issuer of issuers) {
-    const answer = await request(discoveryUrl(issuer), { dispatcher, headersTimeout: timeout * 1000, bodyTimeout: timeout * 1000 })
-    if (answer.statusCode === 404) {
-      await answer.body.dump()
-      continue
-    }
-    const body = asObject(await answer.body.json().catch(() => ({})))
-    const url = (name: string): URL => {
-      try {
-        return new URL(String(body[name]))
-      } catch {
-        throw new LoginError(`the discovery document of ${displayUrl(issuer)} has no usable ${name}`)
-      }
-    }
-    const optional = (name: string): URL | undefined => body[name] === undefined ? undefined : url(name)
-    return {
-      issuer,
-      authorizationEndpoint: url('authorization_endpoint'),
-      tokenEndpoint: url('token_endpoint'),
-      deviceEndpoint: optional('device_authorization_endpoint'),
-      revocationEndpoint: optional('revocation_endpoint')
-    }
-  }
-  throw new LoginError(`no discovery document at ${issuers.map((issuer) => displayUrl(issuer)).join(' or ')}`)
 }
 
 export interface LoginIo {
@@ -107,20 +135,24 @@ export interface LoginIo {
 
 /**
  * The authorization code flow: a loopback listener on 127.0.0.1 (the configured port,
- * or any), the URL to open, one callback (its `state` checked) or the time limit,
- * then the code exchanged with its verifier, the ID token's `nonce` checked, and the
- * refresh token stored. Returns who logged in, as the ID token says.
+ * or any), the URL to open, the callback that carries this login's `state` (others
+ * are refused and the wait goes on) or the time limit, then the code exchanged with
+ * its verifier, the ID token's `nonce` checked, and the refresh token stored; the
+ * browser is told the outcome only then. Returns who logged in, as the ID token says.
  */
 export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
   const { settings, login, client, issuers, runaiApi } = loginOf(config)
-  const provider = await discover(issuers, dispatcher, settings.timeout)
-  const verifier = random()
+  const session = new Session(settings, dispatcher)
+  const provider = await session.discover(issuers)
+  const authorizationEndpoint = endpointOf(provider, 'authorization_endpoint')
+  if (authorizationEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} names no authorization endpoint in its discovery document`)
+  const verifier = session.secret(random())
   const state = random()
   const nonce = random()
 
-  const callback = await listen(login.port)
+  const callback = await listen(login.port, state)
   const redirectUri = `http://127.0.0.1:${callback.port}/callback`
-  const url = new URL(provider.authorizationEndpoint.href)
+  const url = new URL(authorizationEndpoint.href)
   const scope = ['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)]
   for (const [name, value] of Object.entries({
     response_type: 'code',
@@ -135,57 +167,71 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
   io.say(`Waiting for the browser to come back to ${redirectUri} (up to ${login.timeout} s)…`)
   io.open(url.href)
 
-  let answer: URLSearchParams
   try {
-    answer = await callback.next(login.timeout * 1000)
+    const answer = await callback.next(login.timeout * 1000)
+    const refused = answer.get('error')
+    if (refused !== null) {
+      throw new LoginError(`the provider did not log you in: ${summariseError({ error: refused, error_description: answer.get('error_description') ?? undefined }) ?? 'refused'}`)
+    }
+    const code = answer.get('code')
+    if (code === null || code === '') throw new LoginError('the browser came back without a code')
+    session.secret(code)
+    const exchanged = runaiApi !== undefined
+      ? await exchangeAtRunai(session, runaiApi, code, redirectUri)
+      : await session.post(provider.tokenEndpoint, 'token endpoint', new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }))
+    if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(runaiApi ?? provider.tokenEndpoint)}`, exchanged))
+    const outcome = store(login, client, exchanged.body, { nonce })
+    callback.finish(true)
+    return outcome
+  } catch (error) {
+    callback.finish(false)
+    throw error
   } finally {
     callback.close()
   }
-  if (answer.get('state') !== state) throw new LoginError('the browser came back with another login\'s state: nothing was stored (start again with bearer-proxy login)')
-  const refused = answer.get('error')
-  if (refused !== null) {
-    throw new LoginError(`the provider did not log you in: ${summariseError({ error: refused, error_description: answer.get('error_description') ?? undefined }) ?? 'refused'}`)
-  }
-  const code = answer.get('code')
-  if (code === null || code === '') throw new LoginError('the browser came back without a code')
-
-  if (runaiApi !== undefined) return store(login, client, await exchangeAtRunai(runaiApi, code, redirectUri, settings.timeout, dispatcher), nonce)
-  const exchanged = await postForm(settings, provider.tokenEndpoint, new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }), dispatcher)
-  if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, exchanged))
-  return store(login, client, exchanged.body, nonce)
 }
 
 /** Run:ai's token API exchanges the code (OpenAPI 2.22 TokenRequest `exchange_token`); its answer, in OAuth's names. */
-async function exchangeAtRunai (api: URL, code: string, redirectUri: string, timeout: number, dispatcher: Dispatcher): Promise<Record<string, unknown>> {
-  const answer = await request(api, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
-    body: JSON.stringify({ grantType: 'exchange_token', code, redirectUri }),
-    dispatcher,
-    headersTimeout: timeout * 1000
-  })
-  const body = asObject(await answer.body.json().catch(() => ({})))
-  if (answer.statusCode === 404 || answer.statusCode === 405) {
-    throw new LoginError(`${displayUrl(api)} answered ${answer.statusCode}: this control plane has no token API to exchange the code; ` +
+async function exchangeAtRunai (session: Session, api: URL, code: string, redirectUri: string): Promise<{ status: number, body: Record<string, unknown> }> {
+  const answer = await session.post(api, 'Run:ai\'s token API', { grantType: 'exchange_token', code, redirectUri }, false)
+  if (answer.status === 404 || answer.status === 405) {
+    throw new LoginError(`${displayUrl(api)} answered ${answer.status}: this control plane has no token API to exchange the code; ` +
       'log in at its realm directly with AUTH=oidc, REALM and UPSTREAM instead')
   }
-  if (answer.statusCode !== 200) throw new LoginError(answered(`Run:ai's token API ${displayUrl(api)}`, { status: answer.statusCode, body }))
-  return { id_token: body.idToken, refresh_token: body.refreshToken }
+  if (answer.status !== 200) throw new LoginError(answered(`Run:ai's token API ${displayUrl(api)}`, answer))
+  return { status: 200, body: { id_token: answer.body.idToken, refresh_token: answer.body.refreshToken } }
 }
 
-/** The loopback listener: the first request to `/callback` is the answer, anything else is 404. */
-async function listen (port: number): Promise<{ port: number, next: (timeoutMs: number) => Promise<URLSearchParams>, close: () => void }> {
+const PAGE = { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', connection: 'close' }
+
+/**
+ * The loopback listener. It answers only requests addressed to it by name
+ * (`Host: 127.0.0.1:<port>` or `localhost:<port>`: a page that re-points another name
+ * at 127.0.0.1 is refused). The first `/callback` carrying this login's `state` is
+ * the answer, and its browser is told the outcome when the login ends; a callback
+ * with another state is refused and the wait goes on; anything else is 404.
+ */
+async function listen (port: number, state: string): Promise<{ port: number, next: (timeoutMs: number) => Promise<URLSearchParams>, finish: (ok: boolean) => void, close: () => void }> {
   let deliver: (query: URLSearchParams) => void = () => {}
   const answered = new Promise<URLSearchParams>((resolve) => { deliver = resolve })
+  let waiting: ServerResponse | undefined
+  let bound = 0
   const server = createServer((request: IncomingMessage, response: ServerResponse) => {
-    const url = new URL(request.url ?? '/', 'http://127.0.0.1')
-    if (url.pathname !== '/callback') {
-      response.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found\n')
+    const host = request.headers.host
+    if (host !== `127.0.0.1:${bound}` && host !== `localhost:${bound}`) {
+      response.writeHead(421, PAGE).end(`This listener answers only http://127.0.0.1:${bound}/.\n`)
       return
     }
-    const failed = url.searchParams.has('error')
-    response.writeHead(failed ? 400 : 200, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' })
-      .end(failed ? 'The login did not complete; see the terminal.\n' : 'Logged in: you can close this window and return to the terminal.\n')
+    const url = new URL(request.url ?? '/', 'http://127.0.0.1')
+    if (url.pathname !== '/callback') {
+      response.writeHead(404, PAGE).end('not found\n')
+      return
+    }
+    if (url.searchParams.get('state') !== state || waiting !== undefined) {
+      response.writeHead(400, PAGE).end('This is not the login the terminal is waiting for: nothing was done.\n')
+      return
+    }
+    waiting = response
     deliver(url.searchParams)
   })
   await new Promise<void>((resolve, reject) => {
@@ -194,15 +240,19 @@ async function listen (port: number): Promise<{ port: number, next: (timeoutMs: 
     })
     server.listen(port, '127.0.0.1', resolve)
   })
+  bound = (server.address() as AddressInfo).port
   let timer: NodeJS.Timeout | undefined
   return {
-    port: (server.address() as AddressInfo).port,
+    port: bound,
     next: async (timeoutMs) => await Promise.race([
       answered,
       new Promise<never>((_resolve, reject) => {
         timer = setTimeout(() => reject(new LoginError(`the browser did not come back within ${timeoutMs / 1000} s; start again with bearer-proxy login`)), timeoutMs)
       })
     ]),
+    finish: (ok) => {
+      waiting?.writeHead(ok ? 200 : 400, PAGE).end(ok ? 'Logged in: you can close this window and return to the terminal.\n' : 'The login did not complete; see the terminal.\n')
+    },
     close: () => {
       clearTimeout(timer)
       server.closeAllConnections()
@@ -211,12 +261,26 @@ async function listen (port: number): Promise<{ port: number, next: (timeoutMs: 
   }
 }
 
-/** Opens `url` in the default browser when a person is at a terminal with one; otherwise the printed URL is the way. */
+/**
+ * How `url` is opened on `platform`: a program and its arguments, run without a
+ * shell, so nothing in the URL is read as a command. (Windows: rundll32 hands it to
+ * its protocol handler as one argument, where cmd's `start` would split it at `&`.)
+ */
+export function browserCommand (platform: NodeJS.Platform, url: string): [string, string[]] {
+  if (platform === 'darwin') return ['open', [url]]
+  if (platform === 'win32') return ['rundll32', ['url.dll,FileProtocolHandler', url]]
+  return ['xdg-open', [url]]
+}
+
+/**
+ * Opens `url` (an http(s) URL, checked again here) in the default browser when a
+ * person is at a terminal with one; otherwise the printed URL is the way.
+ */
 export function openBrowser (url: string): void {
-  if (process.stderr.isTTY !== true) return
-  const [command, args] = process.platform === 'darwin' ? ['open', [url]] : process.platform === 'win32' ? ['cmd', ['/c', 'start', '', url]] : ['xdg-open', [url]]
+  if (process.stderr.isTTY !== true || !/^https?:\/\//.test(url)) return
   if (process.platform === 'linux' && process.env.DISPLAY === undefined && process.env.WAYLAND_DISPLAY === undefined) return
-  const child = spawn(command as string, args as string[], { stdio: 'ignore', detached: true })
+  const [command, args] = browserCommand(process.platform, url)
+  const child = spawn(command, args, { stdio: 'ignore', detached: true, shell: false })
   child.on('error', () => {})
   child.unref()
 }
@@ -235,23 +299,35 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
     throw new LoginError('Run:ai\'s token API has no device grant: log in with a browser (bearer-proxy login). ' +
       'On a machine without one, fix BEARER_PROXY_LOGIN_PORT, forward it from yours (ssh -L <port>:127.0.0.1:<port> <this machine>) and open the URL there')
   }
-  const provider = await discover(issuers, dispatcher, settings.timeout)
-  if (provider.deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
+  const session = new Session(settings, dispatcher)
+  const provider = await session.discover(issuers)
+  const deviceEndpoint = endpointOf(provider, 'device_authorization_endpoint')
+  if (deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
   const scope = [...new Set(['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)])].join(' ')
-  const started = await postForm(settings, provider.deviceEndpoint, new URLSearchParams({ scope }), dispatcher)
-  const { device_code: deviceCode, user_code: userCode, verification_uri: page, verification_uri_complete: complete } = started.body
-  if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof page !== 'string') {
+  const started = await session.post(deviceEndpoint, 'the device authorization endpoint', new URLSearchParams({ scope }))
+  const { device_code: deviceCode, user_code: userCode } = started.body
+  if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof started.body.verification_uri !== 'string') {
     throw new LoginError(answered('the device authorization endpoint', started))
+  }
+  session.secret(deviceCode)
+  // The pages a person is sent to are held to the endpoints' rules: http(s), https for an https issuer.
+  let page: URL
+  let complete: URL | undefined
+  try {
+    page = checkProviderUrl(provider.issuer, started.body.verification_uri, 'verification_uri', settings.allowHttpTokenEndpoint)
+    complete = started.body.verification_uri_complete === undefined ? undefined : checkProviderUrl(provider.issuer, started.body.verification_uri_complete, 'verification_uri_complete', settings.allowHttpTokenEndpoint)
+  } catch (error) {
+    throw new LoginError(`the device authorization endpoint ${displayUrl(deviceEndpoint)} answered ${(error as Error).message.replace(/^discovery document /, '')}`)
   }
   const expiresAt = Date.now() + (Number(started.body.expires_in) > 0 ? Number(started.body.expires_in) : 600) * 1000
   let interval = Number(started.body.interval) > 0 ? Number(started.body.interval) : 5
-  io.say(`To log in to ${displayUrl(provider.issuer)}, open ${page} on any device and enter the code\n\n  ${userCode}\n`)
-  if (typeof complete === 'string') io.say(`(or open ${complete})`)
+  io.say(`To log in to ${displayUrl(provider.issuer)}, open ${page.href} on any device and enter the code\n\n  ${printable(userCode, 64)}\n`)
+  if (complete !== undefined) io.say(`(or open ${complete.href})`)
   io.say(`Waiting for the login to be approved (the code is valid for ${Math.round((expiresAt - Date.now()) / 1000)} s)…`)
   for (;;) {
     await new Promise<void>((resolve) => setTimeout(resolve, interval * 1000))
-    const polled = await postForm(settings, provider.tokenEndpoint, new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }), dispatcher)
-    if (polled.status === 200) return store(login, client, polled.body, undefined)
+    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }))
+    if (polled.status === 200) return store(login, client, polled.body, { nonce: undefined })
     const error = polled.body.error
     if (error === 'authorization_pending' && Date.now() < expiresAt) continue
     if (error === 'slow_down') {
@@ -264,14 +340,25 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
   }
 }
 
-/** A token response of a login: its ID token's nonce checked (when the login sent one), its refresh token stored. */
-function store (login: Login, client: Client, body: Record<string, unknown>, nonce: string | undefined): { subject: string | undefined } {
-  // The ID token came straight from the token endpoint (OpenID Connect Core §3.1.3.7): its nonce ties it to this login.
+/**
+ * A token response of a login: its ID token checked, its refresh token stored. The
+ * browser login sent a `nonce` and must get an ID token carrying it (OpenID Connect
+ * Core §3.1.3.7: it came straight from the token endpoint); the device login sent
+ * none, so an ID token that carries one is not this login's.
+ */
+function store (login: Login, client: Client, body: Record<string, unknown>, expected: { nonce: string | undefined }): { subject: string | undefined } {
+  const idToken = body.id_token
+  if (idToken === undefined && expected.nonce !== undefined) throw new LoginError('the provider answered without the ID token a login with the openid scope gets: nothing was stored')
   let subject: string | undefined
-  if (typeof body.id_token === 'string') {
-    const claims = decodeJwt(body.id_token)
-    if (nonce !== undefined && claims.nonce !== nonce) throw new LoginError('the ID token does not carry this login\'s nonce: nothing was stored')
-    subject = claims.sub
+  if (idToken !== undefined) {
+    let claims
+    try {
+      claims = decodeJwt(String(idToken))
+    } catch {
+      throw new LoginError('the provider answered with an ID token that is not a JWT: nothing was stored')
+    }
+    if (claims.nonce !== expected.nonce) throw new LoginError('the ID token does not carry this login\'s nonce: nothing was stored')
+    subject = typeof claims.sub === 'string' ? printable(claims.sub, 200) : undefined
   }
   if (typeof body.refresh_token !== 'string' || body.refresh_token === '') {
     throw new LoginError('the provider issued no refresh token: allow the client offline access (the offline_access scope, or "refresh tokens" in its settings)')
@@ -289,19 +376,23 @@ export async function logout (config: Config, dispatcher: Dispatcher): Promise<s
   const { settings, login, client, issuers } = loginOf(config)
   const refreshToken = readLogin(login.store, login.issuer, client.id)
   if (refreshToken === undefined) return `no login is stored for client ${client.id} at ${login.issuer}`
+  const session = new Session(settings, dispatcher)
+  session.secret(refreshToken.reveal())
   let revoked: string
   try {
-    const provider = await discover(issuers, dispatcher, settings.timeout)
-    if (provider.revocationEndpoint === undefined) {
+    const provider = await session.discover(issuers)
+    const revocation = endpointOf(provider, 'revocation_endpoint')
+    if (revocation === undefined) {
       revoked = 'the provider has no revocation endpoint, so the refresh token stays valid there until it expires'
     } else {
-      const answer = await postForm(settings, provider.revocationEndpoint, new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' }), dispatcher)
+      const answer = await session.post(revocation, 'the provider\'s revocation endpoint', new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' }))
       revoked = answer.status === 200
         ? 'the refresh token was revoked at the provider'
         : `${answered('the provider\'s revocation endpoint', answer)}, so the refresh token may stay valid there until it expires`
     }
   } catch (error) {
-    revoked = `the provider could not be asked to revoke it (${error instanceof LoginError ? error.message : (error as Error).message})`
+    if (!(error instanceof LoginError)) throw error
+    revoked = `the provider could not be asked to revoke it (${error.message}), so it may stay valid there until it expires`
   }
   removeLogin(login.store, login.issuer, client.id)
   return `Logged out of ${login.issuer}: ${revoked}; the stored login was deleted.`

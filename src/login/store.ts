@@ -1,6 +1,8 @@
-import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
+import { PREFIX } from '../config/settings.js'
+import { checkPrivateFile, PrivacyError, privateDirectory, writePrivateFile } from '../private-file.js'
 import { Secret } from '../secret.js'
 
 /**
@@ -8,6 +10,9 @@ import { Secret } from '../secret.js'
  * client, in one JSON file only its owner can read (0600, its directory 0700),
  * under the XDG config directory unless `TOKEN_STORE` says where. Every write goes
  * to a temporary file renamed over the old one, so a reader never sees half a file.
+ * A directory or file that others could read or write is tightened when it is this
+ * user's and refused when it is another's; a file that is not a store is reported,
+ * never quoted.
  */
 
 interface StoreFile {
@@ -23,26 +28,45 @@ export function defaultStore (env: NodeJS.ProcessEnv = process.env): string {
 
 const keyOf = (issuer: string, clientId: string): string => `${issuer.replace(/\/+$/, '')} ${clientId}`
 
+const NOT_A_STORE = (path: string, why: string): PrivacyError =>
+  new PrivacyError(`the login store ${path} ${why}: move it away or choose another ${PREFIX}TOKEN_STORE (bearer-proxy login writes a new one)`)
+
 function read (path: string): StoreFile {
   let text: string
+  let fd: number
   try {
-    text = readFileSync(path, 'utf8')
+    fd = openSync(path, 'r')
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { version: 1, logins: {} }
     throw error
   }
-  const parsed = JSON.parse(text) as Partial<StoreFile>
-  return { version: 1, logins: typeof parsed.logins === 'object' && parsed.logins !== null ? parsed.logins : {} }
+  try {
+    privateDirectory(dirname(path), 'the login store')
+    // The file opened is the file checked: its owner and mode by the descriptor.
+    const stats = fstatSync(fd)
+    if (!stats.isFile()) throw NOT_A_STORE(path, 'is not a file')
+    checkPrivateFile(stats, path, 'the login store')
+    text = readFileSync(fd, 'utf8')
+  } finally {
+    closeSync(fd)
+  }
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    // JSON.parse's message quotes the text it stopped at.
+    throw NOT_A_STORE(path, 'is not JSON')
+  }
+  const store = parsed as Partial<StoreFile> | null
+  if (typeof store !== 'object' || store === null || store.version !== 1 || typeof store.logins !== 'object' || store.logins === null || Array.isArray(store.logins)) {
+    throw NOT_A_STORE(path, 'is not a login store of bearer-proxy')
+  }
+  return { version: 1, logins: store.logins }
 }
 
 function write (path: string, store: StoreFile): void {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 })
-  const temporary = `${path}.${process.pid}.tmp`
-  rmSync(temporary, { force: true })
-  writeFileSync(temporary, JSON.stringify(store, null, 2) + '\n', { mode: 0o600, flag: 'wx' })
-  renameSync(temporary, path)
-  // A file made by an older tool with a looser mode is tightened too.
-  chmodSync(path, 0o600)
+  privateDirectory(dirname(path), 'the login store')
+  writePrivateFile(path, JSON.stringify(store, null, 2) + '\n')
 }
 
 /** The stored refresh token of `clientId` at `issuer`, if there is one. */

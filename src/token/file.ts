@@ -1,6 +1,9 @@
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { readFileSync, rmSync } from 'node:fs'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
+import { mkdirSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { othersCanWrite, PrivacyError, writePrivateFile } from '../private-file.js'
 import type { TokenManager } from './manager.js'
 
 /**
@@ -10,14 +13,11 @@ import type { TokenManager } from './manager.js'
  * renewal. The returned function stops it and removes the file.
  */
 export function tokenFileSink (tokens: TokenManager, path: string, log: Logger): () => void {
-  const temporary = `${path}.${process.pid}.tmp`
   const write = ({ result }: { result: string }): void => {
     const token = tokens.current()
     if (result !== 'success' || token === undefined) return
     try {
-      rmSync(temporary, { force: true })
-      writeFileSync(temporary, token.reveal(), { mode: 0o600, flag: 'wx' })
-      renameSync(temporary, path)
+      writePrivateFile(path, token.reveal())
       log.debug({ event: 'token_file_written', path }, `token written to ${path}`)
     } catch (error) {
       log.warn({ event: 'token_file_failed', path, error: (error as NodeJS.ErrnoException).code ?? 'error' }, `could not write the token to ${path}`)
@@ -26,9 +26,24 @@ export function tokenFileSink (tokens: TokenManager, path: string, log: Logger):
   tokens.on('fetch', write)
   return () => {
     tokens.off('fetch', write)
-    rmSync(temporary, { force: true })
     rmSync(path, { force: true })
   }
+}
+
+/**
+ * Before `serve` listens: `TOKEN_FILE`'s directory, made (0700) when missing, and one
+ * that no other user can write, or why not (a user who can write there could replace
+ * the file tools trust).
+ */
+export function prepareTokenFile (path: string): void {
+  const directory = dirname(resolve(path))
+  try {
+    mkdirSync(directory, { mode: 0o700 })
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new PrivacyError(`BEARER_PROXY_TOKEN_FILE: cannot make the directory of ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
+  }
+  const unsafe = othersCanWrite(directory)
+  if (unsafe !== undefined) throw new PrivacyError(`BEARER_PROXY_TOKEN_FILE: the directory of ${path} ${unsafe}; use a directory only this user can write (or one with the sticky bit, as /tmp)`)
 }
 
 /**

@@ -1,16 +1,19 @@
 import { EventEmitter } from 'node:events'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
-import { type Dispatcher, request } from 'undici'
+import type { Dispatcher } from 'undici'
 import { type DialectName, type Endpoint, type Login, PREFIX, secretsOf, type TokenSettings } from '../config.js'
 import { displayUrl, ProxyError } from '../errors.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
 import { KeyError } from '../keys.js'
 import { NoStoredLogin, readLogin, saveLogin } from '../login/store.js'
+import { PrivacyError } from '../private-file.js'
 import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, type Grant, summariseError, TokenResponseError } from './dialect.js'
 import { scrubSecrets } from './redact.js'
-import { discoveryUrl, oidc, readDiscovery } from './oidc.js'
+import { oidc } from './oidc.js'
+import { discover, DiscoveryAnswerError } from '../oauth/discovery.js'
+import { oauthRequest } from '../oauth/http.js'
 import { runai, runaiAppToken } from './runai.js'
 
 const DIALECTS: Record<DialectName, Dialect> = { oauth: oidc, 'runai-v1': runai, 'runai-apptoken': runaiAppToken, apiconnect }
@@ -25,7 +28,6 @@ const MAX_RENEW_DELAY_MS = 24 * 3600_000
 const MAX_LIFETIME_S = 10 * 365 * 24 * 3600
 /** RFC 6750 §2.1 `b64token`: what can follow `Bearer ` in a header. */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
-const MAX_BODY = 1024 * 1024
 
 /** A bearer token that cannot print itself. */
 export class AccessToken {
@@ -337,7 +339,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       built = await dialect.buildRequest(this.#settings, endpoint.url, refresh)
     } catch (error) {
       if (error instanceof KeyError) throw new KeyFileError(error.message)
-      if (error instanceof NoStoredLogin) throw new StatedFailure(`${error.message}; no token request was sent`)
+      if (error instanceof NoStoredLogin || error instanceof PrivacyError) throw new StatedFailure(`${error.message}; no token request was sent`)
       throw new SecretFileError((error as NodeJS.ErrnoException).code)
     }
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' },
@@ -355,48 +357,20 @@ export class TokenManager extends EventEmitter implements TokenSource {
   async #discover (): Promise<Endpoint> {
     const { endpoint } = this.#settings
     if (endpoint.kind !== 'issuer') throw new Error('no endpoint')
-    const last = endpoint.issuers[endpoint.issuers.length - 1]
-    for (const issuer of endpoint.issuers) {
-      const url = discoveryUrl(issuer)
-      const { status, body } = await this.#call(url, 'GET', { accept: 'application/json' }, undefined)
-      if (status === 404 && issuer !== last) continue
-      if (status !== 200) throw new EndpointError(status, summariseError(body, status), url)
-      this.#endpoint = { url: readDiscovery(issuer, body, this.#settings.allowHttpTokenEndpoint), dialect: 'oauth' }
-      this.#log.info({ event: 'token_endpoint_discovered', issuer: displayUrl(issuer), endpoint: displayUrl(this.#endpoint.url) }, 'token endpoint discovered')
-      return this.#endpoint
+    let server
+    try {
+      server = await discover(endpoint.issuers, { dispatcher: this.#dispatcher, timeout: this.#settings.timeout, allowHttp: this.#settings.allowHttpTokenEndpoint, scrub: (text) => this.#scrub(text) })
+    } catch (error) {
+      if (error instanceof DiscoveryAnswerError) throw new EndpointError(error.status, error.summary, error.url)
+      throw error
     }
-    throw new Error('no issuer')
+    this.#endpoint = { url: server.tokenEndpoint, dialect: 'oauth' }
+    this.#log.info({ event: 'token_endpoint_discovered', issuer: displayUrl(server.issuer), endpoint: displayUrl(this.#endpoint.url) }, 'token endpoint discovered')
+    return this.#endpoint
   }
 
   async #call (url: URL, method: 'GET' | 'POST', headers: Record<string, string>, body: string | undefined): Promise<{ status: number, body: unknown }> {
-    const timeout = this.#settings.timeout * 1000
-    const response = await request(url, {
-      dispatcher: this.#dispatcher,
-      method,
-      headers,
-      body,
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      signal: AbortSignal.timeout(timeout)
-    })
-    const chunks: Buffer[] = []
-    let size = 0
-    for await (const chunk of response.body) {
-      size += (chunk as Buffer).length
-      if (size > MAX_BODY) {
-        response.body.destroy()
-        throw new TokenResponseError('with a body larger than 1 MiB', 'unreadable_body')
-      }
-      chunks.push(chunk as Buffer)
-    }
-    let text = Buffer.concat(chunks).toString('utf8')
-    // An error may echo the request: every spelling of a secret goes before anything reads it.
-    if (response.statusCode < 200 || response.statusCode > 299) text = this.#scrub(text)
-    let parsed: unknown
-    try {
-      parsed = JSON.parse(text)
-    } catch {}
-    return { status: response.statusCode, body: parsed }
+    return await oauthRequest(url, { method, headers, body, dispatcher: this.#dispatcher, timeout: this.#settings.timeout, scrub: (text) => this.#scrub(text) })
   }
 
   #endpointName (): string {
@@ -411,7 +385,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     try {
       saveLogin(login.store, login.issuer, clientId, refreshToken)
     } catch (error) {
-      this.#log.warn({ event: 'login_not_saved', path: login.store, error: (error as NodeJS.ErrnoException).code ?? 'error' },
+      this.#log.warn({ event: 'login_not_saved', path: login.store, error: error instanceof PrivacyError ? error.message : (error as NodeJS.ErrnoException).code ?? 'error' },
         'could not save the rotated refresh token; the next renewal may need bearer-proxy login again')
     }
   }

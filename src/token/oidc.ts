@@ -1,5 +1,4 @@
 import type { TokenSettings } from '../config.js'
-import { displayUrl } from '../errors.js'
 import { readSecret, Secret } from '../secret.js'
 import { storedRefreshToken } from '../login/store.js'
 import { authenticateClient, signedAssertion } from './client-auth.js'
@@ -59,34 +58,4 @@ export const oidc: Dialect = {
       refreshToken: optionalSecret(body, 'refresh_token')
     }
   }
-}
-
-/** The token endpoint named by an issuer's discovery document (issuers with a path work). */
-export function discoveryUrl (issuer: URL): URL {
-  const url = new URL(issuer.href)
-  url.pathname = issuer.pathname.replace(/\/+$/, '') + '/.well-known/openid-configuration'
-  url.search = ''
-  return url
-}
-
-/** The token endpoint a discovery document names, refused when it would downgrade an https issuer to plain http. */
-export function readDiscovery (issuer: URL, body: unknown, allowHttp: boolean): URL {
-  const document = asObject(body)
-  const said = typeof document.issuer === 'string' ? document.issuer.replace(/\/+$/, '') : undefined
-  if (said !== issuer.href.replace(/\/+$/, '')) {
-    throw new TokenResponseError(`discovery document names another issuer than ${displayUrl(issuer)}`)
-  }
-  const endpoint = document.token_endpoint
-  let url: URL | undefined
-  try {
-    url = typeof endpoint === 'string' ? new URL(endpoint) : undefined
-  } catch {}
-  if (url === undefined || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
-    throw new TokenResponseError('discovery document has no usable token_endpoint')
-  }
-  if (issuer.protocol === 'https:' && url.protocol === 'http:' && !allowHttp) {
-    throw new TokenResponseError(`discovery document names a plain http token endpoint (${displayUrl(url)}) for an https issuer: ` +
-      'the credentials would travel unencrypted, so none were sent (BEARER_PROXY_ALLOW_HTTP_TOKEN_ENDPOINT=true allows it)')
-  }
-  return url
 }

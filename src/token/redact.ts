@@ -42,7 +42,8 @@ export function scrubSecrets (text: string, secrets: readonly string[], clientId
 export function prose (text: string, max = 120): string {
   const words: string[] = []
   let length = 0
-  for (const word of text.replace(/[\u0000-\u001f\u007f]/g, ' ').split(/\s+/)) {
+  // Control characters (C0, DEL, C1) and bidirectional overrides are spaces: no escape sequence survives.
+  for (const word of text.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, ' ').split(/\s+/)) {
     if (word === '') continue
     const [, open = '', core = '', close = ''] = PUNCTUATION.exec(word) ?? []
     const kept = core === '' || core === '[redacted]' || PROSE_WORD.test(core) ? `${open}${core}${close}` : OMITTED

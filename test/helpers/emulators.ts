@@ -2,7 +2,8 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import type { AddressInfo } from 'node:net'
 import { decodeJwt, exportJWK, generateKeyPair, type JSONWebKeySet, jwtVerify, createLocalJWKSet, SignJWT } from 'jose'
 import { request } from 'undici'
-import type { Teardown } from './stack.js'
+import type { Idp } from '../../demo/idp.js'
+import { startIdentity, type Teardown } from './stack.js'
 
 export interface Emulator {
   readonly url: string
@@ -36,7 +37,7 @@ const ABSENT = Symbol('absent')
  * `realm`'s issuer path passed to that identity provider (as a control plane serves
  * its Keycloak), every other path an API that checks its own tokens.
  */
-async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler | { [ABSENT]: number }>, realm?: URL): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
+async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<string, Handler | { [ABSENT]: number }>, realm?: Realm): Promise<Emulator & { sign: (sub: string, extra?: Record<string, unknown>) => Promise<string> }> {
   const { privateKey, publicKey } = await generateKeyPair('RS256')
   const jwks = { keys: [{ ...await exportJWK(publicKey), alg: 'RS256' }] }
   const keys = createLocalJWKSet(jwks)
@@ -65,9 +66,9 @@ async function startEmulator (t: Teardown, issuer: string, tokenRoutes: Record<s
     let raw = ''
     req.setEncoding('utf8').on('data', (chunk: string) => { raw += chunk }).on('end', () => {
       const path = (req.url ?? '').split('?')[0] as string
-      if (realm !== undefined && path.startsWith(`${realm.pathname}/`)) {
+      if (realm !== undefined && path.startsWith(`${realm.path}/`)) {
         const { host: _host, ...headers } = req.headers
-        const forwarded = httpRequest(new URL(req.url ?? '/', realm.origin), { method: req.method, headers }, (answer) => {
+        const forwarded = httpRequest(new URL(req.url ?? '/', realm.listening), { method: req.method, headers }, (answer) => {
           res.writeHead(answer.statusCode ?? 502, answer.headers)
           answer.pipe(res)
         })
@@ -141,8 +142,11 @@ export interface RunaiOptions {
    * path here: `/api/v1/token` then exchanges its codes (`exchange_token`) and renews
    * its refresh tokens with `client`, the confidential client only the control plane knows.
    */
-  readonly realm?: { readonly issuer: string, readonly tokenUrl: string, readonly client: { readonly id: string, readonly secret: string } }
+  readonly realm?: Realm
 }
+
+/** A control plane's sign-in realm: where it is served, where the identity provider behind it listens, its token URL and the client only the control plane knows. */
+interface Realm { readonly path: string, listening: string, tokenUrl: string, readonly client: { readonly id: string, readonly secret: string } }
 
 /**
  * Run:ai control plane, as its documentation describes it: `POST /api/v2/token`
@@ -201,8 +205,23 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
       if (body.id !== RUNAI.app.id || body.secret !== RUNAI.app.secret || typeof body.name !== 'string') return refused
       return { status: 200, body: (async () => ({ access_token: await emulator.sign(`${body.name}`), id_token: await emulator.sign('id') }))() }
     }
-  }, options.realm === undefined ? undefined : new URL(options.realm.issuer))
+  }, options.realm)
   return emulator
+}
+
+/**
+ * A Run:ai control plane serving its sign-in realm (an oidc-provider) at its own
+ * origin, as a real one serves its Keycloak: the realm's issuer and endpoints are
+ * the control plane's, and `/api/v1/token` exchanges and renews its logins with
+ * `client`, the confidential client only the control plane knows.
+ */
+export async function startRunaiWithRealm (t: Teardown, name: string, client: { readonly id: string, readonly secret: string }): Promise<{ runai: Emulator, idp: Idp }> {
+  const realm: Realm = { path: `/auth/realms/${name}`, listening: '', tokenUrl: '', client }
+  const runai = await startRunai(t, { realm })
+  const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, path: realm.path, origin: runai.url, clients: [{ clientId: client.id, clientSecret: client.secret, authMethod: 'client_secret_post', native: true }] })
+  realm.listening = idp.listening
+  realm.tokenUrl = idp.tokenUrl
+  return { runai, idp }
 }
 
 /** The settings of a proxy in front of a Run:ai emulator, with its access key. */

@@ -1,4 +1,5 @@
-import { createServer, type IncomingHttpHeaders } from 'node:http'
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer as createTlsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { generateKeyPair, SignJWT } from 'jose'
 import type { Teardown } from './stack.js'
@@ -11,7 +12,14 @@ export interface TokenCall {
   readonly fields: Record<string, unknown>
 }
 
-export interface Scripted { status?: number, body: unknown, contentType?: string, delayMs?: number }
+export interface Scripted {
+  status?: number
+  body: unknown
+  contentType?: string
+  delayMs?: number
+  /** `trickle`: the headers, then a byte every 100 ms until the client goes; `huge`: 100 MB of body, as fast as the client reads. */
+  stream?: 'trickle' | 'huge'
+}
 
 export interface TokenEndpoint {
   readonly url: string
@@ -28,10 +36,11 @@ export async function jwt (lifetime: number, claims: Record<string, unknown> = {
   return await new SignJWT({ ...claims }).setProtectedHeader({ alg: 'RS256' }).setIssuedAt(now).setExpirationTime(now + lifetime).setSubject(String(claims.sub ?? 'svc')).sign(privateKey)
 }
 
-/** A token endpoint on 127.0.0.1 whose answers a test scripts, recording every request it gets. */
-export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['answer']): Promise<TokenEndpoint> {
+/** A token endpoint on 127.0.0.1 whose answers a test scripts, recording every request it gets; over TLS with `tls`. */
+export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['answer'], tls?: { key: string, cert: string }): Promise<TokenEndpoint> {
   const endpoint: TokenEndpoint = { url: '', calls: [], answer }
-  const server = createServer((req, res) => {
+  const timers = new Set<NodeJS.Timeout>()
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     let raw = ''
     req.setEncoding('utf8')
     req.on('data', (chunk: string) => { raw += chunk })
@@ -44,16 +53,37 @@ export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['an
       const send = (): void => {
         if (res.destroyed) return
         res.writeHead(scripted.status ?? 200, { 'content-type': scripted.contentType ?? 'application/json' })
+        if (scripted.stream === 'trickle') {
+          const timer = setInterval(() => { if (res.destroyed) clearInterval(timer); else res.write(' ') }, 100)
+          timers.add(timer)
+          res.once('close', () => { clearInterval(timer); timers.delete(timer) })
+          return
+        }
+        if (scripted.stream === 'huge') {
+          const chunk = Buffer.alloc(64 * 1024, 0x20)
+          let left = 1600
+          const more = (): void => {
+            while (left > 0 && !res.destroyed) {
+              left--
+              if (!res.write(chunk)) return void res.once('drain', more)
+            }
+            if (!res.destroyed) res.end()
+          }
+          more()
+          return
+        }
         res.end(typeof scripted.body === 'string' ? scripted.body : JSON.stringify(scripted.body))
       }
       if (scripted.delayMs === undefined) send()
       else setTimeout(send, scripted.delayMs)
     })
-  })
+  }
+  const server = tls === undefined ? createServer(handle) : createTlsServer(tls, handle)
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => {
+    for (const timer of timers) clearInterval(timer)
     server.closeAllConnections()
     server.close()
   })
-  return Object.assign(endpoint, { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
+  return Object.assign(endpoint, { url: `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${(server.address() as AddressInfo).port}` })
 }
