@@ -75,11 +75,12 @@ export function servableClusters (entries: unknown[], controlPlane: URL): Cluste
   const clusters: DiscoveredCluster[] = []
   const skipped: SkippedCluster[] = []
   const taken = new Set<string>()
-  for (const entry of entries) {
+  for (const [index, entry] of entries.entries()) {
     const fields = typeof entry === 'object' && entry !== null ? entry as Record<string, unknown> : {}
     const name = typeof fields.name === 'string' ? fields.name : ''
-    const shown = CLUSTER_NAME.test(name) && name.length <= 253 ? name : '(a name that is not a safe path segment)'
     const uuid = typeof fields.uuid === 'string' && UUID.test(fields.uuid) ? fields.uuid.toLowerCase() : undefined
+    // A name that is not safe to print is never repeated: its uuid, else its place in the list, says which cluster it is.
+    const shown = CLUSTER_NAME.test(name) && name.length <= 253 ? name : uuid !== undefined ? `with uuid ${uuid}` : `number ${index + 1} of the list`
     const reason = !CLUSTER_NAME.test(name) || name.length > 253
       ? 'its name is not a safe path segment (letters, digits, ".", "_", "-")'
       : uuid === undefined

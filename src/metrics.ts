@@ -1,6 +1,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { TokenManager } from './token/manager.js'
 
+const NO_LAG_YET = /^bearer_proxy_nodejs_eventloop_lag_mean_seconds nan$/im
+const LAG_SAMPLES = /^bearer_proxy_nodejs_eventloop_lag_\w*seconds .*\n/gm
+
 /**
  * Prometheus metrics (prom-client, own registry). Labels are the route name
  * (`admin`, a cluster name, or `none`), a status code and a fetch result: never a
@@ -76,7 +79,10 @@ export class Metrics {
       this.#processMetrics = true
       collectDefaultMetrics({ register: this.registry, prefix: 'bearer_proxy_', eventLoopMonitoringPrecision: 100 })
     }
-    return await this.registry.metrics()
+    const text = await this.registry.metrics()
+    // Until the event-loop monitor has a sample (the first scrape), prom-client reports its lag as 0, its
+    // min as 2^63 ns, its mean and deviation as `Nan`: those series are left out until they have a value.
+    return NO_LAG_YET.test(text) ? text.replace(LAG_SAMPLES, '') : text
   }
 
   /** Counts the token requests of a credential set, from zero. */

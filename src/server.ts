@@ -117,12 +117,20 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   // Before the ready line: when it is read, the token file is there.
   let removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
   const tokenSet = config.credentialSets.keys().next().value as string
+  // The ready line when /-/ready would answer 200: every credential set holds its token. Until then, each set's
+  // first token names the sets still waiting for theirs.
+  const started = [...shared.credentials.values()]
   const announceReady = ({ result }: { result: string }): void => {
     if (result !== 'success') return
-    tokens.off('fetch', announceReady)
-    log.info({ event: 'ready', address }, `ready: the first token is held; forwarding ${routes.join(', ')}`)
+    const waiting = [...shared.credentials].filter(([, manager]) => manager.current() === undefined).map(([name]) => name)
+    if (waiting.length > 0) {
+      log.info({ event: 'waiting', sets: waiting }, `not ready yet: credential ${waiting.length === 1 ? 'set' : 'sets'} ${waiting.join(', ')} ${waiting.length === 1 ? 'has' : 'have'} no token yet`)
+      return
+    }
+    for (const manager of started) manager.off('fetch', announceReady)
+    log.info({ event: 'ready', address }, `ready: ${shared.credentials.size > 1 ? 'every credential set holds its token' : 'the first token is held'}; forwarding ${routes.join(', ')}`)
   }
-  tokens.on('fetch', announceReady)
+  for (const manager of started) manager.on('fetch', announceReady)
   configurations.start()
 
   let closing: Promise<void> | undefined

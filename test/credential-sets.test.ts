@@ -5,7 +5,8 @@ import t from 'tap'
 import { request } from 'undici'
 import { loadConfig } from '../src/config.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
-import { CLIENT, LogCapture, runCli, startApiOf, startIdentity } from './helpers/stack.js'
+import { afterFetch, CLIENT, LogCapture, runCli, startApiOf, startIdentity } from './helpers/stack.js'
+import type { TokenManager } from '../src/token/manager.js'
 import { createLogger } from '../src/log.js'
 import { startProxy } from '../src/server.js'
 
@@ -305,4 +306,32 @@ routes:
   t.equal(decodeJwt(southToken.stdout.trim()).sub, 'south-client', 'south\'s own token, not the file\'s')
   const northToken = await runCli(['token', '--config', file, '--credentials', 'north'], {})
   t.equal(northToken.stdout.trim(), readFileSync(tokenFile, 'utf8'), 'north\'s, from the file')
+})
+
+t.test('with several sets, the ready line comes when /-/ready answers 200; until then each first token names the sets still waiting', async (t) => {
+  const north = await startIdentity(t)
+  const south = await startIdentity(t, { clients: [{ clientId: 'south-client', clientSecret: 'south-Secret-7731' }] })
+  south.mode = 'down'
+  const file = write('ready.yaml', `port: 0
+credentials:
+${northSet(north)}  south:
+    tokenUrl: ${south.tokenUrl}
+    clientId: south-client
+    clientSecret: south-Secret-7731
+routes:
+  - { prefix: /north, upstream: "http://127.0.0.1:1", credentials: north }
+  - { prefix: /south, upstream: "http://127.0.0.1:1", credentials: south }
+`)
+  const logs = new LogCapture()
+  const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('info', logs), { backoffMs: 20 })
+  t.teardown(() => proxy.close())
+  const [northTokens, southTokens] = [proxy.credentials.get('north'), proxy.credentials.get('south')] as [TokenManager, TokenManager]
+  await afterFetch(northTokens, () => northTokens.current() !== undefined, 5000, 'north\'s token')
+  t.match(logs.events('waiting'), [{ sets: ['south'], msg: 'not ready yet: credential set south has no token yet' }])
+  t.same(logs.events('ready'), [], 'no ready line while south has no token')
+  t.equal((await request(`${proxy.address}/-/ready`)).statusCode, 503)
+  south.mode = 'normal'
+  await afterFetch(southTokens, () => southTokens.current() !== undefined, 10_000, 'south\'s token')
+  t.match(logs.events('ready'), [{ msg: /^ready: every credential set holds its token; forwarding / }])
+  t.equal((await request(`${proxy.address}/-/ready`)).statusCode, 200, 'the line and /-/ready agree')
 })

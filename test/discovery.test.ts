@@ -72,7 +72,7 @@ t.test('AUTH=runai without CLUSTERS: clusters are read from /api/v1/clusters and
 
   t.same(logs.events('cluster_skipped').map((line) => [line.cluster, line.reason]), [
     ['no-domain', 'it has no domain'],
-    ['(a name that is not a safe path segment)', 'its name is not a safe path segment (letters, digits, ".", "_", "-")'],
+    ['with uuid 4f3d1e82-5061-4293-8e3f-4a5b6c7d8e9f', 'its name is not a safe path segment (letters, digits, ".", "_", "-")'],
     ['with-creds', 'its domain carries credentials'],
     ['ftp', 'its domain is not an http(s) URL'],
     ['gpu-a-again', 'its name or uuid (compared without case) is already served by another cluster']
@@ -194,6 +194,17 @@ t.test('bearer-proxy clusters prints what would be served; exit 1 with the reaso
   const configured = await runCli(['clusters'], env(runai, { BEARER_PROXY_CLUSTERS: `mine=${runai.url}/mine`, BEARER_PROXY_LOG_LEVEL: '' }))
   t.equal(configured.code, 0)
   t.match(configured.stdout, new RegExp(`^mine\\s+-\\s+${runai.url}/mine\\s+configured$`, 'm'))
+})
+
+t.test('a cluster skipped for its name is named by its uuid, or else its place in the list, never by the name', async (t) => {
+  const list = servableClusters([
+    { uuid: UUID.a, name: 'fine', domain: 'https://a.example' },
+    { uuid: UUID.b.toUpperCase(), name: '../\u001b[2Jescape', domain: 'https://b.example' },
+    { name: 'no uuid / bad name', domain: 'https://c.example' },
+    { uuid: 'not-a-uuid', name: '', domain: 'https://d.example' }
+  ], new URL('https://runai.example'))
+  t.same(list.skipped.map((cluster) => cluster.name), [`with uuid ${UUID.b}`, 'number 3 of the list', 'number 4 of the list'])
+  t.notMatch(JSON.stringify(list.skipped), /escape|bad name/)
 })
 
 t.test('a discovered domain must be https when the control plane is', async (t) => {

@@ -2,6 +2,7 @@ import { once } from 'node:events'
 import t from 'tap'
 import { request } from 'undici'
 import { afterFetch, baseEnv, collect, spawnCli, startApiOf, startIdentity, startTestProxy, waitForLine } from './helpers/stack.js'
+import { endTree } from './helpers/processes.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 
 t.test('JSON off a terminal: one listening line (not Fastify\'s too), one ready line once the first token is held', async (t) => {
@@ -108,7 +109,9 @@ t.test('on a terminal the default is the readable format, coloured (run under a 
   const api = await startApiOf(t, idp)
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== 'NODE_OPTIONS' && !key.startsWith('BEARER_PROXY_')))
   const child = spawn('script', ['-qec', `${CLI} serve`, '/dev/null'], { env: { ...env, ...baseEnv(idp, api) }, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
-  t.teardown(() => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch {} })
+  // script(1) starts serve in a session of its own, on the pseudo-terminal: ending script's group
+  // would leave it running (a hang-up is a reload to serve). serve is ended itself, and awaited.
+  t.teardown(async () => { await endTree(child.pid as number) })
   const line = await waitForLine(child, /ready: the first token is held/)
   t.match(line, /\x1b\[\d+mINFO\x1b\[\d+m/, 'a coloured level')
   t.notMatch(line, /^\{/, 'not JSON')

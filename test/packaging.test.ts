@@ -105,3 +105,9 @@ t.test('the README never sends users to `npx bearer-proxy`, which outside a clon
   t.notMatch(readme, /npx bearer-proxy/)
   t.match(readme, /npm install -g \.\/bearer-proxy-/)
 })
+
+t.test('the README lists every error the proxy answers, with its status', async (t) => {
+  const { PROXY_ERRORS } = await import('../src/errors.js')
+  const readme = readFileSync(join(root, 'README.md'), 'utf8').replace(/\s+/g, ' ')
+  for (const [code, status] of Object.entries(PROXY_ERRORS)) t.ok(readme.includes(`${status} \`${code}\``), `${status} ${code}`)
+})

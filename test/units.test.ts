@@ -124,10 +124,20 @@ t.test('metrics: Node\'s process metrics (an event-loop timer, a GC observer) st
   const first = await metrics.scrape()
   t.match(first, /^bearer_proxy_requests_total\{upstream="admin",status="200"\} 1$/m)
   t.match(first, /^bearer_proxy_process_cpu_user_seconds_total \d/m)
-  t.match(first, /^bearer_proxy_nodejs_eventloop_lag_p50_seconds \d/m)
+  // The event-loop monitor has no sample yet: its series are absent, not 0, 2^63 ns or Nan.
+  t.notMatch(first, /^bearer_proxy_nodejs_eventloop_lag_\w*seconds /m, 'no lag series before the monitor has a sample')
+  t.notMatch(first, /\bnan$/im, 'no NaN anywhere')
   const count = processSeries().length
   t.ok(count > 10, `${count} process series`)
-  await metrics.scrape()
+  // The monitor samples every 100 ms and starts afresh at each scrape: no event says when it has, so a bounded wait.
+  let later = ''
+  for (let tries = 0; tries < 20 && !/^bearer_proxy_nodejs_eventloop_lag_mean_seconds \d/m.test(later); tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    later = await metrics.scrape()
+  }
+  t.match(later, /^bearer_proxy_nodejs_eventloop_lag_mean_seconds \d/m, 'the lag once measured')
+  t.match(later, /^bearer_proxy_nodejs_eventloop_lag_p50_seconds \d/m)
+  t.notMatch(later, /\bnan$/im)
   t.equal(processSeries().length, count, 'a second scrape registers nothing again')
 })
 
