@@ -86,19 +86,23 @@ export function ownEndpoints (app: FastifyInstance, { credentials, metrics, tabl
   app.get('/-/healthy', async () => ({ healthy: true }))
   // Ready when every credential set holds a valid token; otherwise which do not, and why (never a token).
   app.get('/-/ready', async (_request, reply) => {
-    const routes = table().names()
+    // At most 100 routes named (a control plane may list thousands of clusters), and how many there are.
+    const names = table().names()
+    const routes = names.slice(0, 100)
+    const more = names.length > routes.length ? { moreRoutes: names.length - routes.length } : {}
     const sets = [...credentials].map(([name, tokens]) => ({ name, status: tokens.status(), reason: tokens.lastError() }))
     const waiting = sets.filter(({ status }) => !status.ready)
     if (waiting.length === 0) {
       const expiresAt = Math.min(...sets.map(({ status }) => status.expiresAt ?? 0))
-      return { ready: true, tokenExpiresAt: new Date(expiresAt).toISOString(), routes }
+      return { ready: true, tokenExpiresAt: new Date(expiresAt).toISOString(), routes, ...more }
     }
     const [first] = waiting
     return reply.code(503).send({
       ready: false,
       reason: first?.reason ?? 'the first token has not been obtained yet',
       ...(credentials.size > 1 ? { credentials: waiting.map(({ name, reason }) => ({ name, reason: reason ?? 'the first token has not been obtained yet' })) } : {}),
-      routes
+      routes,
+      ...more
     })
   })
   app.get('/-/metrics', async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.scrape()))

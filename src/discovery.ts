@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import { type Dispatcher, request } from 'undici'
 import { CLUSTER_NAME } from './config/values.js'
 import { displayUrl } from './errors.js'
+import { someOf } from './suggest.js'
 import { networkReason, type TokenSource } from './token/manager.js'
 
 /** A cluster as the control plane lists it, once found usable. */
@@ -44,7 +45,9 @@ export async function listClusters (controlPlane: URL, tokens: TokenSource, disp
       dispatcher,
       headers: { authorization: token.authorization, accept: 'application/json' },
       headersTimeout: timeoutSeconds * 1000,
-      bodyTimeout: timeoutSeconds * 1000
+      bodyTimeout: timeoutSeconds * 1000,
+      // For the whole answer: a control plane that trickles its list is cut off, not waited for.
+      signal: AbortSignal.timeout(timeoutSeconds * 1000)
     })
     status = response.statusCode
     for await (const chunk of response.body) {
@@ -203,8 +206,10 @@ export class ClusterDiscovery extends EventEmitter {
       const removed = [...before.keys()].filter((name) => !clusters.some((cluster) => cluster.name === name))
       this.#clusters = clusters
       if (added.length > 0 || removed.length > 0) {
-        log.info({ event: 'clusters_discovered', added, removed, served: clusters.map((cluster) => cluster.name) },
-          `clusters served: ${clusters.map((cluster) => cluster.name).join(', ') || 'none'}`)
+        // A list of thousands is counted, not written out: at most 100 names a field, 20 in the message.
+        const names = clusters.map((cluster) => cluster.name)
+        log.info({ event: 'clusters_discovered', added: added.slice(0, 100), removed: removed.slice(0, 100), served: names.slice(0, 100), count: names.length },
+          `clusters served (${names.length}): ${someOf(names) || 'none'}`)
         this.emit('change', clusters)
       }
       this.emit('refresh', { ok: true })

@@ -1,5 +1,6 @@
 import type { Config } from './config.js'
 import { ProxyError } from './errors.js'
+import { someOf } from './suggest.js'
 
 /** Where clusters are served: `/clusters/<name>/…`. */
 export const CLUSTERS_PREFIX = '/clusters/'
@@ -78,7 +79,7 @@ export class RouteTable<R extends Route> {
         const name = route.prefix.startsWith(root) ? route.prefix.slice(root.length) : ''
         if (name !== '' && !name.includes('/')) clusters.set(name.toLowerCase(), route)
       }
-      return { root, clusters, known: clusters.size === 0 ? 'no clusters are configured' : `configured: ${[...clusters.keys()].join(', ')}` }
+      return { root, clusters, known: clusters.size === 0 ? 'no clusters are configured' : `configured: ${someOf([...clusters.values()].map((route) => route.prefix.slice(root.length)))}` }
     })
     const clusters = new Set(this.#namespaces.flatMap(({ clusters }) => [...clusters.values()]))
     this.#admin = routes.find((route) => route.prefix === '/')
@@ -92,7 +93,7 @@ export class RouteTable<R extends Route> {
     const map = new Map<string, R>()
     for (const { route, uuid } of clusters) map.set(route.prefix.slice(root.length).toLowerCase(), route).set(uuid.toLowerCase(), route)
     namespace.clusters = map
-    namespace.known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${clusters.map(({ route }) => route.prefix.slice(root.length)).join(', ')}`
+    namespace.known = clusters.length === 0 ? 'the control plane lists no cluster that can be served' : `known: ${someOf(clusters.map(({ route }) => route.prefix.slice(root.length)))}`
   }
 
   /** The names of the routes served now, in the configuration's order, for `/-/ready`. */

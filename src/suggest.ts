@@ -45,3 +45,8 @@ function editDistance (a: string, b: string): number {
   }
   return (rows[a.length] as number[])[b.length] as number
 }
+
+/** Names for a message or log line, at most `most` of them: `a, b, c and 19997 more` (a list may be long). */
+export function someOf (names: readonly string[], most = 20): string {
+  return names.length <= most ? names.join(', ') : `${names.slice(0, most).join(', ')} and ${names.length - most} more`
+}

@@ -303,3 +303,61 @@ routes:
   writeFileSync(file, yaml(`{ gpu: "${second.url}/listed" }`))
   t.match((await runCli(['clusters', '--config', file], {})).stdout, /\/second\/clusters\/\ngpu +- +http:\/\/127\.0\.0\.1:\d+\/listed configured/)
 })
+
+t.test('a control plane that trickles its cluster list is cut off at TIMEOUT: clusters ends, and under serve a request for an unknown cluster is answered and the list read again', async (t) => {
+  const { startTokenEndpoint } = await import('./helpers/token-endpoint.js')
+  const { startEcho } = await import('./helpers/upstream.js')
+  const cluster = await startEcho(t)
+  let list: unknown[] | undefined
+  const plane = await startTokenEndpoint(t, (call) => {
+    if (call.path === '/api/v2/token') return { body: { access_token: 'plane-token', token_type: 'Bearer', expires_in: 3600 } }
+    if (call.path === '/api/v1/clusters') return list === undefined ? { body: '', stream: 'trickle' } : { body: list }
+    return { status: 404, body: {} }
+  })
+  const env = { ...runaiEnv({ url: plane.url } as Emulator), BEARER_PROXY_TIMEOUT: '1', BEARER_PROXY_LOG_LEVEL: 'silent' }
+  const started = Date.now()
+  const listed = await runCli(['clusters'], env)
+  t.not(listed.code, 0)
+  t.match(listed.stderr, /\/api\/v1\/clusters is unreachable: no answer in time/)
+  t.ok(Date.now() - started < 10_000, 'the command ends')
+
+  const { url } = await startTestProxy(t, env, { discovery: { intervalMs: 60_000, onDemandMs: 0 } })
+  const before = Date.now()
+  const unknown = await request(`${url}/clusters/gpu-a/x`)
+  t.equal(unknown.statusCode, 404, 'answered once the read is cut off')
+  await unknown.body.dump()
+  t.ok(Date.now() - before < 5000)
+  list = [{ uuid: UUID.a, name: 'gpu-a', domain: cluster.url, status: { state: 'Connected' } }]
+  const found = await request(`${url}/clusters/gpu-a/x`)
+  t.equal(found.statusCode, 200, 'the list is read again, and the cluster served')
+  await found.body.dump()
+})
+
+t.test('durations that go into timers are bounded: TIMEOUT, LOGIN_TIMEOUT and REFRESH_SKEW of 2^31 ms or more are refused at start', async (t) => {
+  for (const name of ['TIMEOUT', 'LOGIN_TIMEOUT', 'REFRESH_SKEW']) {
+    const result = await runCli(['check'], { ...runaiEnv({ url: 'http://127.0.0.1:1' } as Emulator), [`BEARER_PROXY_${name}`]: '2147484' })
+    t.equal(result.code, 2, name)
+    t.match(result.stderr, new RegExp(`BEARER_PROXY_${name}: must be <= 86400`))
+  }
+})
+
+t.test('a control plane listing 20,000 clusters: the unknown_cluster answer, /-/ready and the log name a few and count the rest', async (t) => {
+  const runai = await startRunai(t)
+  runai.clusters = Array.from({ length: 20_000 }, (_, i) => ({ uuid: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`, name: `gpu-${i}`, domain: `${runai.url}/c${i}`, status: { state: 'Connected' } }))
+  const { url, proxy, logs } = await startTestProxy(t, env(runai, { BEARER_PROXY_LOG_LEVEL: 'info' }))
+  await bounded(once(proxy.discovery as NonNullable<typeof proxy.discovery>, 'change'), 20_000, 'the first list')
+  const unknown = await request(`${url}/clusters/nope/x`)
+  t.equal(unknown.statusCode, 404)
+  const body = await unknown.body.text()
+  t.ok(body.length < 2000, `unknown_cluster is ${body.length} bytes`)
+  t.match(JSON.parse(body), { error: 'unknown_cluster', message: /known: gpu-0, gpu-1, .*gpu-19 and 19980 more\)$/ })
+  const ready = await request(`${url}/-/ready`)
+  const text = await ready.body.text()
+  t.ok(text.length < 4000, `/-/ready is ${text.length} bytes`)
+  t.match(JSON.parse(text), { ready: true, moreRoutes: 19_901 })
+  t.equal((JSON.parse(text) as { routes: string[] }).routes.length, 100)
+  const line = logs.lines.find((entry) => entry.includes('"clusters_discovered"')) ?? ''
+  t.ok(line.length < 8000, `the clusters_discovered line is ${line.length} bytes`)
+  t.match(JSON.parse(line), { count: 20_000, msg: /^clusters served \(20000\): gpu-0, .* and 19980 more$/ })
+  t.equal((await request(`${url}/clusters/gpu-19999/x`)).statusCode, 200, 'every cluster is still served')
+})

@@ -322,3 +322,27 @@ t.test('the secrets scan: nothing login and logout printed against these provide
   assertNoSecret(t, 'login and logout output', printed.join('\n'), all)
   t.ok(printed.length > 10, 'the runs above were scanned')
 })
+
+t.test('login --device bounds what the provider says before it goes into a timer: an interval of 1e9 or 0.001, slow_down past the code\'s expiry', async (t) => {
+  for (const [interval, expiresIn, answer, most] of [
+    [1e9, 2, 'authorization_pending', 0],
+    [0.001, 2.5, 'authorization_pending', 2],
+    ['fast', 2.5, 'authorization_pending', 0],
+    [1, 1.5, 'slow_down', 1]
+  ] as const) {
+    const polls: number[] = []
+    const idp = await provider(t, standard, {
+      '/device/auth': () => ({ body: { device_code: 'dc-Timer-Code-1187', user_code: 'TIME-R', verification_uri: 'http://127.0.0.1:1/device', expires_in: expiresIn, interval } }),
+      '/token': () => { polls.push(Date.now()); return { status: 400, body: { error: answer } } }
+    })
+    const started = Date.now()
+    const result = await cli(['login', '--device'], envOf(idp.url))
+    const took = Date.now() - started
+    t.equal(result.code, 1)
+    t.match(result.stderr, /the code expired before the login was approved/, `interval ${interval}, ${answer}`)
+    t.ok(polls.length <= most, `${polls.length} polls (at most ${most}): never more than one a second, none after the code expires`)
+    t.ok(took < (expiresIn + 8) * 1000, `ended with the code's expiry (${took} ms), not at the interval's`)
+    for (let i = 1; i < polls.length; i++) t.ok((polls[i] as number) - (polls[i - 1] as number) >= 900, 'a second apart at least')
+  }
+  secrets.push('dc-Timer-Code-1187')
+})

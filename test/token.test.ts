@@ -274,12 +274,63 @@ t.test('a lifetime of a year is honoured with a renewal timer of at most 24 h, f
   }
 })
 
-t.test('absurd lifetimes and tokens that cannot be sent as a bearer are failed token requests', async (t) => {
+t.test('any positive lifetime is honoured, however long: held, renewed within a day, a sane expiry in /-/ready; an earlier JWT exp still wins', async (t) => {
+  const year = 365 * 24 * 3600
+  const thousandYears = 1000 * year * 1000
+  for (const [body, lifetimeMs] of [
+    [{ access_token: 'x-ten-years', expires_in: 10 * year + 1 }, (10 * year + 1) * 1000],
+    [{ access_token: 'x-1e9', expires_in: 1e9 }, 1e12],
+    [{ access_token: 'x-1e12', expires_in: 1e12 }, thousandYears],
+    [{ access_token: 'x-1e13', expires_in: 1e13 }, thousandYears],
+    [{ access_token: 'x-1e300', expires_in: 1e300 }, thousandYears],
+    ['{"access_token":"x-infinite","expires_in":1e400}', thousandYears],
+    [{ access_token: await jwt(20 * year) }, 20 * year * 1000],
+    [{ access_token: await jwt(3600), expires_in: 1e13 }, 3600 * 1000]
+  ] as Array<[unknown, number]>) {
+    const endpoint = await startTokenEndpoint(t, () => ({ body }))
+    const echo = await startEcho(t)
+    const { url, proxy } = await startTestProxy(t, { ...oidcEnv(`${endpoint.url}/token`), BEARER_PROXY_UPSTREAM: echo.url, BEARER_PROXY_PORT: '0' })
+    const token = await proxy.tokens.get()
+    t.ok(Math.abs(token.expiresAt - token.obtainedAt - lifetimeMs) < 3000, `${JSON.stringify(body).slice(0, 60)}: held for its lifetime (at most 1000 years)`)
+    t.ok(token.renewAt - token.obtainedAt <= 24 * 3600_000, 'renewed within a day')
+    t.equal((await request(`${url}/x`)).statusCode, 200)
+    const ready = await request(`${url}/-/ready`)
+    t.equal(ready.statusCode, 200)
+    const { tokenExpiresAt } = await ready.body.json() as { tokenExpiresAt: string }
+    t.equal(tokenExpiresAt, new Date(token.expiresAt).toISOString(), 'a date /-/ready can show')
+    t.ok(new Date(tokenExpiresAt).getUTCFullYear() < 3100)
+    t.equal(endpoint.calls.length, 1, 'one token request')
+  }
+})
+
+t.test('a lifetime too short to use: the token endpoint is asked at most about once a second, and it is said once, in the log and /-/ready', async (t) => {
+  for (const expiresIn of [0.001, 1e-320]) {
+    const endpoint = await startTokenEndpoint(t, () => ({ body: { access_token: `short-${endpoint.calls.length}`, expires_in: expiresIn } }))
+    const echo = await startEcho(t)
+    const { url, proxy, logs } = await startTestProxy(t, { ...oidcEnv(`${endpoint.url}/token`), BEARER_PROXY_UPSTREAM: echo.url, BEARER_PROXY_PORT: '0' })
+    const started = Date.now()
+    // Demand throughout: requests keep asking for a token, as a busy client would.
+    const answers: number[] = []
+    while (Date.now() - started < 3000) answers.push((await request(`${url}/x`)).statusCode)
+    const elapsed = (Date.now() - started) / 1000
+    t.ok(endpoint.calls.length <= Math.ceil(elapsed) + 2, `${endpoint.calls.length} token requests in ${elapsed.toFixed(1)} s for expires_in ${expiresIn}`)
+    t.ok(answers.length > 2, 'requests were answered meanwhile')
+    t.equal(logs.events('token_short_lived').length, 1, 'said once')
+    t.match(logs.events('token_short_lived')[0], { level: 40, msg: /grants tokens that last less than a second, too short to use: it is asked again at most once a second/ })
+    const ready = await request(`${url}/-/ready`)
+    if (ready.statusCode === 503) t.match(await ready.body.json(), { ready: false, reason: /last less than a second/ }, '/-/ready says why, not "not obtained yet"')
+    else await ready.body.dump()
+    t.ok(proxy.tokens.lastError() === undefined || /less than a second/.test(proxy.tokens.lastError() ?? ''))
+  }
+})
+
+t.test('lifetimes that are not positive numbers, and tokens that cannot be sent as a bearer, are failed token requests', async (t) => {
   const unusable: Array<[unknown, RegExp]> = [
-    [{ access_token: 'x', expires_in: 1e12 }, /more than the 10 years accepted/],
-    [{ access_token: 'x', expires_in: 1e300 }, /more than the 10 years accepted/],
-    [{ access_token: await jwt(20 * 365 * 24 * 3600) }, /more than the 10 years accepted/],
     [{ access_token: 'x', expires_in: -5 }, /invalid expires_in/],
+    [{ access_token: 'x', expires_in: 0 }, /invalid expires_in/],
+    [{ access_token: 'x', expires_in: 'soon' }, /invalid expires_in/],
+    [{ access_token: await jwt(-60) }, /already expired/],
+    [{ access_token: 'a'.repeat(900 * 1024), expires_in: 60 }, /the access token it granted is 900 KiB, more than the 64 KiB a request header can carry/],
     ...['two words', 'line\r\nx-injected: 1', 'nul\u0000byte', 'tökén', 'tab\there', 'pad=ding', '=leading', 'quote"d', 'semi;colon', 'comma,'].map(
       (value): [unknown, RegExp] => [{ access_token: value, expires_in: 60 }, /characters a bearer token cannot carry \(RFC 6750\)/])
   ]

@@ -99,6 +99,12 @@ class Session {
   }
 }
 
+/** A provider's number of seconds, as a timer may take it: `fallback` unless it is a positive number, else within [min, max]. */
+function seconds (value: unknown, fallback: number, min: number, max: number): number {
+  const number = Number(value)
+  return number > 0 ? Math.min(Math.max(number, min), max) : fallback
+}
+
 /** An endpoint of the provider's metadata, checked; why it cannot be used is a LoginError. */
 function endpointOf (provider: AuthorizationServer, name: EndpointName): URL | undefined {
   try {
@@ -319,22 +325,27 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
   } catch (error) {
     throw new LoginError(`the device authorization endpoint ${displayUrl(deviceEndpoint)} answered ${(error as Error).message.replace(/^discovery document /, '')}`)
   }
-  const expiresAt = Date.now() + (Number(started.body.expires_in) > 0 ? Number(started.body.expires_in) : 600) * 1000
-  let interval = Number(started.body.interval) > 0 ? Number(started.body.interval) : 5
+  // Bounded before they go into timers: a code valid for a day at most, a poll every 1 to 60 s.
+  const expiresAt = Date.now() + seconds(started.body.expires_in, 600, 1, 86_400) * 1000
+  let interval = seconds(started.body.interval, 5, 1, 60)
   io.say(`To log in to ${displayUrl(provider.issuer)}, open ${page.href} on any device and enter the code\n\n  ${printable(userCode, 64)}\n`)
   if (complete !== undefined) io.say(`(or open ${complete.href})`)
   io.say(`Waiting for the login to be approved (the code is valid for ${Math.round((expiresAt - Date.now()) / 1000)} s)…`)
+  const expired = new LoginError('the code expired before the login was approved: start again with bearer-proxy login --device')
   for (;;) {
-    await new Promise<void>((resolve) => setTimeout(resolve, interval * 1000))
+    // Never past the code's expiry: a poll that would come after it is not made; the login ends when the code does.
+    const left = expiresAt - Date.now()
+    await new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, Math.min(interval * 1000, left))))
+    if (interval * 1000 > left) throw expired
     const polled = await session.post(provider.tokenEndpoint, 'token endpoint', new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }))
     if (polled.status === 200) return store(login, client, polled.body, { nonce: undefined })
     const error = polled.body.error
-    if (error === 'authorization_pending' && Date.now() < expiresAt) continue
-    if (error === 'slow_down') {
-      interval += 5
+    if (error === 'authorization_pending' || error === 'slow_down') {
+      if (error === 'slow_down') interval = Math.min(interval + 5, 60)
+      if (Date.now() >= expiresAt) throw expired
       continue
     }
-    if (error === 'expired_token' || error === 'authorization_pending') throw new LoginError('the code expired before the login was approved: start again with bearer-proxy login --device')
+    if (error === 'expired_token') throw expired
     if (error === 'access_denied') throw new LoginError('the login was refused at the provider: nothing was stored')
     throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, polled))
   }

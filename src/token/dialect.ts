@@ -73,7 +73,8 @@ export function optionalSeconds (body: unknown, field: string): number | undefin
   const value = asObject(body)[field]
   const seconds = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
   if (seconds === undefined || seconds === null) return undefined
-  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds <= 0) {
+  // Any positive number, however large (some services say 1e13 for a token that does not expire; JSON's 1e400 is Infinity).
+  if (typeof seconds !== 'number' || Number.isNaN(seconds) || seconds <= 0) {
     throw new TokenResponseError(`response has an invalid ${field}`)
   }
   return seconds

@@ -24,8 +24,12 @@ const RENEW_AT = 0.8
 const MAX_SKEW_SHARE = 0.1
 /** The background renewal comes at least this often, however long a token lasts (and a timer cannot wait longer than 2^31-1 ms). */
 const MAX_RENEW_DELAY_MS = 24 * 3600_000
-/** A longer lifetime is a broken token endpoint, not a policy: refused. */
-const MAX_LIFETIME_S = 10 * 365 * 24 * 3600
+/** A longer lifetime (a token that does not expire, 1e13 s) is held as this: its expiry stays a date a log line and /-/ready can show. */
+const MAX_LIFETIME_MS = 1000 * 365 * 24 * 3600_000
+/** However short its tokens' lives, a credential set's token endpoint is asked at most once a second. */
+const MIN_RENEWAL_MS = 1000
+/** A larger token would be refused by every upstream (431): Node's whole header block is 16 KiB by default, nginx's line 8 KiB. */
+const MAX_TOKEN_BYTES = 64 * 1024
 /** RFC 6750 §2.1 `b64token`: what can follow `Bearer ` in a header. */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/
 
@@ -117,6 +121,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
   #retryAt = 0
   #lastError: ProxyError | undefined
   #closed = false
+  #saidShortLived = false
 
   constructor (settings: TokenSettings, options: TokenManagerOptions) {
     super()
@@ -179,9 +184,11 @@ export class TokenManager extends EventEmitter implements TokenSource {
     return { ready: token !== undefined, expiresAt: token?.expiresAt }
   }
 
-  /** Why the last token request failed, while no newer one succeeded. */
+  /** Why no valid token is held: the last token request failed, or its token was too short-lived to use. */
   lastError (): string | undefined {
-    return this.#lastError?.message
+    if (this.#lastError !== undefined) return this.#lastError.message
+    const held = this.#token
+    return held !== undefined && shortLived(held) && this.current() === undefined ? SHORT_LIVED : undefined
   }
 
   /** A valid token: the held one, the one being fetched, or a new one. */
@@ -194,6 +201,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
     if (wait > 0 && this.#lastError !== undefined) {
       return Promise.reject(new ProxyError('token_unavailable', this.#lastError.message, Math.ceil(wait / 1000)))
     }
+    // A token too short-lived to use: the next one is asked for a second after it, not at once.
+    const held = this.#token
+    if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - Date.now())
     return this.#fetch()
   }
 
@@ -207,8 +217,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#fetch().catch(() => {})
   }
 
-  #fetch (): Promise<AccessToken> {
-    this.#inflight ??= this.#attempt().finally(() => { this.#inflight = undefined })
+  /** The request in flight, or one started now (or after `delayMs`), which every caller until then joins. */
+  #fetch (delayMs = 0): Promise<AccessToken> {
+    const attempt = delayMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, delayMs).unref()).then(async () => await this.#attempt()) : this.#attempt()
+    this.#inflight ??= attempt.finally(() => { this.#inflight = undefined })
     return this.#inflight
   }
 
@@ -247,9 +259,13 @@ export class TokenManager extends EventEmitter implements TokenSource {
       expiresAt: new Date(token.expiresAt).toISOString(),
       expiresInSeconds: Math.round((token.expiresAt - token.obtainedAt) / 1000)
     }, renewing ? 'token renewed' : 'token fetched')
+    if (shortLived(token) && !this.#saidShortLived) {
+      this.#saidShortLived = true
+      this.#log.warn({ event: 'token_short_lived', lifetimeMs: token.expiresAt - token.obtainedAt }, SHORT_LIVED)
+    }
     // After the log line: a listener sees the state and the line of this fetch.
     this.emit('fetch', { result: 'success' })
-    this.#schedule(token.renewAt - Date.now())
+    this.#schedule(Math.max(token.renewAt, token.obtainedAt + MIN_RENEWAL_MS) - Date.now())
     return token
   }
 
@@ -462,15 +478,23 @@ export function lifetimeOf (expiresIn: number | undefined, exp: number | undefin
   if (expiresIn !== undefined) candidates.push(expiresIn * 1000)
   if (exp !== undefined) candidates.push(exp * 1000 - now)
   const lifetime = candidates.length === 0 ? DEFAULT_LIFETIME_MS : Math.min(...candidates)
-  if (lifetime <= 0) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
-  if (lifetime > MAX_LIFETIME_S * 1000) {
-    throw new TokenResponseError(`the token it granted lasts ${Math.round(lifetime / 86_400_000)} days, more than the 10 years accepted`)
-  }
-  return lifetime
+  if (!(lifetime > 0)) throw new TokenResponseError('the token it granted has already expired (is the clock right?)')
+  return Math.min(lifetime, MAX_LIFETIME_MS)
 }
+
+/** A token whose usable life is under the renewal floor: renewed once a second at most, and said once. */
+function shortLived (token: AccessToken): boolean {
+  return token.staleAt - token.obtainedAt < MIN_RENEWAL_MS
+}
+
+const SHORT_LIVED = 'the token endpoint grants tokens that last less than a second, too short to use: it is asked again at most once a second'
 
 /** The access token as granted, if it can be sent as `Authorization: Bearer <token>` (RFC 6750 \`b64token\`). */
 export function checkBearer (token: Secret): Secret {
+  const size = Buffer.byteLength(token.reveal())
+  if (size > MAX_TOKEN_BYTES) {
+    throw new TokenResponseError(`the access token it granted is ${Math.ceil(size / 1024)} KiB, more than the ${MAX_TOKEN_BYTES / 1024} KiB a request header can carry`)
+  }
   if (!B64TOKEN.test(token.reveal())) {
     throw new TokenResponseError('the access token it granted has characters a bearer token cannot carry (RFC 6750)')
   }
