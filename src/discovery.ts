@@ -4,7 +4,8 @@ import { type Dispatcher, request } from 'undici'
 import { CLUSTER_NAME } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { someOf } from './suggest.js'
-import { networkReason, type TokenSource } from './token/manager.js'
+import { networkReason } from './oauth/http.js'
+import type { TokenSource } from './token/manager.js'
 
 /** A cluster as the control plane lists it, once found usable. */
 export interface DiscoveredCluster {

@@ -6,13 +6,12 @@ import { decodeJwt } from 'jose'
 import type { Dispatcher } from 'undici'
 import { type Client, type Config, type Login, secretsOf } from '../config.js'
 import { displayUrl } from '../errors.js'
-import { type AuthorizationServer, checkProviderUrl, discover, DiscoveryAnswerError, type EndpointName } from '../oauth/discovery.js'
-import { oauthRequest } from '../oauth/http.js'
+import { type AuthorizationServer, checkProviderUrl, discover, DiscoveryError, type EndpointName } from '../oauth/discovery.js'
+import { networkReason, oauthRequest } from '../oauth/http.js'
 import { readSecret, Secret } from '../secret.js'
 import { printable } from '../terminal.js'
 import { authenticateClient } from '../token/client-auth.js'
 import { asObject, summariseError, TokenResponseError } from '../token/dialect.js'
-import { networkReason } from '../token/manager.js'
 import { scrubSecrets } from '../token/redact.js'
 import { readLogin, removeLogin, saveLogin } from './store.js'
 
@@ -79,8 +78,8 @@ class Session {
     try {
       return await discover(issuers, { dispatcher: this.dispatcher, timeout: this.settings.timeout, allowHttp: this.settings.allowHttpTokenEndpoint, scrub: (text) => this.scrub(text) })
     } catch (error) {
-      if (error instanceof DiscoveryAnswerError || error instanceof TokenResponseError) throw new LoginError(`${displayUrl(issuers[0] as URL)}: ${error.message}`)
-      throw new LoginError(`the provider ${displayUrl(issuers[0] as URL)} is unreachable: ${networkReason(error)}`)
+      if (error instanceof DiscoveryError) throw new LoginError(`cannot find the provider: ${error.message}`)
+      throw error
     }
   }
 

@@ -1,7 +1,7 @@
 import type { Dispatcher } from 'undici'
 import { displayUrl } from '../errors.js'
 import { asObject, summariseError, TokenResponseError } from '../token/dialect.js'
-import { oauthRequest } from './http.js'
+import { networkReason, oauthRequest } from './http.js'
 
 /** The endpoints of RFC 8414 / OpenID Connect Discovery metadata that bearer-proxy uses. */
 export type EndpointName = 'token_endpoint' | 'authorization_endpoint' | 'device_authorization_endpoint' | 'revocation_endpoint'
@@ -14,12 +14,21 @@ export interface AuthorizationServer {
   readonly endpoint: (name: EndpointName) => URL | undefined
 }
 
-/** `<issuer>/.well-known/openid-configuration` (issuers with a path work). */
-export function discoveryUrl (issuer: URL): URL {
-  const url = new URL(issuer.href)
-  url.pathname = issuer.pathname.replace(/\/+$/, '') + '/.well-known/openid-configuration'
-  url.search = ''
-  return url
+/**
+ * Where an issuer's metadata may be: OpenID Connect Discovery's document, appended
+ * to the issuer's path, then RFC 8414's, inserted before it (§3.1:
+ * `/.well-known/oauth-authorization-server/realms/x`), for a plain OAuth 2.0
+ * authorization server that publishes only that.
+ */
+export function metadataUrls (issuer: URL): URL[] {
+  const path = issuer.pathname.replace(/\/+$/, '')
+  return [`${path}/.well-known/openid-configuration`, `/.well-known/oauth-authorization-server${path}`].map((pathname) => {
+    const url = new URL(issuer.href)
+    url.pathname = pathname
+    url.search = ''
+    url.hash = ''
+    return url
+  })
 }
 
 const LABELS: Readonly<Record<string, string>> = {
@@ -68,11 +77,11 @@ export function processDiscoveryResponse (issuer: URL, body: unknown, allowHttp:
   }
 }
 
-/** A discovery document that could not be had: where, and what was answered. */
-export class DiscoveryAnswerError extends Error {
-  constructor (readonly url: URL, readonly status: number, readonly summary: string | undefined) {
-    super(`discovery document ${displayUrl(url)} answered ${status}${summary === undefined ? '' : ` ${summary}`}`)
-    this.name = 'DiscoveryAnswerError'
+/** No candidate had a usable discovery document: every URL tried, and what each answered. */
+export class DiscoveryError extends Error {
+  constructor (readonly tried: ReadonlyArray<{ readonly url: URL, readonly outcome: string }>) {
+    super(`no usable discovery document: ${tried.map(({ url, outcome }) => `${displayUrl(url)} ${outcome}`).join('; ')}`)
+    this.name = 'DiscoveryError'
   }
 }
 
@@ -84,18 +93,35 @@ export interface DiscoveryOptions {
 }
 
 /**
- * The metadata of the first of `issuers` that has a discovery document (Keycloak's
- * two realm paths: a 404 moves on to the next), checked. Throws a
- * `DiscoveryAnswerError`, a `TokenResponseError`, or the network's error.
+ * The metadata of the first of `issuers` (Keycloak's two realm paths, or one issuer)
+ * that has a valid discovery document at one of its metadata URLs, checked. Whatever
+ * a candidate answers instead (a 401 or 403 from a gateway, a sign-in redirect, a
+ * single-page app's HTML, JSON for another issuer or without a token endpoint, no
+ * answer in time), the next is tried; when none has one, a `DiscoveryError` names
+ * every URL tried and what each answered.
  */
 export async function discover (issuers: readonly URL[], options: DiscoveryOptions): Promise<AuthorizationServer> {
-  const last = issuers[issuers.length - 1]
+  const tried: Array<{ url: URL, outcome: string }> = []
   for (const issuer of issuers) {
-    const url = discoveryUrl(issuer)
-    const { status, body } = await oauthRequest(url, { method: 'GET', headers: { accept: 'application/json' }, ...options })
-    if (status === 404 && issuer !== last) continue
-    if (status !== 200) throw new DiscoveryAnswerError(url, status, summariseError(body, status))
-    return processDiscoveryResponse(issuer, body, options.allowHttp)
+    for (const url of metadataUrls(issuer)) {
+      let outcome: string
+      try {
+        const { status, body } = await oauthRequest(url, { method: 'GET', headers: { accept: 'application/json' }, ...options })
+        if (status !== 200) {
+          const summary = summariseError(body, status)
+          outcome = `answered ${status}${status >= 300 && status < 400 ? ' (a redirect, not followed)' : summary === undefined ? '' : ` ${summary}`}`
+        } else if (body === undefined) {
+          outcome = 'answered 200 with a body that is not JSON'
+        } else {
+          return processDiscoveryResponse(issuer, body, options.allowHttp)
+        }
+      } catch (error) {
+        outcome = error instanceof TokenResponseError
+          ? (error.code === 'unreadable_body' ? `answered ${error.message}` : error.message.replace(/^discovery document /, 'answered a document that '))
+          : `is unreachable: ${networkReason(error)}`
+      }
+      tried.push({ url, outcome })
+    }
   }
-  throw new Error('no issuer to discover')
+  throw new DiscoveryError(tried)
 }

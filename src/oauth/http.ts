@@ -50,3 +50,25 @@ export async function oauthRequest (url: URL, call: OAuthCall): Promise<{ status
   } catch {}
   return { status: response.statusCode, body: parsed }
 }
+
+/** What OpenSSL says when an https:// URL reaches a server that speaks plain HTTP. */
+const PLAIN_HTTP_ANSWER = /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/
+const PLAIN_HTTP_REASON = 'the server did not answer TLS; is the URL http://?'
+
+export function answeredPlainHttp (code: string | undefined): boolean {
+  return code !== undefined && PLAIN_HTTP_ANSWER.test(code)
+}
+
+export function networkReason (error: unknown): string {
+  const seen = new Set<unknown>()
+  let current: unknown = error
+  while (current instanceof Error && !seen.has(current)) {
+    seen.add(current)
+    const code = (current as NodeJS.ErrnoException).code
+    if (answeredPlainHttp(code)) return PLAIN_HTTP_REASON
+    if (current.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'no answer in time'
+    if (code !== undefined && !code.startsWith('UND_ERR')) return code
+    current = current.cause
+  }
+  return error instanceof Error ? error.name : 'unknown error'
+}

@@ -12,8 +12,8 @@ import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, type Grant, summariseError, TokenResponseError } from './dialect.js'
 import { scrubSecrets } from './redact.js'
 import { oidc } from './oidc.js'
-import { discover, DiscoveryAnswerError } from '../oauth/discovery.js'
-import { oauthRequest } from '../oauth/http.js'
+import { discover, DiscoveryError } from '../oauth/discovery.js'
+import { networkReason, oauthRequest } from '../oauth/http.js'
 import { runai, runaiAppToken } from './runai.js'
 
 const DIALECTS: Record<DialectName, Dialect> = { oauth: oidc, 'runai-v1': runai, 'runai-apptoken': runaiAppToken, apiconnect }
@@ -377,7 +377,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     try {
       server = await discover(endpoint.issuers, { dispatcher: this.#dispatcher, timeout: this.#settings.timeout, allowHttp: this.#settings.allowHttpTokenEndpoint, scrub: (text) => this.#scrub(text) })
     } catch (error) {
-      if (error instanceof DiscoveryAnswerError) throw new EndpointError(error.status, error.summary, error.url)
+      if (error instanceof DiscoveryError) throw new StatedFailure(error.message)
       throw error
     }
     this.#endpoint = { url: server.tokenEndpoint, dialect: 'oauth' }
@@ -410,11 +410,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const where = `token endpoint ${this.#endpointName()}`
     let message: string
     if (error instanceof EndpointError) {
-      const at = error.url === undefined ? where : `discovery document ${displayUrl(error.url)}`
-      message = `${at} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
+      message = `${where} answered ${error.status}${error.summary === undefined ? '' : ` ${error.summary}`}`
       // A refused stored login: the person has to log in again. OAuth says invalid_grant; Run:ai's token API, 400 or 401.
       const refused = this.#settings.flavour === 'runai' ? error.status === 400 || error.status === 401 : error.summary?.startsWith('invalid_grant') === true
-      if (this.#settings.credentials.grant === 'login' && error.url === undefined && refused) {
+      if (this.#settings.credentials.grant === 'login' && refused) {
         message += '; the stored login is no longer accepted: run bearer-proxy login again'
       }
     } else if (error instanceof StatedFailure) {
@@ -463,7 +462,7 @@ class KeyFileError extends StatedFailure {
 }
 
 class EndpointError extends Error {
-  constructor (readonly status: number, readonly summary: string | undefined, readonly url?: URL) {
+  constructor (readonly status: number, readonly summary: string | undefined) {
     super(`answered ${status}`)
   }
 }
@@ -508,26 +507,4 @@ function readClaims (token: Secret): { exp: number | undefined, sub: string | un
   } catch {
     return { exp: undefined, sub: undefined }
   }
-}
-
-/** What OpenSSL says when an https:// URL reaches a server that speaks plain HTTP. */
-const PLAIN_HTTP_ANSWER = /WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST/
-const PLAIN_HTTP_REASON = 'the server did not answer TLS; is the URL http://?'
-
-export function answeredPlainHttp (code: string | undefined): boolean {
-  return code !== undefined && PLAIN_HTTP_ANSWER.test(code)
-}
-
-export function networkReason (error: unknown): string {
-  const seen = new Set<unknown>()
-  let current: unknown = error
-  while (current instanceof Error && !seen.has(current)) {
-    seen.add(current)
-    const code = (current as NodeJS.ErrnoException).code
-    if (answeredPlainHttp(code)) return PLAIN_HTTP_REASON
-    if (current.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'no answer in time'
-    if (code !== undefined && !code.startsWith('UND_ERR')) return code
-    current = current.cause
-  }
-  return error instanceof Error ? error.name : 'unknown error'
 }

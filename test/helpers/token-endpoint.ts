@@ -16,6 +16,7 @@ export interface Scripted {
   status?: number
   body: unknown
   contentType?: string
+  headers?: Record<string, string>
   delayMs?: number
   /** `trickle`: the headers, then a byte every 100 ms until the client goes; `huge`: 100 MB of body, as fast as the client reads. */
   stream?: 'trickle' | 'huge'
@@ -52,7 +53,7 @@ export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['an
       const scripted = endpoint.answer(call)
       const send = (): void => {
         if (res.destroyed) return
-        res.writeHead(scripted.status ?? 200, { 'content-type': scripted.contentType ?? 'application/json' })
+        res.writeHead(scripted.status ?? 200, { 'content-type': scripted.contentType ?? 'application/json', ...scripted.headers })
         if (scripted.stream === 'trickle') {
           const timer = setInterval(() => { if (res.destroyed) clearInterval(timer); else res.write(' ') }, 100)
           timers.add(timer)
