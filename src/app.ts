@@ -3,6 +3,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type
 import type { Logger } from 'pino'
 import { RequestLogger } from './log.js'
 import { PROXY_ERRORS, ProxyError, type ProxyErrorCode, rawErrorResponse, sendProxyError } from './errors.js'
+import { connectionRefused } from './guard.js'
 import type { Metrics } from './metrics.js'
 import type { ServedRoute } from './proxy.js'
 import type { RouteTable } from './routes.js'
@@ -46,6 +47,12 @@ export function createApp (log: Logger, meant: (target: string) => string | unde
     http: { requireHostHeader: false },
     clientErrorHandler: (error: NodeJS.ErrnoException, socket) => {
       if (error.code === 'ECONNRESET' || socket.destroyed) return
+      // The bytes after a refused request (its body, read as framed wrongly): the refusal stays the one answer.
+      if (connectionRefused(socket)) {
+        socket.end()
+        socket.once('finish', () => socket.destroy())
+        return
+      }
       if (socket.writable) socket.write(rawErrorResponse(clientError(error)))
       socket.destroy()
     },

@@ -223,6 +223,23 @@ export function createGuard (config: Config, canonical: (path: string) => string
 }
 
 /**
+ * Connections whose last answer is a refusal (400): whatever else their client sent
+ * (a pipelined request, the body of a request framed wrongly, an upgrade) is
+ * parsed by Node but never answered, forwarded or tunnelled; the connection
+ * closes once the refusal is written.
+ */
+const refused = new WeakSet<object>()
+
+export function refuseConnection (socket: object): void {
+  refused.add(socket)
+}
+
+/** Whether a refusal was the last answer of this connection. */
+export function connectionRefused (socket: object): boolean {
+  return refused.has(socket)
+}
+
+/**
  * The guard as Fastify's first hook; allowed browser origins get CORS, their preflights
  * answered here. Callback style: no promise per request.
  */
@@ -230,7 +247,8 @@ export function guardHook (guard: Guard): onRequestHookHandler {
   return (request, reply, done) => {
     const verdict = guard(request.raw)
     if (verdict instanceof ProxyError) {
-      // A malformed request may be framed wrongly too: nothing more is read from that connection.
+      // A malformed request may be framed wrongly too: its answer is the connection's last.
+      if (verdict.status === 400) refuseConnection(request.raw.socket)
       if (verdict.status === 400) reply.header('connection', 'close')
       sendProxyError(reply, verdict)
       return

@@ -11,7 +11,8 @@ import { createDispatcher } from './outbound.js'
 import { routesOf } from './routes.js'
 import { prepareTokenFile, tokenFileSink } from './token/file.js'
 import type { TokenManager } from './token/manager.js'
-import { websocketTunnel } from './websocket.js'
+import { connectionRefused } from './guard.js'
+import { CLOSED, websocketTunnel } from './websocket.js'
 
 export type { Changes, ReloadSummary } from './generation.js'
 
@@ -22,7 +23,11 @@ export type { Changes, ReloadSummary } from './generation.js'
  */
 function buildListener (shared: Shared, serving: () => Generation): FastifyInstance {
   const app = createApp(shared.log, undefined, (_handler, options) => {
-    const server = createServer(options.http ?? {}, (request, response) => { serving().app.routing(request, response) })
+    const server = createServer(options.http ?? {}, (request, response) => {
+      // Behind a refusal on the same connection: never answered or forwarded (the connection closes after the refusal).
+      if (connectionRefused(request.socket)) return
+      serving().app.routing(request, response)
+    })
     // As Fastify sets up a server it makes itself.
     server.keepAliveTimeout = Number(options.keepAliveTimeout ?? 72_000)
     server.requestTimeout = Number(options.requestTimeout ?? 0)
@@ -31,6 +36,7 @@ function buildListener (shared: Shared, serving: () => Generation): FastifyInsta
   shared.server = app.server
   const tunnels = websocketTunnel(app.server, {
     resolve: (request) => {
+      if (connectionRefused(request.socket)) return CLOSED
       const { guard, table } = serving()
       const verdict = guard(request)
       return verdict instanceof ProxyError ? verdict : table.resolve(request.url ?? '')

@@ -7,13 +7,16 @@ import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstrea
 
 export interface TunnelOptions {
   /** The guard's verdict on an upgrade, then its route: by the configuration serving now. */
-  readonly resolve: (request: IncomingMessage) => Target | ProxyError
+  readonly resolve: (request: IncomingMessage) => Target | ProxyError | typeof CLOSED
   readonly log: Logger
   /** Seconds to wait for the upstream's answer to the upgrade. */
   readonly timeout: number
 }
 
 export type Target = Resolved<ServedRoute>
+
+/** An upgrade that is not answered at all: it came behind a refusal on its connection. */
+export const CLOSED = Symbol('closed')
 
 function statusLine (status: number): string {
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\n`
@@ -50,6 +53,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
     socket.once('close', () => open.delete(socket))
     socket.on('error', () => socket.destroy())
     const target = options.resolve(request)
+    if (target === CLOSED) return socket.destroy()
     if (target instanceof ProxyError) return refuse(socket, target)
     tunnel(request, socket, head, target)
   })

@@ -237,3 +237,58 @@ t.test('no downgrade: an https issuer naming a plain http token endpoint is refu
   t.equal((await allowed.proxy.tokens.get()).authorization, 'Bearer from-plain-http', 'allowed on purpose, it works')
   t.equal(plain.calls.length, 1)
 })
+
+t.test('a request refused for its framing is answered once, and nothing sent after it on that connection is answered, forwarded or tunnelled', async (t) => {
+  const s = await stack(t)
+  const behind = [get('/api/v1/behind'), upgrade('/api/v1/ws-behind'), 'GET /api/v1/third HTTP/1.1\r\nHost: localhost\r\n\r\n']
+  const framings: Array<[string, string]> = [
+    ['Transfer-Encoding: xchunked', ''],
+    ['Transfer-Encoding: gzip, chunked', '0\r\n\r\n'],
+    ['Transfer-Encoding: chunked, gzip', '0\r\n\r\n'],
+    ['Transfer-Encoding: identity', ''],
+    ['Transfer-Encoding: chunked\r\nTransfer-Encoding: x', '0\r\n\r\n'],
+    ['Content-Length: 5\r\nContent-Length: 6', 'hello'],
+    ['Content-Length: 5, 6', 'hello'],
+    ['Content-Length: 5\r\nTransfer-Encoding: chunked', '0\r\n\r\n'],
+    ['Content-Length: -1', ''],
+    ['Transfer-Encoding: chunked', 'zz\r\nhello\r\n0\r\n\r\n'],
+    ['Transfer-Encoding: chunked', '5\r\nhelloXX0\r\n\r\n'],
+    ['Transfer-Encoding: chunked', '5;ext\u0000\r\nhello\r\n0\r\n\r\n']
+  ]
+  for (const [headers, payload] of framings) {
+    for (const next of behind) {
+      const answer = await rawHttp(s.url, `POST /api/v1/x HTTP/1.1\r\nHost: localhost\r\n${headers}\r\n\r\n${payload}${next}`)
+      const what = `${headers.replace(/\r\n/g, ' / ')} then ${next.split('\r\n')[0] ?? ''}`
+      t.equal(answer.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, `${what}: one answer`)
+      t.equal(status(answer), 400, what)
+    }
+  }
+  // An upgrade refused for its framing: its connection carries nothing further either.
+  for (const next of behind) {
+    const answer = await rawHttp(s.url, `${upgrade('/api/v1/ws').replace('\r\n\r\n', '\r\nTransfer-Encoding: xchunked\r\n\r\n')}${next}`)
+    t.equal(answer.match(/HTTP\/1\.1 \d{3}/g)?.length, 1, `an upgrade with Transfer-Encoding: xchunked then ${next.split('\r\n')[0] ?? ''}: one answer`)
+  }
+  t.equal(s.reached(), 0, 'nothing reached an upstream')
+})
+
+t.test('a pipelined request behind a request refused for any other reason is answered or never forwarded, never forwarded unanswered', async (t) => {
+  const s = await stack(t)
+  const behind = get('/api/v1/behind')
+  for (const [first, expected] of [
+    [get('/api/v1/%2e%2e/admin').replace('Connection: close\r\n', ''), 400],
+    ['GET //api/v1/x HTTP/1.1\r\nHost: localhost\r\n\r\n', 400],
+    ['GET http://other.example/ HTTP/1.1\r\nHost: localhost\r\n\r\n', 400],
+    ['GET /api/v1/x HTTP/1.1\r\nHost: evil.example\r\n\r\n', 403],
+    ['GET /api/v1/x HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example\r\n\r\n', 403],
+    ['GET /api/v1/admin HTTP/1.1\r\nHost: localhost\r\n\r\n', 403],
+    ['GET /-/nothing HTTP/1.1\r\nHost: localhost\r\n\r\n', 404]
+  ] as Array<[string, number]>) {
+    const before = s.admin.seen.length
+    const answer = await rawHttp(s.url, `${first}${behind}`)
+    const answers = answer.match(/HTTP\/1\.1 \d{3}/g) ?? []
+    const forwarded = s.admin.seen.length - before
+    t.equal(status(answer), expected, first.split('\r\n')[0])
+    t.equal(answers.length, 1 + forwarded, `${first.split('\r\n')[0]}: the request behind it was ${forwarded === 1 ? 'forwarded and answered' : 'neither forwarded nor answered'}`)
+    if (expected === 400) t.equal(forwarded, 0, 'behind a 400 nothing is forwarded')
+  }
+})
