@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { readSecret, type SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
 import { type ClientAuth, firstSetup, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
-import { CREDENTIAL_SETTINGS, type RouteEntry } from './config/file.js'
+import { CREDENTIAL_SETTINGS, type CredentialSetEntry, fileKey, type RouteEntry } from './config/file.js'
 import { list, parseClusters, parseHttpUrl } from './config/values.js'
 import { CLUSTERS_PREFIX } from './routes.js'
 import { closest, didYouMean } from './suggest.js'
@@ -200,18 +200,20 @@ export interface Config {
 
 export function loadConfig (options: LoadOptions = {}): Config {
   const { data, origins, problems: fileProblems, file } = readSettings(options)
-  if (fileProblems.length > 0) throw new ConfigError(fileProblems)
+  // A file that cannot be read or parsed has nothing more to check; one that parsed has its problems named with the rest.
+  if (file !== undefined && !file.parsed) throw new ConfigError(fileProblems)
   const sets = file?.credentialSets ?? []
-  if (Object.keys(data).length === 0 && sets.length === 0) throw new ConfigError(firstSetup(), true)
+  if (Object.keys(data).length === 0 && sets.length === 0 && fileProblems.length === 0) throw new ConfigError(firstSetup(), true)
   const forwarding = options.forwarding ?? true
   if (sets.length === 0 && (file?.routes.length ?? 0) === 0) {
-    const { config, problems } = evaluate(data, origins, { forwarding })
-    if (problems.length > 0 || config === undefined) throw new ConfigError(problems)
+    const { config, problems } = evaluate(data, origins, { forwarding, meant: file?.meant })
+    const named = options.configFile === undefined ? problems : problems.map((line) => missingInFile(line, options.configFile as string, data))
+    if (fileProblems.length > 0 || problems.length > 0 || config === undefined) throw new ConfigError(inFileOrder([...fileProblems, ...named]))
     return config
   }
 
   // Named credential sets: each checked as a configuration of its own; the top level keeps the listener and the policy.
-  const problems: string[] = []
+  const problems: string[] = [...fileProblems]
   for (const key of Object.keys(data)) {
     const name = key.slice(PREFIX.length)
     if (CREDENTIAL_SETTINGS.has(name) || name === 'CLUSTERS') {
@@ -221,16 +223,19 @@ export function loadConfig (options: LoadOptions = {}): Config {
   const named = new Map<string, { token: TokenSettings, upstream: URL | undefined }>()
   for (const set of sets) {
     const setData = Object.fromEntries(Object.entries(set.values).map(([name, value]) => [PREFIX + name, value]))
-    const result = evaluate(setData, set.origins, { forwarding: false })
-    problems.push(...result.problems)
+    const result = evaluate(setData, set.origins, { forwarding: false, meant: set.meant })
+    problems.push(...result.problems.map((line) => inSet(line, set)))
     if (result.config !== undefined) named.set(set.name, { token: result.config.token, upstream: result.config.upstream })
   }
-  const routes = prefixRoutesOf(file?.routes ?? [], named, problems)
-  if (forwarding && routes.length === 0) problems.push(`${options.configFile ?? 'the configuration'}: routes: required with credential sets (- prefix: /api, credentials: NAME)`)
+  // A route naming a set whose own problems are named above is not a further problem.
+  const routes = prefixRoutesOf(file?.routes ?? [], named, new Set(sets.map((set) => set.name)), problems)
+  if (forwarding && (file?.routes.length ?? 0) === 0) problems.push(`${options.configFile ?? 'the configuration'}: routes: required with credential sets (- prefix: /api, credentials: NAME)`)
   const first = named.values().next().value
-  if (problems.length > 0 || first === undefined) throw new ConfigError(problems.length > 0 ? problems : [`${options.configFile ?? 'the configuration'}: credentials: no usable credential set`])
-  const top = evaluate(data, origins, { forwarding: false, token: first.token })
-  if (top.problems.length > 0 || top.config === undefined) throw new ConfigError(top.problems)
+  // The top level is checked whatever became of the sets: its own problems are named too.
+  const top = evaluate(data, origins, { forwarding: false, token: first?.token ?? ({} as TokenSettings), meant: file?.meant })
+  problems.push(...top.problems)
+  if (problems.length > 0) throw new ConfigError(inFileOrder(problems))
+  if (first === undefined || top.config === undefined) throw new ConfigError([`${options.configFile ?? 'the configuration'}: credentials: no usable credential set`])
   return {
     ...top.config,
     credentialSets: new Map([...named].map(([name, { token }]) => [name, token])),
@@ -238,10 +243,35 @@ export function loadConfig (options: LoadOptions = {}): Config {
   }
 }
 
+/**
+ * A problem of a credential set as the file names it: a setting it lacks at the set's
+ * line (`credentials.north.clientSecret: required …`), and every variable it mentions
+ * by its key in the file.
+ */
+function inSet (line: string, set: CredentialSetEntry): string {
+  const keyed = (text: string): string => text.replace(new RegExp(`${PREFIX}([A-Z_]+)`, 'g'), (_match, name: string) => `credentials.${set.name}.${fileKey(name)}`)
+  return line.startsWith(PREFIX) ? `${set.at}: ${keyed(line)}` : keyed(line)
+}
+
+/** A setting missing from a configuration given by a file, named as the file would hold it (`proxy.yaml: clientId: required …`). */
+function missingInFile (line: string, path: string, data: Readonly<Record<string, string>>): string {
+  const setting = new RegExp(`^(${PREFIX}[A-Z_]+)(?::| \\()`).exec(line)?.[1]
+  if (setting === undefined || setting in data) return line
+  return `${path}: ${line.replace(new RegExp(`${PREFIX}([A-Z_]+)`, 'g'), (_match, name: string) => fileKey(name))}`
+}
+
+/** Problems in the order of the file's lines (those of the environment and flags first, as found): each where it is written. */
+function inFileOrder (problems: readonly string[]): string[] {
+  const lineOf = (problem: string): number => Number(/^[^\s]*?:(\d+)(?::\d+)?: /.exec(problem)?.[1] ?? 0)
+  return [...new Set(problems)].map((problem, index) => ({ problem, index, line: lineOf(problem) }))
+    .sort((a, b) => a.line - b.line || a.index - b.index)
+    .map(({ problem }) => problem)
+}
+
 const ROUTE_PREFIX = /^\/(?:[A-Za-z0-9._~-]+(?:\/[A-Za-z0-9._~-]+)*)?$/
 
 /** The routes of `--config`'s `routes:`: a prefix, an upstream (else its set's), the credential set it uses. */
-function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<string, { token: TokenSettings, upstream: URL | undefined }>, problems: string[]): PrefixRoute[] {
+function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<string, { token: TokenSettings, upstream: URL | undefined }>, declared: ReadonlySet<string>, problems: string[]): PrefixRoute[] {
   const routes: PrefixRoute[] = []
   for (const entry of entries) {
     const { values, origins } = entry
@@ -258,9 +288,11 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
     const name = values.name ?? (prefix === '/' ? 'admin' : prefix.slice(1).replace(/\//g, '-'))
     const set = values.credentials === undefined ? undefined : sets.get(values.credentials)
     if (set === undefined) {
+      // A set that is declared but has problems of its own: those are named where the set is.
+      if (values.credentials !== undefined && declared.has(values.credentials)) continue
       problems.push(values.credentials === undefined
         ? `${where('credentials')}: required (the name of a credential set under credentials:)`
-        : `${where('credentials')}: names no credential set (the sets are ${[...sets.keys()].join(', ') || 'none'})${didYouMean(values.credentials, sets.keys())}`)
+        : `${where('credentials')}: names no credential set (the sets are ${[...declared].join(', ') || 'none'})${didYouMean(values.credentials, declared)}`)
       continue
     }
     const upstream = values.upstream === undefined ? set.upstream : parseHttpUrl(values.upstream, where('upstream'), problems)
@@ -283,11 +315,11 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
 }
 
 /** One configuration's settings checked: unknown names, the schema, the rules; problems named as written. */
-function evaluate (data: Record<string, string>, origins: Readonly<Record<string, string>>, input: { forwarding: boolean, token?: TokenSettings }): { config: Config | undefined, problems: string[] } {
+function evaluate (data: Record<string, string>, origins: Readonly<Record<string, string>>, input: { forwarding: boolean, token?: TokenSettings, meant?: readonly string[] }): { config: Config | undefined, problems: string[] } {
   const ours = Object.keys(data)
   const problems: string[] = []
-  // A misspelt setting is reported once: not also as the setting it was meant to be, missing.
-  const meant: string[] = []
+  // A misspelt setting (here, or a key of the file) is reported once: not also as the setting it was meant to be, missing.
+  const meant: string[] = (input.meant ?? []).map((setting) => `${PREFIX}${setting}: required`)
   for (const key of ours) {
     if (!(key.slice(PREFIX.length) in SETTINGS)) {
       const match = closest(key, Object.keys(SETTINGS).map((name) => PREFIX + name))
@@ -312,7 +344,9 @@ function evaluate (data: Record<string, string>, origins: Readonly<Record<string
   }
   const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
   const config = interpret(raw, { forwarding: input.forwarding, given, invalid, token: input.token }, problems)
-  const reported = meant.length === 0 ? problems : problems.filter((line) => !meant.some((start) => line.startsWith(start)))
+  // A setting given but refused is not also missing: its "required" line would be a consequence, not a problem.
+  const refused = new Set(problems.filter((line) => !/^\S+: required\b/.test(line)).map((line) => /^(\S+?)(?::| \()/.exec(line)?.[1]))
+  const reported = problems.filter((line) => !meant.some((start) => line.startsWith(start)) && !(/^\S+: required\b/.test(line) && refused.has(/^(\S+?):/.exec(line)?.[1])))
   return { config, problems: asWritten(reported, origins) }
 }
 

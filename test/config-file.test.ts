@@ -103,3 +103,35 @@ t.test('--config problems name the file, the line and the key, once each, exit 2
   t.equal(missing.code, 2)
   t.match(missing.stderr, /--config \S+nowhere\.yaml: cannot read it \(ENOENT\)/)
 })
+
+t.test('every independent problem is named, once, at its cause and in file order; a consequence of one is not another', async (t) => {
+  const lines = async (text: string, command = 'serve'): Promise<string[]> => {
+    const result = await runCli([command, '--config', write(`every-${Math.random().toString(36).slice(2)}.yaml`, text)], {})
+    t.equal(result.code, 2)
+    return result.stderr.split('\n').filter((line) => /^bearer-proxy: {3}/.test(line)).map((line) => line.replace(/^bearer-proxy: {3}\S*?\.yaml/, 'file'))
+  }
+  const set = 'credentials:\n  north:\n    tokenUrl: http://127.0.0.1:1/token\n    clientId: c\n    clientSecret: s\n'
+  t.same(await lines(`${set}    bogusKey: 1\nroutes:\n  - { prefix: /n, upstream: "http://127.0.0.1:2", credentials: nope }\n`), [
+    'file:6: credentials.north.bogusKey: unknown setting',
+    'file:8: routes[0].credentials: names no credential set (the sets are north)'
+  ], 'an unknown key in a set, and a route naming a set that does not exist: both')
+  t.same(await lines(`${set}routes:\n  - { prefix: /n, upstream: "http://127.0.0.1:2", credentials: nrth }\n  - { prefix: /m, upstream: "http://127.0.0.1:2", credentials: nort }\n`), [
+    'file:7: routes[0].credentials: names no credential set (the sets are north); did you mean north?',
+    'file:8: routes[1].credentials: names no credential set (the sets are north); did you mean north?'
+  ], 'both misspelt sets, and no line blaming routes: as missing')
+  t.same(await lines('port: seventy\nlogLevel: loud\ncredentials:\n  north:\n    tokenUrl: ftp://x\n    clientId: c\n  south:\n    auth: runia\n    clientId: d\n    clientSecret: s\nroutes:\n  - { prefix: /n, credentials: north }\n  - { prefix: "bad prefix", credentials: south }\n'), [
+    'file:1: port: must be integer',
+    'file:2: logLevel: must be equal to one of the allowed values: fatal, error, warn, info, debug, trace, silent',
+    'file:4: credentials.north.clientSecret: required (or credentials.north.clientSecretFile) for AUTH=oidc GRANT=client_credentials',
+    'file:5: credentials.north.tokenUrl: must be an http:// or https:// URL',
+    'file:8: credentials.south.auth: must be equal to one of the allowed values: oidc, runai, runai-apptoken, apiconnect; did you mean runai?',
+    'file:13: routes[1].prefix: a path of letters, digits and ".", "_", "~", "-" segments, not under /-/ or /clusters/'
+  ], 'the top level\'s problems too; a URL refused is not also missing; a route of a set with problems is not one more')
+  // Without a file: the environment's problems, each once.
+  const env = await runCli(['serve'], { BEARER_PROXY_PORT: 'x', BEARER_PROXY_TOKEN_URL: 'ftp://x/token', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SCRET: 's', BEARER_PROXY_UPSTREAM: 'http://127.0.0.1:1' })
+  t.same(env.stderr.split('\n').filter((line) => /^bearer-proxy: {3}/.test(line)), [
+    'bearer-proxy:   BEARER_PROXY_CLIENT_SCRET: unknown setting; did you mean BEARER_PROXY_CLIENT_SECRET?',
+    'bearer-proxy:   BEARER_PROXY_PORT: must be integer',
+    'bearer-proxy:   BEARER_PROXY_TOKEN_URL: must be an http:// or https:// URL'
+  ])
+})

@@ -111,7 +111,7 @@ routes:
 })
 
 t.test('credential sets and routes are checked: file, line and key, once each, never a value', async (t) => {
-  // One file with a problem of each kind; the structure's own problems (keys that do not exist) are reported first, alone.
+  // One file with a problem of each kind: every one named once, in the file's order, the structure's (keys that do not exist) with the rest.
   const sets = (extraNorth: string, extraRoute: string): string => `clientId: top-level
 credentials:
   north:
@@ -135,10 +135,17 @@ routes:
 `
   const result = await runCli(['check', '--config', write('bad-sets.yaml', sets('\n    port: 9000', '\n    readonly: true'))], {})
   t.equal(result.code, 2)
-  for (const line of [
+  const lines = result.stderr.split('\n').filter((line) => line.includes('bad-sets.yaml:'))
+  t.match(lines, [
+    /bad-sets\.yaml:1: clientId: with credential sets/,
     /bad-sets\.yaml:7: credentials\.north\.port: not a setting of a credential set/,
+    /bad-sets\.yaml:9: credentials\.south\.auth: must be equal to one of the allowed values/,
+    /bad-sets\.yaml:14: routes\[0\]\.credentials: names no credential set \(the sets are north, south\); did you mean north\?/,
+    /bad-sets\.yaml:15: routes\[1\]\.prefix: a path of letters/,
+    /bad-sets\.yaml:17: routes\[2\]\.upstream: required/,
     /bad-sets\.yaml:22: routes\[3\]\.readonly: not a key of a route/
-  ]) t.match(result.stderr, line)
+  ], 'every problem, in the file\'s order')
+  t.equal(lines.length, 7, 'each once, and no consequence of one as another (the second /dup is the only one built)')
   t.notMatch(result.stderr, /Hunter2/)
 
   const more = await runCli(['serve', '--config', write('bad-sets-2.yaml', sets('', ''))], {})
@@ -146,7 +153,7 @@ routes:
   for (const line of [
     /bad-sets-2\.yaml:1: clientId: with credential sets, credentials and upstreams belong to a set/,
     /bad-sets-2\.yaml:8: credentials\.south\.auth: must be equal to one of the allowed values: .*; did you mean runai\?/,
-    /bad-sets-2\.yaml:13: routes\[0\]\.credentials: names no credential set \(the sets are north\); did you mean north\?/,
+    /bad-sets-2\.yaml:13: routes\[0\]\.credentials: names no credential set \(the sets are north, south\); did you mean north\?/,
     /bad-sets-2\.yaml:14: routes\[1\]\.prefix: a path of letters/,
     /bad-sets-2\.yaml:16: routes\[2\]\.upstream: required \(or an upstream in credential set north\)/
   ]) t.match(more.stderr, line)

@@ -287,7 +287,7 @@ t.test('a pipelined request behind a request refused for any other reason is ans
     const answer = await rawHttp(s.url, `${first}${behind}`)
     const answers = answer.match(/HTTP\/1\.1 \d{3}/g) ?? []
     const forwarded = s.admin.seen.length - before
-    t.equal(status(answer), expected, first.split('\r\n')[0])
+    t.equal(status(answer), expected, first.split('\r\n')[0] ?? '')
     t.equal(answers.length, 1 + forwarded, `${first.split('\r\n')[0]}: the request behind it was ${forwarded === 1 ? 'forwarded and answered' : 'neither forwarded nor answered'}`)
     if (expected === 400) t.equal(forwarded, 0, 'behind a 400 nothing is forwarded')
   }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import type { Node } from 'yaml'
-import { didYouMean } from '../suggest.js'
+import { closest, didYouMean } from '../suggest.js'
 import { SETTINGS } from './settings.js'
 
 /**
@@ -21,10 +21,17 @@ export interface FileSettings {
   /** `routes:`: each a prefix, an upstream and the credential set it uses. */
   readonly routes: RouteEntry[]
   readonly problems: string[]
+  /** Settings that an unknown key was probably meant as: their absence is not a further problem. */
+  readonly meant: string[]
+  /** Whether the file was read and parsed: when not, its problems are all there is to say. */
+  parsed: boolean
 }
 
 export interface CredentialSetEntry {
   readonly name: string
+  /** Where the set starts (`PATH:LINE`), for the settings it lacks. */
+  readonly at: string
+  readonly meant: string[]
   readonly values: Record<string, string>
   readonly origins: Record<string, string>
 }
@@ -89,7 +96,7 @@ const YAML_PROBLEMS: Readonly<Record<string, string>> = {
 }
 
 export function readConfigFile (path: string): FileSettings {
-  const result: FileSettings = { values: {}, origins: {}, credentialSets: [], routes: [], problems: [] }
+  const result: FileSettings = { values: {}, origins: {}, credentialSets: [], routes: [], problems: [], meant: [], parsed: false }
   let text: string
   try {
     text = readFileSync(path, 'utf8')
@@ -112,6 +119,7 @@ export function readConfigFile (path: string): FileSettings {
     result.problems.push(`${path}:${line}:${column}: ${YAML_PROBLEMS[error.code] ?? 'this is not valid YAML here'}`)
   }
   if (errors.length > 0) return result
+  result.parsed = true
   const root = document.contents
   if (root === null) return result
   if (!yaml().isMap(root)) {
@@ -129,16 +137,20 @@ export function readConfigFile (path: string): FileSettings {
 }
 
 /** One `key: value` into `into`, checked against the settings (all of them, or only `allowed`). */
-function readSetting (key: string, node: Node | null, where: string, into: { values: Record<string, string>, origins: Record<string, string> },
+function readSetting (key: string, node: Node | null, where: string, into: { values: Record<string, string>, origins: Record<string, string>, meant: string[] },
   problems: string[], allowed: ReadonlySet<string> | undefined): void {
   const setting = SETTING_OF.get(key)
   if (setting === undefined || (allowed !== undefined && !allowed.has(setting))) {
     const known = [...SETTING_OF].filter(([, name]) => allowed === undefined || allowed.has(name)).map(([written]) => written)
-    problems.push(`${where}: ${setting === undefined ? 'unknown setting' : 'not a setting of a credential set (it belongs at the top level)'}${setting === undefined ? didYouMean(key, known) : ''}`)
+    const match = setting === undefined ? closest(key, known) : undefined
+    if (match !== undefined) into.meant.push(SETTING_OF.get(match) as string)
+    problems.push(`${where}: ${setting === undefined ? 'unknown setting' : 'not a setting of a credential set (it belongs at the top level)'}${match === undefined ? '' : `; did you mean ${match}?`}`)
     return
   }
   const value = valueOf(setting, node)
   if (value === undefined) {
+    // Given, in a shape it cannot have: named here, and not also as missing.
+    into.meant.push(setting)
     problems.push(`${where}: expected ${LISTS.has(setting) ? 'a value or a list of values' : 'a single value'}${setting === 'CLUSTERS' ? ', or a mapping of names to URLs' : setting === 'TOKEN_PARAMS' ? ', or a mapping' : ''}`)
     return
   }
@@ -165,7 +177,7 @@ function readCredentialSets (node: Node | null, where: string, at: (node: Node |
       result.problems.push(`${setWhere}: expected a mapping of settings`)
       continue
     }
-    const set: CredentialSetEntry = { name, values: {}, origins: {} }
+    const set: CredentialSetEntry = { name, at: at(pair.key as Node), values: {}, origins: {}, meant: [] }
     for (const item of pair.value.items) {
       const key = yaml().isScalar(item.key) ? String(item.key.value) : ''
       readSetting(key, item.value as Node | null, `${at(item.key as Node)}: credentials.${name}.${key}`, set, result.problems, CREDENTIAL_SETTINGS)

@@ -219,8 +219,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
 
   /** The request in flight, or one started now (or after `delayMs`), which every caller until then joins. */
   #fetch (delayMs = 0): Promise<AccessToken> {
+    if (this.#inflight !== undefined) return this.#inflight
     const attempt = delayMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, delayMs).unref()).then(async () => await this.#attempt()) : this.#attempt()
-    this.#inflight ??= attempt.finally(() => { this.#inflight = undefined })
+    this.#inflight = attempt.finally(() => { this.#inflight = undefined })
     return this.#inflight
   }
 
