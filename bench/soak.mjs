@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// npm run soak [-- --short] [-- --seconds S]
+// npm run soak [-- --short] [-- --seconds S] [-- --revoke-in-outage]
 // Steady concurrent load through the built CLI while short tokens expire, a renewal
 // fails, the token endpoint disappears and then answers slowly, and tokens are
-// revoked at random about once a second. All on 127.0.0.1, bounded in time.
+// revoked at random about once a second (with --revoke-in-outage, throughout the
+// outage too: the proxy must be back as soon as the token endpoint is). All on
+// 127.0.0.1, bounded in time.
 // Prints its figures, then one JSON line; exits 1 when a target is missed.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
@@ -18,6 +20,7 @@ import { Pool } from 'undici'
 
 const args = process.argv.slice(2)
 const SHORT = args.includes('--short')
+const REVOKE_IN_OUTAGE = args.includes('--revoke-in-outage')
 const option = (name, fallback) => {
   const at = args.indexOf(name)
   return at === -1 ? fallback : Number(args[at + 1])
@@ -147,7 +150,7 @@ for (;;) {
 say(`proxy ready on 127.0.0.1:${proxyPort}; ${PLAN.clients} clients, tokens of ${PLAN.ttl} s, ${PLAN.seconds} s`)
 
 // --- Load: closed loops of GETs and small POSTs (all replayable), every answer recorded.
-const results = { total: 0, ok: 0, unavailable: 0, upstream401: 0, other: new Map(), slow: [] }
+const results = { total: 0, ok: 0, unavailable: 0, upstream401: 0, other: new Map(), slow: [], unavailableAt: [] }
 let loading = true
 async function client (id) {
   const body = JSON.stringify({ client: id, payload: 'x'.repeat(200) })
@@ -169,7 +172,10 @@ async function client (id) {
     const end = Date.now()
     results.total++
     if (status === 200) results.ok++
-    else if (status === 503 && error === 'token_unavailable') results.unavailable++
+    else if (status === 503 && error === 'token_unavailable') {
+      results.unavailable++
+      results.unavailableAt.push(end)
+    }
     else if (status === 401) results.upstream401++
     else {
       const key = `${status} ${error ?? ''}`.trim()
@@ -179,6 +185,12 @@ async function client (id) {
   }
 }
 const clients = Array.from({ length: PLAN.clients }, (_, id) => client(id))
+
+/** Failed token requests so far, as the proxy counts them (a token endpoint that refuses connections cannot count them). */
+async function tokenFailures () {
+  const text = await pool.request({ path: '/-/metrics', method: 'GET' }).then(async (r) => await r.body.text(), () => '')
+  return Number(/^bearer_proxy_token_fetches_total\{credentials="default",result="failure"\} (\d+)/m.exec(text)?.[1] ?? NaN)
+}
 
 // --- Revocations: about one every PLAN.revokeEveryMs, of the token the API accepted last.
 let revoking = true
@@ -210,13 +222,17 @@ revoking = true
 // The token endpoint disappears right after it issued a token (so the held token outlives the outage),
 // then answers slowly. Revocations pause during the outage: with no token endpoint, none can be retried.
 await nextAnswer(ttlMs * 2)
-revoking = false
+revoking = REVOKE_IN_OUTAGE
 tokenServer.close()
 tokenServer.closeAllConnections()
-say(`token endpoint down for ${PLAN.outageMs} ms`)
+const downAt = Date.now()
+const failuresAtDown = await tokenFailures()
+say(`token endpoint down for ${PLAN.outageMs} ms${REVOKE_IN_OUTAGE ? ', revocations going on' : ''}`)
 await sleep(PLAN.outageMs)
 token.slowMs = PLAN.slowMs
 await listen(tokenServer, tokenPort)
+const backAt = Date.now()
+const requestsWhileDown = (await tokenFailures()) - failuresAtDown
 revoking = true
 say(`token endpoint back, answering in ${PLAN.slowMs} ms for ${PLAN.slowFor} ms`)
 await sleep(PLAN.slowFor)
@@ -238,18 +254,29 @@ apiServer.closeAllConnections()
 rmSync(cwd, { recursive: true, force: true })
 
 // --- Figures and targets.
-const overlapsSlowAnswer = ([begin, end]) => token.slowWindows.some(([from, to]) => begin <= to && end >= from)
+// Waiting on the token endpoint: while it answered slowly, or (revoked throughout) while it was down.
+const waits = REVOKE_IN_OUTAGE ? [...token.slowWindows, [downAt, backAt]] : token.slowWindows
+const overlapsSlowAnswer = ([begin, end]) => waits.some(([from, to]) => begin <= to && end >= from)
+const unavailableAfterBack = Math.max(0, ...results.unavailableAt.filter((at) => at > backAt).map((at) => at - backAt))
+const downSeconds = (backAt - downAt) / 1000
 const unexplainedSlow = results.slow.filter((window) => !overlapsSlowAnswer(window)).length
 const share = results.total === 0 ? 0 : results.ok / results.total
 const otherCount = [...results.other.values()].reduce((a, b) => a + b, 0)
 const targets = [
-  ['requests answered 200', `${(share * 100).toFixed(2)} %`, SHORT ? results.ok > 0 : share >= 0.99, SHORT ? '> 0' : '>= 99 %'],
+  ...(REVOKE_IN_OUTAGE ? [] : [['requests answered 200', `${(share * 100).toFixed(2)} %`, SHORT ? results.ok > 0 : share >= 0.99, SHORT ? '> 0' : '>= 99 %']]),
   ['other answers, not 503 token_unavailable', otherCount, otherCount === 0, '0'],
   ['upstream 401s reaching a client', results.upstream401, results.upstream401 === 0, '0'],
   ['expired tokens reaching the API', api.expired, api.expired === 0, '0'],
   [`requests over ${SLOW_LIMIT_MS} ms not waiting on the slow token endpoint`, unexplainedSlow, SHORT || unexplainedSlow === 0, SHORT ? '(not timed)' : '0'],
   ['proxy exit on SIGTERM', exitCode ?? signal, exitCode === 0, '0'],
-  ['revocations made', revocations, revocations > 0, '> 0']
+  ['revocations made', revocations, revocations > 0, '> 0'],
+  ...(REVOKE_IN_OUTAGE
+    ? [
+        ['requests answered 200, revoked throughout the outage', `${(share * 100).toFixed(2)} %`, SHORT ? results.ok > 0 : share >= 0.90, SHORT ? '> 0' : '>= 90 %'],
+        ['503s after the token endpoint answers again', `${unavailableAfterBack} ms`, unavailableAfterBack <= 1000, '<= 1000 ms'],
+        ['token requests while it was down', `${requestsWhileDown} in ${downSeconds.toFixed(1)} s`, requestsWhileDown <= Math.ceil(downSeconds) + 1, `<= ${Math.ceil(downSeconds) + 1} (about one a second)`]
+      ]
+    : [])
 ]
 const seconds = (Date.now() - started) / 1000
 process.stdout.write(`\nsoak: ${results.total} requests in ${seconds.toFixed(1)} s (${Math.round(results.total / seconds)} req/s), ${PLAN.clients} clients\n`)
@@ -265,7 +292,8 @@ for (const [what, value, met, target] of targets) {
 const summary = {
   short: SHORT, requests: results.total, ok: results.ok, tokenUnavailable: results.unavailable, upstream401: results.upstream401,
   other: Object.fromEntries(results.other), expiredAtApi: api.expired, slow: results.slow.length, unexplainedSlow,
-  tokenRequests: token.issued + token.failed, revocations, exitCode, missed
+  tokenRequests: token.issued + token.failed, revocations, exitCode, missed,
+  ...(REVOKE_IN_OUTAGE ? { unavailableAfterBackMs: unavailableAfterBack, tokenRequestsWhileDown: requestsWhileDown, downSeconds } : {})
 }
 process.stdout.write(`${JSON.stringify(summary)}\n`)
 process.exit(missed === 0 ? 0 : 1)

@@ -134,15 +134,23 @@ t.test('a refresh token that is refused falls back to the configured grant', asy
   t.match(logs.events('token_refresh_failed')[0], { error: /answered 400 invalid_grant \(refresh token expired\)/ })
 })
 
-t.test('during back-off callers are answered at once, with Retry-After, and nothing is asked of the endpoint', async (t) => {
-  const endpoint = await startTokenEndpoint(t, () => ({ status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } }))
-  // The default back-off (1 s doubling, first wait 0.5–1 s) would leave a slow machine a window; this one is 60–120 s.
+t.test('while callers wait for a token, the next attempt comes about a second after the last, not when the back-off says; one at a time', async (t) => {
+  const arrivals: number[] = []
+  const endpoint = await startTokenEndpoint(t, () => {
+    arrivals.push(Date.now())
+    return arrivals.length < 3 ? { status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } } : { body: { access_token: 'back-again', expires_in: 60 } }
+  })
+  // A back-off of 120 s: a caller that waited for it would wait two minutes.
   const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`), { backoffMs: 120_000, maxBackoffMs: 120_000 })
   await t.rejects(tokens.get(), { code: 'token_unavailable', message: `token endpoint ${endpoint.url}/token answered 401 invalid_client (bad secret)` })
-  const during = await tokens.get().then(() => undefined, (error: unknown) => error as { code: string, retryAfter: number })
-  t.equal(during?.code, 'token_unavailable')
-  t.ok(during !== undefined && during.retryAfter > 50 && during.retryAfter <= 120, `Retry-After is what the back-off has left (${during?.retryAfter} s)`)
-  t.equal(endpoint.calls.length, 1, 'no request during back-off')
+  const second = await tokens.get().then(() => undefined, (error: unknown) => error as { code: string, retryAfter: number })
+  t.match(second, { code: 'token_unavailable', retryAfter: 1 }, 'the caller waited for the next attempt, which failed: Retry-After 1')
+  t.equal(endpoint.calls.length, 2)
+  // Three callers at once share the next attempt, which succeeds.
+  const tokensGot = await Promise.all([tokens.get(), tokens.get(), tokens.get()])
+  t.same(tokensGot.map((token) => token.reveal()), ['back-again', 'back-again', 'back-again'])
+  t.equal(endpoint.calls.length, 3, 'one request for the three')
+  for (let i = 1; i < arrivals.length; i++) t.ok((arrivals[i] as number) - (arrivals[i - 1] as number) >= 850, `attempt ${i + 1} came ${(arrivals[i] as number) - (arrivals[i - 1] as number)} ms after the one before: about a second, never sooner`)
 })
 
 t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async (t) => {

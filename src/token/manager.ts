@@ -26,6 +26,8 @@ const MAX_SKEW_SHARE = 0.1
 const MAX_RENEW_DELAY_MS = 24 * 3600_000
 /** A longer lifetime (a token that does not expire, 1e13 s) is held as this: its expiry stays a date a log line and /-/ready can show. */
 const MAX_LIFETIME_MS = 1000 * 365 * 24 * 3600_000
+/** After a failed token request, while callers wait for a token, the next comes this long after the last. */
+const DEMAND_RETRY_MS = 900
 /** However short its tokens' lives, a credential set's token endpoint is asked at most once a second. */
 const MIN_RENEWAL_MS = 1000
 /** A larger token would be refused by every upstream (431): Node's whole header block is 16 KiB by default, nginx's line 8 KiB. */
@@ -93,8 +95,9 @@ export interface TokenManagerOptions {
 
 /**
  * Gets, holds and renews one token: fetched at start, renewed at 80% of its
- * lifetime, one request in flight at a time, exponential back-off on failure
- * while a still-valid token keeps serving.
+ * lifetime, one request in flight at a time, exponential back-off for renewals
+ * that fail while a still-valid token keeps serving, and about one attempt a
+ * second while callers wait for a token.
  *
  * Events: `fetch` ({ result: 'success' | 'failure' }).
  */
@@ -118,7 +121,8 @@ export class TokenManager extends EventEmitter implements TokenSource {
   #inflight: Promise<AccessToken> | undefined
   #timer: NodeJS.Timeout | undefined
   #failures = 0
-  #retryAt = 0
+  /** When the last token request started: one a caller waits for comes about a second after it. */
+  #attemptedAt = 0
   #lastError: ProxyError | undefined
   #closed = false
   #saidShortLived = false
@@ -155,7 +159,6 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#token = undefined
     this.#refresh = undefined
     this.#failures = 0
-    this.#retryAt = 0
     this.#lastError = undefined
     this.#generation++
     if (!this.#closed) this.#renew()
@@ -197,10 +200,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const token = this.current()
     if (token !== undefined) return Promise.resolve(token)
     if (this.#inflight !== undefined) return this.#inflight
-    const wait = this.#retryAt - Date.now()
-    if (wait > 0 && this.#lastError !== undefined) {
-      return Promise.reject(new ProxyError('token_unavailable', this.#lastError.message, Math.ceil(wait / 1000)))
-    }
+    // Requests are waiting for a token: after a failure the next attempt comes about a second after the last,
+    // not when the back-off says (that is for renewals nobody waits for), so the proxy is back as soon as the
+    // token endpoint is; the callers wait for it.
+    if (this.#lastError !== undefined) return this.#fetch(this.#attemptedAt + DEMAND_RETRY_MS - Date.now())
     // A token too short-lived to use: the next one is asked for a second after it, not at once.
     const held = this.#token
     if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - Date.now())
@@ -226,7 +229,9 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 
   async #attempt (): Promise<AccessToken> {
+    if (this.#closed) throw new ProxyError('token_unavailable', 'this credential set is no longer configured')
     clearTimeout(this.#timer)
+    this.#attemptedAt = Date.now()
     const renewing = this.#token !== undefined
     const generation = this.#generation
     let token: AccessToken
@@ -238,20 +243,19 @@ export class TokenManager extends EventEmitter implements TokenSource {
       const failure = this.#failure(error)
       this.#lastError = failure
       const delay = this.#backoff()
-      this.#retryAt = Date.now() + delay
       this.#log.warn({ event: 'token_failed', endpoint: this.#endpointName(), error: failure.message, retryInMs: delay },
         'token request failed')
       this.emit('fetch', { result: 'failure' })
       this.#schedule(delay)
       const held = this.current()
       if (held !== undefined) return held
-      throw new ProxyError('token_unavailable', failure.message, Math.ceil(delay / 1000))
+      // Retry-After: the next attempt a waiting caller would make.
+      throw new ProxyError('token_unavailable', failure.message, Math.ceil(DEMAND_RETRY_MS / 1000))
     }
     if (this.#closed) throw new ProxyError('token_unavailable', 'this credential set is no longer configured')
     if (generation !== this.#generation) return await this.#attempt()
     this.#token = token
     this.#failures = 0
-    this.#retryAt = 0
     this.#lastError = undefined
     this.#log.info({
       event: renewing ? 'token_renewed' : 'token_fetched',
