@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=4 --
+#!/usr/bin/env -S node --max-semi-space-size=4 --expose-gc --
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setFlagsFromString } from 'node:v8'
@@ -136,6 +136,7 @@ async function main (): Promise<number> {
   // - The shebang's --max-semi-space-size=4 caps V8's young generation (16 MiB semi-spaces
   //   by default), which short-lived request objects filled: peak RSS under the bench 146 → 103–110 MiB.
   //   It only takes effect on node's command line, hence the shebang (and `npm start`'s node flags).
+  // - --expose-gc lets a reload collect the generation it replaced at once (src/commands.ts).
   setFlagsFromString('--liftoff-only')
   // A health probe loads only what it needs: no settings check (Ajv), no token or server code.
   const { run } = parsed.command === 'health' ? await import('./health.js') : await import('./commands.js')

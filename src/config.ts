@@ -331,7 +331,7 @@ function evaluate (data: Record<string, string>, origins: Readonly<Record<string
   let raw: Record<string, unknown>
   const invalid = new Set<string>()
   try {
-    raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
+    raw = envSchema({ schema: VALIDATED, data, env: false })
   } catch (error) {
     const found = schemaProblems(error, data)
     problems.push(...found.map(([, line]) => line))
@@ -340,7 +340,7 @@ function evaluate (data: Record<string, string>, origins: Readonly<Record<string
       delete data[name]
       invalid.add(name.slice(PREFIX.length))
     }
-    raw = envSchema({ schema: structuredClone(SCHEMA), data, env: false })
+    raw = envSchema({ schema: VALIDATED, data, env: false })
   }
   const given = new Set(Object.keys(data).map((key) => key.slice(PREFIX.length)))
   const config = interpret(raw, { forwarding: input.forwarding, given, invalid, token: input.token }, problems)
@@ -349,6 +349,14 @@ function evaluate (data: Record<string, string>, origins: Readonly<Record<string
   const reported = problems.filter((line) => !meant.some((start) => line.startsWith(start)) && !(/^\S+: required\b/.test(line) && refused.has(/^(\S+?):/.exec(line)?.[1])))
   return { config, problems: asWritten(reported, origins) }
 }
+
+/**
+ * The one schema object every check validates with: Ajv (env-schema's shared instance)
+ * caches what it compiles by the schema object, so a copy per check (as every reload
+ * made) compiled and kept another 60 KB validator each time. env-schema sets
+ * `additionalProperties: false` on it, as it already is.
+ */
+const VALIDATED = { ...SCHEMA, additionalProperties: false }
 
 interface AjvProblem { instancePath?: string, message?: string, params?: { allowedValues?: unknown[] } }
 

@@ -118,6 +118,7 @@ t.test('serve, health, and SIGTERM: in-flight requests finish, new connections a
   // Run by its shebang, as users and the image run it: node gets the young-generation cap.
   const argv = readFileSync(`/proc/${child.pid}/cmdline`, 'utf8').split('\0')
   t.ok(argv.includes('--max-semi-space-size=4'), argv.join(' '))
+  t.ok(argv.includes('--expose-gc'), 'and the collection a reload asks for')
 
   const healthy = await runCli(['health'], { ...env, BEARER_PROXY_PORT: port })
   t.equal(healthy.code, 0, 'health: 0 while ready')
