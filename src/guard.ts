@@ -248,8 +248,10 @@ export function guardHook (guard: Guard): onRequestHookHandler {
     const verdict = guard(request.raw)
     if (verdict instanceof ProxyError) {
       // A malformed request may be framed wrongly too: its answer is the connection's last.
-      if (verdict.status === 400) refuseConnection(request.raw.socket)
-      if (verdict.status === 400) reply.header('connection', 'close')
+      if (verdict.status === 400) {
+        refuseConnection(request.raw.socket)
+        reply.header('connection', 'close')
+      }
       sendProxyError(reply, verdict)
       return
     }
