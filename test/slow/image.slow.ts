@@ -12,7 +12,7 @@ t.setTimeout(480_000)
 /** Named in the bundle but never needed: ws tries bufferutil and goes on without it; ajv's are text of code it generates. */
 const OPTIONAL = new Set(['bufferutil', 'utf-8-validate', 'ajv-formats/dist/formats'])
 
-const root = fileURLToPath(new URL('..', import.meta.url))
+const root = fileURLToPath(new URL('../..', import.meta.url))
 const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
 const stages = dockerfile.split(/^FROM /m).slice(1)
 
