@@ -8,26 +8,33 @@
 //
 // yaml (--config) and pino-pretty (LOG_FORMAT=pretty) stay outside: they are loaded
 // only when asked for, from node_modules.
-import { chmodSync, rmSync } from 'node:fs'
+import { chmodSync, readFileSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
 // Packages whose index loads much that bearer-proxy never uses: the bundle gets the
 // parts it uses instead (each file says what it leaves out and why).
+// Their packages are pinned to exact versions (package.json), since a substitute names their files.
 const SUBSTITUTES = {
-  undici: 'undici-dispatchers.cjs', // ours and reply-from's: the dispatchers, not fetch and the web half
-  'prom-client': 'prom-client-core.cjs', // the registry and metric types, not the Pushgateway and cluster aggregator
-  ajv: 'ajv-prechecked.cjs' // env-schema's: Ajv, without compiling the meta-schema at each start
+  undici: { file: 'undici-dispatchers.cjs' }, // ours and reply-from's: the dispatchers, not fetch and the web half
+  'prom-client': { file: 'prom-client-core.cjs' }, // the registry and metric types, not the Pushgateway and cluster aggregator
+  // env-schema's only: Ajv, without compiling the meta-schema at each start (Fastify's own Ajv is the package's).
+  ajv: { file: 'ajv-prechecked.cjs', only: '/node_modules/env-schema/' }
 }
 const substitutes = {
   name: 'substitutes',
   setup (build) {
-    build.onResolve({ filter: new RegExp(`^(${Object.keys(SUBSTITUTES).join('|')})$`) }, ({ path }) => ({ path: fileURLToPath(new URL(SUBSTITUTES[path], import.meta.url)) }))
+    build.onResolve({ filter: new RegExp(`^(${Object.keys(SUBSTITUTES).join('|')})$`) }, ({ path, importer }) => {
+      const { file, only } = SUBSTITUTES[path]
+      if (only !== undefined && !importer.includes(only)) return undefined
+      return { path: fileURLToPath(new URL(file, import.meta.url)) }
+    })
   }
 }
 
 rmSync('dist', { recursive: true, force: true })
-await build({
+const result = await build({
   entryPoints: ['src/cli.ts'],
   outfile: 'dist/cli.js',
   bundle: true,
@@ -41,6 +48,46 @@ await build({
   minifyWhitespace: true,
   legalComments: 'none',
   logLevel: 'warning',
-  plugins: [substitutes]
+  plugins: [substitutes],
+  metafile: true
 })
 chmodSync('dist/cli.js', 0o755)
+checkSubstitutes(result.metafile)
+
+/**
+ * Every name that a bundled file takes from a substituted package (src/'s imports,
+ * a dependency's `require('undici').Pool` or destructuring) must be one its substitute
+ * exports: otherwise type checks and in-process tests, which use the real package,
+ * pass, and the name is undefined in dist/. The build fails, naming them.
+ */
+function checkSubstitutes (metafile) {
+  const require = createRequire(import.meta.url)
+  const missing = []
+  for (const [input, { imports }] of Object.entries(metafile.inputs)) {
+    for (const { original } of imports) {
+      const substitute = SUBSTITUTES[original]
+      if (substitute === undefined || (substitute.only !== undefined && !input.includes(substitute.only))) continue
+      const exported = require(fileURLToPath(new URL(substitute.file, import.meta.url)))
+      for (const name of namesTaken(readFileSync(input, 'utf8'), original)) {
+        if (exported[name] === undefined) missing.push(`${input} takes ${name} from ${original}, which ${substitute.file} lacks`)
+      }
+    }
+  }
+  if (missing.length > 0) {
+    process.stderr.write(`the bundle's substitutes lack names that are used:\n  ${missing.join('\n  ')}\n`)
+    process.exit(1)
+  }
+}
+
+/** The names `text` takes from `pkg`: `import { a, b as c }`, `const { a } = require(…)`, `const x = require(…)` then `x.a`. */
+function namesTaken (text, pkg) {
+  const quoted = `['"]${pkg.replace(/[-/]/g, '\\$&')}['"]`
+  const names = new Set()
+  const split = (list) => list.split(',').map((part) => part.trim().split(/\s+as\s+|\s*:\s*/)[0]).filter((name) => name !== '' && !name.startsWith('type '))
+  for (const [, list] of text.matchAll(new RegExp(`import\\s*\\{([^}]*)\\}\\s*from\\s*${quoted}`, 'g'))) for (const name of split(list)) names.add(name)
+  for (const [, list] of text.matchAll(new RegExp(`\\{([^}]*)\\}\\s*=\\s*require\\(${quoted}\\)`, 'g'))) for (const name of split(list)) names.add(name)
+  for (const [, variable] of text.matchAll(new RegExp(`(\\w+)\\s*=\\s*require\\(${quoted}\\)(?![.\\w])`, 'g'))) {
+    for (const [, name] of text.matchAll(new RegExp(`\\b${variable}\\.(\\w+)`, 'g'))) names.add(name)
+  }
+  return names
+}

@@ -111,3 +111,11 @@ t.test('the README lists every error the proxy answers, with its status', async 
   const readme = readFileSync(join(root, 'README.md'), 'utf8').replace(/\s+/g, ' ')
   for (const [code, status] of Object.entries(PROXY_ERRORS)) t.ok(readme.includes(`${status} \`${code}\``), `${status} ${code}`)
 })
+
+t.test('the packages the bundle substitutes are pinned to exact versions: a substitute names their files', async (t) => {
+  const bundle = readFileSync(join(root, 'scripts', 'bundle.mjs'), 'utf8')
+  const substituted = [...(/const SUBSTITUTES = \{([\s\S]*?)\n\}/.exec(bundle)?.[1] ?? '').matchAll(/^ {2}'?([\w-]+)'?: \{/gm)].map((match) => match[1] as string)
+  t.same(substituted.sort(), ['ajv', 'prom-client', 'undici'])
+  const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string>, devDependencies: Record<string, string> }
+  for (const name of substituted) t.match({ [name]: manifest.dependencies[name] ?? manifest.devDependencies[name] }, { [name]: /^\d+\.\d+\.\d+$/ }, `${name} pinned`)
+})
