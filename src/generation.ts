@@ -14,7 +14,7 @@ import { clusterRoot, clusterRootsOf, CLUSTERS_PREFIX, RouteTable, routesOf } fr
 import { readClientCertificate } from './keys.js'
 import { createDispatcher } from './outbound.js'
 import { readSecret, type SecretSource } from './secret.js'
-import { TokenManager } from './token/manager.js'
+import { type Clock, TokenManager } from './token/manager.js'
 
 /**
  * A configuration being served, as a generation: its routes, guard, clusters and
@@ -244,6 +244,8 @@ export interface ConfigurationsOptions {
   /** Token back-off and renewal point, for tests that cannot wait a second. */
   readonly backoffMs?: number
   readonly renewAt?: number
+  /** The token managers' clock: a test's, to move their time on. */
+  readonly clock?: Clock
   /** Cluster discovery's timings (5 minutes, 30 s), for tests that cannot wait. */
   readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
@@ -402,7 +404,7 @@ export class Configurations {
   }
 
   #manager (name: string, settings: TokenSettings, of: Config, log: Logger, outbound: Outbound): TokenManager {
-    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt })
+    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt, clock: this.#options.clock })
   }
 
   /** How a set's calls go out: its certificate and key read now (a reload reads them again when they change). */

@@ -10,6 +10,7 @@ import { checkBearer } from '../src/token/manager.js'
 import type { Scripted } from './helpers/token-endpoint.js'
 import { CLIENT, startIdentity, startTestProxy, startTokenManager, USER, afterFetch } from './helpers/stack.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
+import { FakeClock } from './helpers/clock.js'
 import { startEcho } from './helpers/upstream.js'
 
 const oidcEnv = (tokenUrl: string, extra: Record<string, string> = {}): Record<string, string> => ({
@@ -135,22 +136,27 @@ t.test('a refresh token that is refused falls back to the configured grant', asy
 })
 
 t.test('while callers wait for a token, the next attempt comes about a second after the last, not when the back-off says; one at a time', async (t) => {
+  const clock = new FakeClock()
   const arrivals: number[] = []
   const endpoint = await startTokenEndpoint(t, () => {
-    arrivals.push(Date.now())
+    arrivals.push(clock.now())
     return arrivals.length < 3 ? { status: 401, body: { error: 'invalid_client', error_description: 'bad secret' } } : { body: { access_token: 'back-again', expires_in: 60 } }
   })
   // A back-off of 120 s: a caller that waited for it would wait two minutes.
-  const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`), { backoffMs: 120_000, maxBackoffMs: 120_000 })
+  const { tokens } = startTokenManager(t, oidcEnv(`${endpoint.url}/token`), { backoffMs: 120_000, maxBackoffMs: 120_000, clock })
   await t.rejects(tokens.get(), { code: 'token_unavailable', message: `token endpoint ${endpoint.url}/token answered 401 invalid_client (bad secret)` })
-  const second = await tokens.get().then(() => undefined, (error: unknown) => error as { code: string, retryAfter: number })
-  t.match(second, { code: 'token_unavailable', retryAfter: 1 }, 'the caller waited for the next attempt, which failed: Retry-After 1')
+  const waiting = tokens.get().then(() => undefined, (error: unknown) => error as { code: string, retryAfter: number })
+  clock.advance(899)
+  t.equal(endpoint.calls.length, 1, 'nothing asked before 0.9 s')
+  clock.advance(1)
+  t.match(await waiting, { code: 'token_unavailable', retryAfter: 1 }, 'the caller waited for the next attempt, at 0.9 s, which failed: Retry-After 1')
   t.equal(endpoint.calls.length, 2)
   // Three callers at once share the next attempt, which succeeds.
-  const tokensGot = await Promise.all([tokens.get(), tokens.get(), tokens.get()])
-  t.same(tokensGot.map((token) => token.reveal()), ['back-again', 'back-again', 'back-again'])
+  const three = Promise.all([tokens.get(), tokens.get(), tokens.get()])
+  clock.advance(900)
+  t.same((await three).map((token) => token.reveal()), ['back-again', 'back-again', 'back-again'])
   t.equal(endpoint.calls.length, 3, 'one request for the three')
-  for (let i = 1; i < arrivals.length; i++) t.ok((arrivals[i] as number) - (arrivals[i - 1] as number) >= 850, `attempt ${i + 1} came ${(arrivals[i] as number) - (arrivals[i - 1] as number)} ms after the one before: about a second, never sooner`)
+  t.same(arrivals.map((at) => at - (arrivals[0] as number)), [0, 900, 1800], 'each 0.9 s after the one before, on the clock')
 })
 
 t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async (t) => {
@@ -179,7 +185,7 @@ t.test('faults: down, slow, garbage, errors; back-off doubles; recovery', async 
 })
 
 t.test('a failed renewal keeps the still-valid token in use', async (t) => {
-  // Renewed after 1.2 s of its 60: the failed renewal leaves the token 58 s of life, no window a slow machine can miss.
+  const clock = new FakeClock()
   const endpoint = await startTokenEndpoint(t, () => endpoint.calls.length === 1
     ? { body: { access_token: 'tok-1', expires_in: 60 } }
     : { status: 503, body: 'maintenance', contentType: 'text/plain' })
@@ -188,7 +194,10 @@ t.test('a failed renewal keeps the still-valid token in use', async (t) => {
     ...oidcEnv(`${endpoint.url}/token`),
     BEARER_PROXY_UPSTREAM: echo.url,
     BEARER_PROXY_PORT: '0'
-  }, { backoffMs: 100, renewAt: 0.02 })
+  }, { backoffMs: 100, clock })
+  await afterFetch(proxy.tokens, () => proxy.tokens.current() !== undefined, 5000, 'the first token')
+  // At 80% of its 60 s the renewal comes, and fails: 12 s of life are left.
+  clock.advance(48_000)
   await afterFetch(proxy.tokens, () => logs.events('token_failed').length >= 1, 5000, 'a failed renewal')
   t.match(logs.events('token_failed')[0], { error: /answered 503$/ })
   const response = await request(`${url}/still-works`)
@@ -196,12 +205,16 @@ t.test('a failed renewal keeps the still-valid token in use', async (t) => {
   t.equal(await response.body.text(), 'Bearer tok-1', 'the old token is still used')
   t.equal((await request(`${url}/-/ready`)).statusCode, 200)
   endpoint.answer = () => ({ body: { access_token: 'tok-2', expires_in: 60 } })
+  // The back-off's retry (50-100 ms), on the clock.
+  clock.advance(100)
   await afterFetch(proxy.tokens, () => logs.events('token_renewed').length >= 1, 5000, 'the renewal to succeed')
   t.equal(await (await request(`${url}/again`)).body.text(), 'Bearer tok-2')
+  t.equal(endpoint.calls.length, 3, 'no other request: the renewal, its one retry')
 })
 
 t.test('a rotated secret file is read at the next token request, without a restart', async (t) => {
-  const idp = await startIdentity(t, { accessTokenTtl: 1 })
+  const clock = new FakeClock()
+  const idp = await startIdentity(t, { accessTokenTtl: 60 })
   const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-'))
   const file = join(dir, 'client-secret')
   writeFileSync(file, `${CLIENT.clientSecret}\n`)
@@ -209,15 +222,17 @@ t.test('a rotated secret file is read at the next token request, without a resta
     BEARER_PROXY_TOKEN_URL: idp.tokenUrl,
     BEARER_PROXY_CLIENT_ID: CLIENT.clientId,
     BEARER_PROXY_CLIENT_SECRET_FILE: file
-  }, { backoffMs: 20 })
+  }, { backoffMs: 20, clock })
   tokens.start()
   await afterFetch(tokens, () => tokens.current() !== undefined, 5000, 'a token with the secret from the file (trailing newline trimmed)')
   writeFileSync(file, 'revoked-secret')
+  clock.advance(48_000)
   await afterFetch(tokens, () => logs.events('token_failed').length >= 1, 5000, 'the renewal with the wrong secret to fail')
   t.match(logs.events('token_failed')[0], { error: /answered 401 invalid_client/ })
   writeFileSync(file, CLIENT.clientSecret)
+  clock.advance(20)
   await afterFetch(tokens, () => logs.events('token_renewed').length >= 1, 5000, 'a renewal with the rotated secret')
-  t.pass('renewed after the secret file changed')
+  t.equal(idp.tokenRequests, 3, 'the first, the failed renewal, its retry')
 })
 
 t.test('discovery from an issuer with a path; UPSTREAM + REALM finds Keycloak 17+ at /realms and older Keycloak at /auth/realms', async (t) => {

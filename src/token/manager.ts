@@ -83,9 +83,25 @@ export interface TokenSource {
   drop (token: AccessToken): void
 }
 
+/** Time as a token manager sees it: the real clock, or a test's, so that renewal, back-off and expiry run on fake time. */
+export interface Clock {
+  now (): number
+  /** Runs `run` after `ms`; the timer does not keep the process alive. */
+  setTimeout (run: () => void, ms: number): unknown
+  clearTimeout (timer: unknown): void
+}
+
+export const REAL_CLOCK: Clock = {
+  now: () => Date.now(),
+  setTimeout: (run, ms) => setTimeout(run, ms).unref(),
+  clearTimeout: (timer) => { clearTimeout(timer as NodeJS.Timeout) }
+}
+
 export interface TokenManagerOptions {
   readonly dispatcher: Dispatcher
   readonly log: Logger
+  /** The real clock unless a test gives its own. */
+  readonly clock?: Clock
   /** Back-off of the first retry; it doubles up to `maxBackoffMs`. */
   readonly backoffMs?: number
   readonly maxBackoffMs?: number
@@ -119,7 +135,8 @@ export class TokenManager extends EventEmitter implements TokenSource {
   /** The endpoint of the request in flight or last sent, for messages while none is chosen. */
   #asked: Endpoint | undefined
   #inflight: Promise<AccessToken> | undefined
-  #timer: NodeJS.Timeout | undefined
+  #timer: unknown
+  readonly #clock: Clock
   #failures = 0
   /** When the last token request started: one a caller waits for comes about a second after it. */
   #attemptedAt = 0
@@ -135,6 +152,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     this.#backoffMs = options.backoffMs ?? 1000
     this.#maxBackoffMs = options.maxBackoffMs ?? 60_000
     this.#renewAt = options.renewAt ?? RENEW_AT
+    this.#clock = options.clock ?? REAL_CLOCK
     this.#secrets = secretsOf(settings.credentials)
     if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.endpoint
   }
@@ -170,7 +188,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
    */
   close (): void {
     this.#closed = true
-    clearTimeout(this.#timer)
+    this.#clock.clearTimeout(this.#timer)
     this.#token = undefined
     this.#refresh = undefined
     this.#generation++
@@ -179,7 +197,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
   /** The held token while it is still valid; never starts a request. */
   current (): AccessToken | undefined {
     const token = this.#token
-    return token !== undefined && Date.now() < token.staleAt ? token : undefined
+    return token !== undefined && this.#clock.now() < token.staleAt ? token : undefined
   }
 
   status (): TokenStatus {
@@ -203,10 +221,10 @@ export class TokenManager extends EventEmitter implements TokenSource {
     // Requests are waiting for a token: after a failure the next attempt comes about a second after the last,
     // not when the back-off says (that is for renewals nobody waits for), so the proxy is back as soon as the
     // token endpoint is; the callers wait for it.
-    if (this.#lastError !== undefined) return this.#fetch(this.#attemptedAt + DEMAND_RETRY_MS - Date.now())
+    if (this.#lastError !== undefined) return this.#fetch(this.#attemptedAt + DEMAND_RETRY_MS - this.#clock.now())
     // A token too short-lived to use: the next one is asked for a second after it, not at once.
     const held = this.#token
-    if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - Date.now())
+    if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - this.#clock.now())
     return this.#fetch()
   }
 
@@ -223,15 +241,15 @@ export class TokenManager extends EventEmitter implements TokenSource {
   /** The request in flight, or one started now (or after `delayMs`), which every caller until then joins. */
   #fetch (delayMs = 0): Promise<AccessToken> {
     if (this.#inflight !== undefined) return this.#inflight
-    const attempt = delayMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, delayMs).unref()).then(async () => await this.#attempt()) : this.#attempt()
+    const attempt = delayMs > 0 ? new Promise<void>((resolve) => { this.#clock.setTimeout(resolve, delayMs) }).then(async () => await this.#attempt()) : this.#attempt()
     this.#inflight = attempt.finally(() => { this.#inflight = undefined })
     return this.#inflight
   }
 
   async #attempt (): Promise<AccessToken> {
     if (this.#closed) throw new ProxyError('token_unavailable', 'this credential set is no longer configured')
-    clearTimeout(this.#timer)
-    this.#attemptedAt = Date.now()
+    this.#clock.clearTimeout(this.#timer)
+    this.#attemptedAt = this.#clock.now()
     const renewing = this.#token !== undefined
     const generation = this.#generation
     let token: AccessToken
@@ -270,15 +288,14 @@ export class TokenManager extends EventEmitter implements TokenSource {
     }
     // After the log line: a listener sees the state and the line of this fetch.
     this.emit('fetch', { result: 'success' })
-    this.#schedule(Math.max(token.renewAt, token.obtainedAt + MIN_RENEWAL_MS) - Date.now())
+    this.#schedule(Math.max(token.renewAt, token.obtainedAt + MIN_RENEWAL_MS) - this.#clock.now())
     return token
   }
 
   #schedule (delay: number): void {
     if (this.#closed) return
-    clearTimeout(this.#timer)
-    this.#timer = setTimeout(() => this.#renew(), Math.max(0, delay))
-    this.#timer.unref()
+    this.#clock.clearTimeout(this.#timer)
+    this.#timer = this.#clock.setTimeout(() => this.#renew(), Math.max(0, delay))
   }
 
   /** 1 s doubling to 60 s, with jitter: half fixed, half random. */
@@ -313,7 +330,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
       this.#refresh = grant.refreshToken
     }
 
-    const obtainedAt = Date.now()
+    const obtainedAt = this.#clock.now()
     const claims = readClaims(grant.accessToken)
     const lifetime = lifetimeOf(grant.expiresIn, claims.exp, obtainedAt)
     return new AccessToken(grant.accessToken, {
