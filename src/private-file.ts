@@ -41,6 +41,12 @@ export function othersCanWrite (directory: string): string | undefined {
   return undefined
 }
 
+/** Why `TOKEN_FILE`'s directory cannot hold it (another user could replace the file tools trust), or undefined. */
+export function tokenFileDirectoryProblem (file: string, directory: string): string | undefined {
+  const unsafe = othersCanWrite(directory)
+  return unsafe === undefined ? undefined : `BEARER_PROXY_TOKEN_FILE: the directory of ${file} ${unsafe}; use a directory only this user can write (or one with the sticky bit, as /tmp)`
+}
+
 /**
  * `directory`, made (0700) when missing, and only its owner's: one that group or
  * others may read or write is tightened to 0700 when it is this user's, and refused

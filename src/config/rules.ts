@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import type { Client, ClientKey, Config, Credentials, Login, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
 import { defaultStore, readLogin } from '../login/store.js'
-import { othersCanWrite } from '../private-file.js'
+import { tokenFileDirectoryProblem } from '../private-file.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
@@ -381,10 +381,8 @@ function writableDirectory (file: string, problems: string[]): void {
   }
   if (missing) return
   // Another user who can write there could replace the token file that tools trust.
-  const unsafe = othersCanWrite(directory)
-  if (unsafe !== undefined) {
-    problems.push(`${PREFIX}TOKEN_FILE: the directory of ${file} ${unsafe}; use a directory only this user can write (or one with the sticky bit, as /tmp)`)
-  }
+  const problem = tokenFileDirectoryProblem(file, directory)
+  if (problem !== undefined) problems.push(problem)
 }
 
 function tokenParams (value: string | undefined, problems: string[]): Array<[string, string]> {

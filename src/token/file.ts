@@ -3,7 +3,7 @@ import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
 import { mkdirSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
-import { othersCanWrite, PrivacyError, writePrivateFile } from '../private-file.js'
+import { PrivacyError, tokenFileDirectoryProblem, writePrivateFile } from '../private-file.js'
 import type { TokenManager } from './manager.js'
 
 /**
@@ -42,8 +42,8 @@ export function prepareTokenFile (path: string): void {
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new PrivacyError(`BEARER_PROXY_TOKEN_FILE: cannot make the directory of ${path} (${(error as NodeJS.ErrnoException).code ?? 'error'})`)
   }
-  const unsafe = othersCanWrite(directory)
-  if (unsafe !== undefined) throw new PrivacyError(`BEARER_PROXY_TOKEN_FILE: the directory of ${path} ${unsafe}; use a directory only this user can write (or one with the sticky bit, as /tmp)`)
+  const problem = tokenFileDirectoryProblem(path, directory)
+  if (problem !== undefined) throw new PrivacyError(problem)
 }
 
 /**
