@@ -1,8 +1,8 @@
 // dist/cli.js: src/ and its dependencies in one ES module, made by esbuild.
 //
 // Why one file: node spends most of a start resolving, reading and compiling ~400
-// modules (fastify, undici, pino, ajv and theirs); one file cuts `serve`'s spawn to
-// /-/ready by ~40% and its idle RSS by ~7 MiB (npm run bench). esbuild because it
+// modules (fastify, undici, pino, ajv and theirs); the figures are in the README's
+// "Benchmark". esbuild because it
 // reads the TypeScript as it is, bundles in well under a second, and keeps the
 // lazy `await import()` of each command lazy (evaluated on first use) inside the file.
 //

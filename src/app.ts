@@ -32,7 +32,7 @@ const KNOWN_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 
  * refused. `serverFactory` makes the server of the listener that hands each request
  * to the generation serving now.
  */
-export function createApp (log: Logger, meant: (target: string) => string | undefined = () => undefined, serverFactory?: FastifyServerFactory): FastifyInstance {
+export function createApp (log: Logger, clusterHint: (target: string) => string | undefined = () => undefined, serverFactory?: FastifyServerFactory): FastifyInstance {
   const app = Fastify({
     ...(serverFactory === undefined ? {} : { serverFactory }),
     loggerInstance: log as FastifyBaseLogger,
@@ -75,7 +75,7 @@ export function createApp (log: Logger, meant: (target: string) => string | unde
   })
   app.setNotFoundHandler((request, reply) => {
     if (!KNOWN_METHODS.has(request.method)) return sendProxyError(reply, new ProxyError('method_not_allowed', `${request.method} is not forwarded`))
-    const hint = meant(request.raw.url ?? '')
+    const hint = clusterHint(request.raw.url ?? '')
     sendProxyError(reply, new ProxyError('not_found', `nothing is served at this path${hint === undefined ? '' : `; did you mean ${hint}?`}`))
   })
   return app
@@ -83,13 +83,13 @@ export function createApp (log: Logger, meant: (target: string) => string | unde
 
 /** What `/-/ready` and `/-/metrics` read: the credential sets, and the route table serving now. */
 export interface View {
-  readonly credentials: ReadonlyMap<string, TokenManager>
+  readonly setTokens: ReadonlyMap<string, TokenManager>
   readonly metrics: Metrics
   readonly table: () => RouteTable<ServedRoute>
 }
 
 /** The proxy's own endpoints under `/-/`: never forwarded, never holding a token. */
-export function ownEndpoints (app: FastifyInstance, { credentials, metrics, table }: View): void {
+export function ownEndpoints (app: FastifyInstance, { setTokens, metrics, table }: View): void {
   app.get('/-/healthy', async () => ({ healthy: true }))
   // Ready when every credential set holds a valid token; otherwise which do not, and why (never a token).
   app.get('/-/ready', async (_request, reply) => {
@@ -97,7 +97,7 @@ export function ownEndpoints (app: FastifyInstance, { credentials, metrics, tabl
     const names = table().names()
     const routes = names.slice(0, 100)
     const more = names.length > routes.length ? { moreRoutes: names.length - routes.length } : {}
-    const sets = [...credentials].map(([name, tokens]) => ({ name, status: tokens.status(), reason: tokens.lastError() }))
+    const sets = [...setTokens].map(([name, tokens]) => ({ name, status: tokens.status(), reason: tokens.lastError() }))
     const waiting = sets.filter(({ status }) => !status.ready)
     if (waiting.length === 0) {
       const expiresAt = Math.min(...sets.map(({ status }) => status.expiresAt ?? 0))
@@ -107,7 +107,7 @@ export function ownEndpoints (app: FastifyInstance, { credentials, metrics, tabl
     return reply.code(503).send({
       ready: false,
       reason: first?.reason ?? 'the first token has not been obtained yet',
-      ...(credentials.size > 1 ? { credentials: waiting.map(({ name, reason }) => ({ name, reason: reason ?? 'the first token has not been obtained yet' })) } : {}),
+      ...(setTokens.size > 1 ? { credentials: waiting.map(({ name, reason }) => ({ name, reason: reason ?? 'the first token has not been obtained yet' })) } : {}),
       routes,
       ...more
     })

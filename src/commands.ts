@@ -1,11 +1,13 @@
 import { existsSync, rmSync, type Stats, unwatchFile, watchFile } from 'node:fs'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
-import type { Arguments } from './cli.js'
-import { type Config, loadConfig, secretsOf } from './config.js'
+import type { Arguments } from './arguments.js'
+import { type Config, loadConfig } from './config.js'
 import { ConfigError, type LoadOptions, refused } from './config/read.js'
-import { joinPath } from './config/values.js'
+import { joinPath } from './url.js'
 import { displayUrl } from './errors.js'
+import { filesOf } from './oauth/settings.js'
+import { clusterSources, CLUSTERS_PREFIX, defaultSet, routesOf } from './routes.js'
 import { createLogger } from './log.js'
 import { PrivacyError } from './private-file.js'
 import { didYouMean } from './suggest.js'
@@ -48,7 +50,7 @@ function withCredentials (config: Config, name: string | undefined): Config {
       ? `several credential sets (${names.join(', ')}): choose one with --credentials NAME`
       : `--credentials ${name}: no such credential set (${names.join(', ')})${didYouMean(name, names)}`])
   }
-  return { ...config, token, prefixRoutes: config.prefixRoutes.filter((route) => route.credentials === chosen) }
+  return { ...config, tokenSettings: token, prefixRoutes: config.prefixRoutes.filter((route) => route.set === chosen) }
 }
 
 async function serve (config: Config, options: LoadOptions): Promise<number> {
@@ -146,10 +148,7 @@ function watchForReload (config: Config, options: LoadOptions, reconfigure: Runn
     if (options.envFile !== undefined) files.add(options.envFile)
     // ./.env, read when neither --env-file nor --config is given, is the configuration file then.
     else if (options.configFile === undefined && existsSync('.env')) files.add('.env')
-    for (const settings of of.credentialSets.values()) {
-      for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.add(source.path)
-      for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) if (file !== undefined) files.add(file)
-    }
+    for (const settings of of.credentialSets.values()) for (const file of filesOf(settings)) files.add(file)
     if (of.inboundKey?.kind === 'file') files.add(of.inboundKey.path)
     for (const [path, onChange] of watched) {
       if (files.has(path)) continue
@@ -194,7 +193,7 @@ async function login (config: Config, device: boolean): Promise<number> {
   const say = (line: string): void => { process.stderr.write(`${printable(line)}\n`) }
   try {
     const { subject } = await (device ? loginWithDevice : loginWithBrowser)(config, dispatcher, { say, open: openBrowser })
-    const { credentials } = config.token
+    const { credentials } = config.tokenSettings
     say(`Logged in${subject === undefined ? '' : ` as ${subject}`}. The login is kept in ${credentials.grant === 'login' ? credentials.login.store : 'the token store'}; bearer-proxy serve, check and token use it now.`)
     return 0
   } catch (error) {
@@ -222,37 +221,34 @@ async function logout (config: Config): Promise<number> {
 }
 
 /** A token manager and its dispatcher for one command; log lines (on stderr) only when `LOG_LEVEL` asks for them. */
-async function oneShot<T> (config: Config, work: (tokens: import('./token/manager.js').TokenManager, dispatcher: Dispatcher) => Promise<T>): Promise<T> {
-  const [{ createDispatcher }, { TokenManager }, { readClientCertificate }] = await Promise.all([import('./outbound.js'), import('./token/manager.js'), import('./keys.js')])
+async function withCredentialSet<T> (config: Config, work: (tokens: import('./token/manager.js').TokenManager, dispatcher: Dispatcher) => Promise<T>): Promise<T> {
+  const [{ createDispatcher }, { CredentialSet }] = await Promise.all([import('./outbound.js'), import('./credential-set.js')])
   const log = createLogger(config.logLevel ?? 'silent', 2, config.logFormat)
   if (config.insecureSkipVerify && !log.isLevelEnabled('warn')) {
     process.stderr.write('bearer-proxy: warning: BEARER_PROXY_INSECURE_SKIP_VERIFY=true: TLS certificates are NOT verified\n')
   }
   const dispatcher = createDispatcher(config, log)
-  // A client certificate (RFC 8705) goes to the token endpoint, and to upstreams with UPSTREAM_CLIENT_CERT.
-  const { clientCert, upstreamClientCert } = config.token
-  const own = clientCert === undefined ? undefined : createDispatcher(config, log, { certificate: readClientCertificate(clientCert.cert, clientCert.key) })
-  const tokens = new TokenManager(config.token, { dispatcher: own ?? dispatcher, log })
+  // A client certificate (RFC 8705) goes to the token endpoint, and to upstreams with UPSTREAM_CLIENT_CERT: the set's own dispatcher.
+  const set = new CredentialSet('default', config.tokenSettings, { log, dispatcher, outbound: config })
   try {
-    return await work(tokens, upstreamClientCert ? own ?? dispatcher : dispatcher)
+    return await work(set.tokens, set.upstreams)
   } finally {
-    tokens.close()
-    await Promise.all([dispatcher.close(), own?.close()])
+    await Promise.all([set.close(), dispatcher.close()])
   }
 }
 
 /** `token`: the access token alone on stdout; a running proxy's `TOKEN_FILE` when it holds a valid one. */
 async function token (config: Config): Promise<number> {
   // The file holds the first credential set's token (the only one without credential sets).
-  if (config.tokenFile !== undefined && config.token === config.credentialSets.values().next().value) {
+  if (config.tokenFile !== undefined && config.tokenSettings === config.credentialSets.get(defaultSet(config))) {
     const { readTokenFile } = await import('./token/file.js')
-    const kept = readTokenFile(config.tokenFile, config.token.refreshSkew)
+    const kept = readTokenFile(config.tokenFile, config.tokenSettings.refreshSkew)
     if (kept !== undefined) {
       process.stdout.write(`${kept}\n`)
       return 0
     }
   }
-  return await oneShot(config, async (tokens) => {
+  return await withCredentialSet(config, async (tokens) => {
     try {
       const held = await tokens.get()
       process.stdout.write(`${held.reveal()}\n`)
@@ -266,8 +262,8 @@ async function token (config: Config): Promise<number> {
 
 /** `check`: one token, then each upstream asked for `CHECK_PATH` with it; one line each, exit 1 if any failed. */
 async function check (config: Config): Promise<number> {
-  const [{ routesOf }, { upstreamFailure }] = await Promise.all([import('./routes.js'), import('./proxy.js')])
-  return await oneShot(config, async (tokens, dispatcher) => {
+  const { upstreamFailure } = await import('./proxy.js')
+  return await withCredentialSet(config, async (tokens, dispatcher) => {
     let held
     try {
       held = await tokens.get()
@@ -310,19 +306,13 @@ async function check (config: Config): Promise<number> {
 /** `clusters`: the clusters `serve` would serve, configured or listed by the Run:ai control plane; exit 1 if they cannot be read. */
 async function clusters (config: Config): Promise<number> {
   const line = (name: string, uuid: string, url: string, status: string): string => `${name.padEnd(20)} ${uuid.padEnd(36)} ${url} ${status}\n`
-  const { clusterRoot, CLUSTERS_PREFIX } = await import('./routes.js')
   // The top level's clusters, and each route's own (served under its prefix, listed with its set's tokens).
-  const sources = [
-    { root: CLUSTERS_PREFIX, token: config.token, controlPlane: config.discoverClusters ? config.upstream : undefined, listed: config.clusters },
-    ...config.prefixRoutes.filter((route) => route.clusters.size > 0 || route.discoverClusters).map((route) => ({
-      root: clusterRoot(route.prefix), token: config.credentialSets.get(route.credentials) ?? config.token, controlPlane: route.discoverClusters ? route.upstream : undefined, listed: route.clusters
-    }))
-  ].filter(({ controlPlane, listed }) => controlPlane !== undefined || listed.size > 0)
+  const sources = clusterSources(config).map((source) => ({ ...source, token: source.route === undefined ? config.tokenSettings : config.credentialSets.get(source.set) ?? config.tokenSettings }))
   if (sources.length === 0) {
     process.stderr.write('bearer-proxy: no clusters: set BEARER_PROXY_CLUSTERS, or CLUSTERS=auto with a Run:ai control plane as UPSTREAM (in a configuration file: a route\'s clusters:)\n')
     return 0
   }
-  const { listClusters } = await import('./discovery.js')
+  const { listClusters } = await import('./cluster-discovery.js')
   let code = 0
   for (const { root, token, controlPlane, listed } of sources) {
     if (sources.length > 1 || root !== CLUSTERS_PREFIX) process.stdout.write(`${root}\n`)
@@ -330,7 +320,7 @@ async function clusters (config: Config): Promise<number> {
       for (const [name, url] of listed) process.stdout.write(line(name, '-', url.href, 'configured'))
       continue
     }
-    code = Math.max(code, await oneShot({ ...config, token }, async (tokens, dispatcher) => {
+    code = Math.max(code, await withCredentialSet({ ...config, tokenSettings: token }, async (tokens, dispatcher) => {
       try {
         const list = await listClusters(controlPlane, tokens, dispatcher, config.timeout)
         process.stdout.write(line('NAME', 'UUID', 'URL', 'STATUS'))

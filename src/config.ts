@@ -1,12 +1,13 @@
-import { readFileSync } from 'node:fs'
 import envSchema from 'env-schema'
-import { createHash } from 'node:crypto'
-import { readSecret, type SecretSource } from './secret.js'
 import { interpret } from './config/rules.js'
-import { type ClientAuth, firstSetup, type Flavour, PREFIX, SCHEMA, SETTINGS } from './config/settings.js'
+import { firstSetup, SCHEMA, SETTINGS } from './config/settings.js'
 import { CREDENTIAL_SETTINGS, type CredentialSetEntry, fileKey, type RouteEntry } from './config/file.js'
-import { list, parseClusters, parseHttpUrl } from './config/values.js'
-import { CLUSTERS_PREFIX } from './routes.js'
+import type { Config, PrefixRoute } from './config/types.js'
+import { discoversClusters, list, parseClusters, parseHttpUrl } from './config/values.js'
+import type { TokenSettings } from './oauth/settings.js'
+import { PREFIX } from './prefix.js'
+import { reservedPrefix } from './reserved-paths.js'
+import { defaultSet, routeName } from './routes.js'
 import { closest, didYouMean } from './suggest.js'
 import { asWritten, ConfigError, type LoadOptions, readSettings } from './config/read.js'
 
@@ -15,188 +16,12 @@ import { asWritten, ConfigError, type LoadOptions, readSettings } from './config
  * are here; the settings table is `config/settings.ts`, single values are parsed in
  * `config/values.ts`, cross-field rules live in `config/rules.ts`.
  */
-export { type ClientAuth, FLAGS, type Flavour, type Grant, PREFIX } from './config/settings.js'
-export { isLoopback, joinPath, parseAddress } from './config/values.js'
+export { FLAGS } from './config/settings.js'
+export type { Config, PrefixRoute } from './config/types.js'
+export { isLoopback, parseAddress } from './config/values.js'
+export type { ClientAuth, Client, Credentials, Flavour, GrantName, Login, TokenSettings } from './oauth/settings.js'
+export { PREFIX } from './prefix.js'
 export { ConfigError, type LoadOptions, type Listening, loadListening } from './config/read.js'
-
-/**
- * How a token request is written: an OAuth 2.0 form (OpenID Connect, Keycloak,
- * Run:ai's `/api/v2/token`), Run:ai's JSON `/api/v1/token`, its older app-token
- * endpoint, or API Connect's JSON.
- */
-export type DialectName = 'oauth' | 'runai-v1' | 'runai-apptoken' | 'apiconnect'
-
-/** A token endpoint and how it is spoken to. */
-export interface Endpoint { readonly url: URL, readonly dialect: DialectName }
-
-/**
- * Where tokens come from: one endpoint; issuers whose discovery documents name one
- * (the first that exists wins); or endpoints of successive generations of one
- * product, the first that does not answer 404 or 405 wins (and is kept).
- */
-export type TokenEndpoint =
-  | { readonly kind: 'url', readonly endpoint: Endpoint }
-  | { readonly kind: 'issuer', readonly issuers: readonly [URL, ...URL[]] }
-  | { readonly kind: 'generations', readonly endpoints: readonly [Endpoint, ...Endpoint[]] }
-
-/**
- * A client's private key: a PEM (PKCS#8, or PKCS#1/SEC1) or JWK file, or the
- * `private_key` of a service account's JSON key file; re-read when the file changes.
- */
-export interface ClientKey {
-  readonly file: string
-  readonly format: 'key' | 'service_account'
-  /** `CLIENT_KEY_ID`: the `kid` of assertions; without it, the JWK's or the service account's (read with the key). */
-  readonly id: string | undefined
-}
-
-/** Where a person's login is kept, and what it is kept under (the issuer, and the client), and how `login` listens. */
-export interface Login {
-  readonly store: string
-  readonly issuer: string
-  /** Where the provider's discovery document is looked for, in turn (a Keycloak realm has two places). */
-  readonly discovery: readonly URL[]
-  /** The loopback port of the redirect (0: any free one). */
-  readonly port: number
-  /** Seconds `login` waits for the browser. */
-  readonly timeout: number
-}
-
-/** A client as the token endpoint knows it; `secret` is absent for public clients. */
-export interface Client { readonly id: string, readonly secret: SecretSource | undefined }
-
-/**
- * Exactly what a grant sends, by grant: a dialect switches on `grant` and finds
- * every value it needs present (the table in `config/settings.ts` requires them).
- */
-export type Credentials =
-  | { readonly grant: 'app_token', readonly client: { readonly id: string, readonly secret: SecretSource } }
-  /** The secret is absent when the client signs an assertion instead (`CLIENT_AUTH=private_key_jwt`). */
-  | { readonly grant: 'client_credentials', readonly client: Client }
-  /** RFC 7523 §2.1: an assertion signed with the client's key is the grant. */
-  | { readonly grant: 'jwt_bearer', readonly client: Client }
-  /** `bearer-proxy login`: the refresh token stored for this issuer and client is the grant. */
-  | { readonly grant: 'login', readonly client: Client, readonly login: Login }
-  | { readonly grant: 'password', readonly username: string, readonly password: SecretSource, readonly client: Client | undefined }
-  | { readonly grant: 'refresh_token', readonly refreshToken: SecretSource, readonly client: Client | undefined }
-  | { readonly grant: 'api_key', readonly apiKey: SecretSource, readonly client: Client | undefined }
-
-/** The secrets of a set of credentials, to be kept out of anything an endpoint echoes. */
-export function secretsOf (credentials: Credentials): SecretSource[] {
-  const all = [credentials.client?.secret]
-  if (credentials.grant === 'password') all.push(credentials.password)
-  if (credentials.grant === 'refresh_token') all.push(credentials.refreshToken)
-  if (credentials.grant === 'api_key') all.push(credentials.apiKey)
-  return all.filter((source): source is SecretSource => source !== undefined)
-}
-
-/**
- * What identifies a credential set's settings, secrets included (their values and
- * the contents of their files, hashed): a reload replaces the sets whose print changed.
- */
-export function fingerprintOf (settings: TokenSettings): string {
-  const hash = createHash('sha256').update(JSON.stringify(settings))
-  for (const source of secretsOf(settings.credentials)) {
-    let value: string
-    try {
-      value = readSecret(source).reveal()
-    } catch (error) {
-      value = `unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`
-    }
-    hash.update('\0').update(value)
-  }
-  // A rotated key or certificate changes the set as a rotated secret does.
-  for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) {
-    if (file === undefined) continue
-    try {
-      hash.update('\0').update(readFileSync(file))
-    } catch (error) {
-      hash.update(`\0unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`)
-    }
-  }
-  return hash.digest('hex')
-}
-
-/** What the token manager needs: where to ask, and with which credentials. */
-export interface TokenSettings {
-  readonly flavour: Flavour
-  readonly credentials: Credentials
-  readonly endpoint: TokenEndpoint
-  readonly clientAuth: ClientAuth
-  /** The key that signs assertions (`private_key_jwt`, `jwt_bearer`). */
-  readonly clientKey: ClientKey | undefined
-  /** The `aud` of assertions: the token endpoint, or the issuer. */
-  readonly assertionAudience: 'token_endpoint' | 'issuer'
-  /** A service account's JSON key file: its scope goes into the assertion, as Google reads it. */
-  readonly serviceAccount: boolean
-  /** RFC 8705: the certificate (PEM, with its chain) and its key, presented to the token endpoint; re-read when they change. */
-  readonly clientCert: { readonly cert: string, readonly key: string } | undefined
-  /** The certificate is presented to the set's upstreams too. */
-  readonly upstreamClientCert: boolean
-  readonly realm: string | undefined
-  readonly scope: string | undefined
-  readonly audience: string | undefined
-  readonly params: ReadonlyArray<readonly [string, string]>
-  readonly appName: string | undefined
-  /** Seconds before expiry at which a token counts as expired (capped at 10% of its lifetime). */
-  readonly refreshSkew: number
-  /** Seconds to wait for the token endpoint. */
-  readonly timeout: number
-  /** An https issuer may name a plain http token endpoint (credentials then travel unencrypted). */
-  readonly allowHttpTokenEndpoint: boolean
-}
-
-/** A route of the configuration file: served at `prefix`, forwarded to `upstream` with the tokens of credential set `credentials`. */
-export interface PrefixRoute {
-  readonly name: string
-  readonly prefix: string
-  readonly upstream: URL
-  readonly credentials: string
-  /** The route's own policy, besides the top level's: paths are those below its prefix. */
-  readonly readOnly: boolean
-  readonly allowPaths: readonly string[]
-  readonly denyPaths: readonly string[]
-  /** The route's own clusters, served at `<prefix>/clusters/<name>/…` with the route's credential set. */
-  readonly clusters: ReadonlyMap<string, URL>
-  /** Clusters read from the Run:ai control plane at the route's upstream (`clusters: auto`, or a Run:ai set without `clusters`). */
-  readonly discoverClusters: boolean
-}
-
-export interface Config {
-  readonly token: TokenSettings
-  readonly upstream: URL | undefined
-  readonly clusters: ReadonlyMap<string, URL>
-  /** Credential sets by name: `default` (the top-level settings), or those of `--config`'s `credentials:`. */
-  readonly credentialSets: ReadonlyMap<string, TokenSettings>
-  /** `--config`'s `routes:`: each a prefix, an upstream and the credential set it uses. */
-  readonly prefixRoutes: readonly PrefixRoute[]
-  /** Clusters read from the Run:ai control plane at `upstream` (`AUTH=runai` without `CLUSTERS`, or `CLUSTERS=auto`). */
-  readonly discoverClusters: boolean
-  readonly host: string
-  readonly port: number
-  readonly socket: string | undefined
-  readonly inboundKey: SecretSource | undefined
-  readonly allowAnonymous: boolean
-  readonly allowedHosts: readonly string[]
-  readonly allowedOrigins: readonly string[]
-  readonly adminAddress: { readonly host: string, readonly port: number } | undefined
-  readonly readOnly: boolean
-  readonly allowPaths: readonly string[]
-  readonly denyPaths: readonly string[]
-  readonly caFile: string | undefined
-  readonly insecureSkipVerify: boolean
-  /** Seconds to wait for upstream response headers. */
-  readonly timeout: number
-  /** As set; unset, each command has its own default (`serve`: info; `check`, `token`: no log lines). */
-  readonly logLevel: string | undefined
-  /** Unset: pretty on a terminal, JSON otherwise. */
-  readonly logFormat: 'json' | 'pretty' | undefined
-  /** What `check` asks each upstream for, with the token. */
-  readonly checkPath: string
-  /** Where `serve` keeps the current access token for tools that read a file (and `token` reads it). */
-  readonly tokenFile: string | undefined
-}
-
 
 export function loadConfig (options: LoadOptions = {}): Config {
   const { data, origins, problems: fileProblems, file } = readSettings(options)
@@ -225,12 +50,12 @@ export function loadConfig (options: LoadOptions = {}): Config {
     const setData = Object.fromEntries(Object.entries(set.values).map(([name, value]) => [PREFIX + name, value]))
     const result = evaluate(setData, set.origins, { forwarding: false, meant: set.meant })
     problems.push(...result.problems.map((line) => inSet(line, set)))
-    if (result.config !== undefined) named.set(set.name, { token: result.config.token, upstream: result.config.upstream })
+    if (result.config !== undefined) named.set(set.name, { token: result.config.tokenSettings, upstream: result.config.upstream })
   }
   // A route naming a set whose own problems are named above is not a further problem.
   const routes = prefixRoutesOf(file?.routes ?? [], named, new Set(sets.map((set) => set.name)), problems)
   if (forwarding && (file?.routes.length ?? 0) === 0) problems.push(`${options.configFile ?? 'the configuration'}: routes: required with credential sets (- prefix: /api, credentials: NAME)`)
-  const first = named.values().next().value
+  const first = named.size === 0 ? undefined : named.get(defaultSet({ credentialSets: named }))
   // The top level is checked whatever became of the sets: its own problems are named too.
   const top = evaluate(data, origins, { forwarding: false, token: first?.token ?? ({} as TokenSettings), meant: file?.meant })
   problems.push(...top.problems)
@@ -281,11 +106,11 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
       problems.push(`${where('prefix')}: required (where the route is served, e.g. /runai)`)
       continue
     }
-    if (!ROUTE_PREFIX.test(prefix) || prefix === '/-' || prefix.startsWith('/-/') || prefix === '/clusters' || prefix.startsWith(CLUSTERS_PREFIX)) {
+    if (!ROUTE_PREFIX.test(prefix) || reservedPrefix(prefix)) {
       problems.push(`${where('prefix')}: a path of letters, digits and ".", "_", "~", "-" segments, not under /-/ or /clusters/`)
       continue
     }
-    const name = values.name ?? (prefix === '/' ? 'admin' : prefix.slice(1).replace(/\//g, '-'))
+    const name = values.name ?? routeName(prefix)
     const set = values.credentials === undefined ? undefined : sets.get(values.credentials)
     if (set === undefined) {
       // A set that is declared but has problems of its own: those are named where the set is.
@@ -308,8 +133,8 @@ function prefixRoutesOf (entries: readonly RouteEntry[], sets: ReadonlyMap<strin
     if (readOnly === undefined) problems.push(`${where('readOnly')}: must be true or false`)
     // As at the top level: Run:ai lists its clusters unless the route names them.
     const clusters = parseClusters(values.clusters, problems, where('clusters'))
-    const discoverClusters = values.clusters === 'auto' || (set.token.flavour === 'runai' && values.clusters === undefined)
-    routes.push({ name, prefix, upstream, credentials: values.credentials as string, readOnly: readOnly ?? true, allowPaths: list(values.allowPaths), denyPaths: list(values.denyPaths), clusters, discoverClusters })
+    const discoverClusters = discoversClusters(values.clusters, set.token.flavour)
+    routes.push({ name, prefix, upstream, set: values.credentials as string, readOnly: readOnly ?? true, allowPaths: list(values.allowPaths), denyPaths: list(values.denyPaths), clusters, discoverClusters })
   }
   return routes
 }

@@ -1,20 +1,19 @@
-import { createHash } from 'node:crypto'
 import type { Server } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { createApp, ownEndpoints } from './app.js'
-import { type Config, fingerprintOf, type TokenSettings } from './config.js'
-import { ClusterDiscovery, type DiscoveredCluster } from './discovery.js'
+import type { Config, TokenSettings } from './config.js'
+import { CredentialSet, type Outbound, outboundOf, type SetContext } from './credential-set.js'
+import { ClusterDiscovery, type DiscoveredCluster } from './cluster-discovery.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import { createGuard, type Guard, guardHook } from './guard.js'
 import { Metrics } from './metrics.js'
 import { discoveredRoutes, proxyRoutes, type ServedRoute, serveRoute } from './proxy.js'
-import { clusterRoot, clusterRootsOf, CLUSTERS_PREFIX, RouteTable, routesOf } from './routes.js'
-import { readClientCertificate } from './keys.js'
-import { createDispatcher } from './outbound.js'
-import { readSecret, type SecretSource } from './secret.js'
-import { type Clock, TokenManager } from './token/manager.js'
+import { ADMIN_ROUTE, clusterRootsOf, clusterSources, defaultSet, OWN_PREFIX, RouteTable, routesOf } from './routes.js'
+import { digestOf, type SecretSource } from './secret.js'
+import type { Clock } from './token/clock.js'
+import type { TokenManager } from './token/manager.js'
 
 /**
  * A configuration being served, as a generation: its routes, guard, clusters and
@@ -22,12 +21,12 @@ import { type Clock, TokenManager } from './token/manager.js'
  */
 
 /** What the listener and every generation of the configuration share. */
-export interface Shared {
+export interface ProxyContext {
   readonly log: Logger
   readonly dispatcher: Dispatcher
   readonly metrics: Metrics
   /** One token manager per credential set, by name: reloads add and remove sets; read at each request. */
-  readonly credentials: Map<string, TokenManager>
+  readonly setTokens: Map<string, TokenManager>
   /** Set once shutdown starts: each keep-alive connection is then closed when its request is answered. */
   closing: boolean
   /** Where idle connections are closed during shutdown. */
@@ -55,17 +54,17 @@ export interface Generation {
  * route per upstream and the discovered clusters. It never listens: the listener
  * hands it requests while it is the generation serving.
  */
-async function buildGeneration (config: Config, shared: Shared, routes: readonly ServedRoute[], clusters: readonly DiscoveredClusters[]): Promise<Generation> {
+async function buildGeneration (config: Config, shared: ProxyContext, routes: readonly ServedRoute[], clusters: readonly DiscoveredClusters[]): Promise<Generation> {
   const { log, metrics } = shared
   const table = new RouteTable(routes, clusterRootsOf(config))
-  const app = createApp(log, (target) => table.meant(target))
+  const app = createApp(log, (target) => table.clusterHint(target))
   const guard = createGuard(config, (path) => table.canonical(path))
   app.addHook('onRequest', guardHook(guard))
 
   // Callback style: no promise per request; the log line is only built when it is written.
   const hinted = new Set<string>()
   const hintCluster = (target: string): void => {
-    const hint = table.meant(target)
+    const hint = table.clusterHint(target)
     if (hint === undefined || hinted.has(hint)) return
     hinted.add(hint)
     log.warn({ event: 'cluster_path_hint', meant: hint }, `the admin API answered 404 to a path that starts with a cluster's name; clusters are served at ${hint}`)
@@ -77,9 +76,9 @@ async function buildGeneration (config: Config, shared: Shared, routes: readonly
     const elapsed = reply.elapsedTime
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
     // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
-    if (reply.statusCode === 404 && upstream === 'admin') hintCluster(request.raw.url ?? '')
+    if (reply.statusCode === 404 && upstream === ADMIN_ROUTE) hintCluster(request.raw.url ?? '')
     // Probes and scrapes (the proxy's own endpoints) at debug: they come every few seconds.
-    const level = upstream === undefined && request.raw.url?.startsWith('/-/') === true ? 'debug' : 'info'
+    const level = upstream === undefined && request.raw.url?.startsWith(OWN_PREFIX) === true ? 'debug' : 'info'
     if (log.isLevelEnabled(level)) {
       const url = request.raw.url ?? ''
       const query = url.indexOf('?')
@@ -96,7 +95,7 @@ async function buildGeneration (config: Config, shared: Shared, routes: readonly
     done()
   })
 
-  ownEndpoints(app, { credentials: shared.credentials, metrics, table: () => table })
+  ownEndpoints(app, { setTokens: shared.setTokens, metrics, table: () => table })
 
   app.decorateRequest('upstreamName', undefined)
   for (const root of clusterRootsOf(config)) {
@@ -175,20 +174,10 @@ function settingsOf (config: Config): Partial<Record<keyof Config, string>> {
       shapes[key] = JSON.stringify(value)
       continue
     }
-    try {
-      shapes[key] = createHash('sha256').update(readSecret(value as SecretSource).reveal()).digest('hex')
-    } catch {
-      shapes[key] = 'unreadable'
-    }
+    shapes[key] = digestOf(value as SecretSource)
   }
   return shapes
 }
-/** Token lines name their credential set when there are several. */
-function credentialsLog (log: Logger, name: string, config: Config): Logger {
-  // `set`, not `credentials`: a field named like a credential is redacted.
-  return config.credentialSets.size > 1 ? log.child({ set: name }) : log
-}
-
 /**
  * Clusters a Run:ai control plane lists, as routes under one root, kept in the route
  * table of each generation that serves them; a cluster whose URL did not change
@@ -240,7 +229,7 @@ class DiscoveredClusters {
   }
 }
 
-export interface ConfigurationsOptions {
+export interface LiveConfigurationOptions {
   /** Token back-off and renewal point, for tests that cannot wait a second. */
   readonly backoffMs?: number
   readonly renewAt?: number
@@ -250,17 +239,8 @@ export interface ConfigurationsOptions {
   readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
 
-/**
- * Where a credential set's calls go out: the shared dispatcher, or, with a client
- * certificate (RFC 8705), one of its own that presents it to the token endpoint,
- * and to the set's upstreams too with `UPSTREAM_CLIENT_CERT`.
- */
-interface Outbound {
-  readonly tokens: Dispatcher
-  readonly upstreams: Dispatcher
-  /** The set's own dispatcher, closed when the set changes or goes. */
-  readonly own: Dispatcher | undefined
-}
+/** What a route takes of its credential set: its token manager, and the dispatcher its upstream requests go out by. */
+interface SetParts { readonly tokens: TokenManager, readonly upstreams: Dispatcher }
 
 /** A number per dispatcher, so that a route kept by a reload is one that goes out the same way. */
 const dispatcherIds = new WeakMap<Dispatcher, number>()
@@ -274,40 +254,36 @@ function idOf (dispatcher: Dispatcher): number {
 
 /**
  * The configuration served now, and its replacement by a reload: the credential
- * sets' token managers (kept, reconfigured, closed or made), the routes (kept whole
- * while unchanged), the cluster discoveries, and the generation that routes requests.
+ * sets (kept, reconfigured, closed or made), the routes (kept whole while
+ * unchanged), the cluster discoveries, and the generation that routes requests.
  */
-export class Configurations {
-  readonly shared: Shared
+export class LiveConfiguration {
+  readonly shared: ProxyContext
   /** The first credential set's token manager at start (the only one without credential sets). */
   readonly tokens: TokenManager
   readonly #started: Config
-  readonly #options: ConfigurationsOptions
+  readonly #options: LiveConfigurationOptions
   #current!: Generation
   /** Routes by what they are configured as: a route a reload keeps is kept whole, with what its 401s taught it. */
   #served = new Map<string, ServedRoute>()
-  /** Each set's settings and secrets, hashed: what tells a changed set from a kept one. */
-  readonly #prints: Map<string, string>
-  readonly #outbound: Map<string, Outbound>
+  /** One object per credential set: a route's tokens come from its own set, and no other. */
+  readonly #sets: Map<string, CredentialSet>
 
-  private constructor (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions) {
+  private constructor (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: LiveConfigurationOptions) {
     this.#started = config
     this.#options = options
-    this.#outbound = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#outboundOf(settings, parts)]))
-    // One token manager per credential set: a route's tokens come from its own set, and no other.
-    const credentials = new Map([...config.credentialSets].map(([name, settings]) => [name, this.#manager(name, settings, config, parts.log, this.#outbound.get(name) as Outbound)]))
-    this.tokens = credentials.values().next().value as TokenManager
-    this.shared = { ...parts, metrics: new Metrics(credentials), credentials, closing: false, server: undefined }
-    this.#prints = new Map([...config.credentialSets].map(([name, settings]) => [name, fingerprintOf(settings)]))
+    this.#sets = new Map([...config.credentialSets].map(([name, settings]) => [name, new CredentialSet(name, settings, this.#context(name, config, parts))]))
+    const setTokens = new Map([...this.#sets].map(([name, set]) => [name, set.tokens]))
+    this.tokens = setTokens.get(defaultSet(config)) as TokenManager
+    this.shared = { ...parts, metrics: new Metrics(setTokens), setTokens, closing: false, server: undefined }
   }
 
   /** The first generation built, its token managers made but not started. */
-  static async build (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: ConfigurationsOptions = {}): Promise<Configurations> {
-    const configurations = new Configurations(config, parts, options)
-    const { credentials } = configurations.shared
-    const outbound = configurations.#outbound
-    const routes = configurations.#serve(config, credentials, outbound)
-    configurations.#current = await buildGeneration(config, configurations.shared, routes.routes, configurations.#clusters(config, credentials, outbound, []))
+  static async build (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: LiveConfigurationOptions = {}): Promise<LiveConfiguration> {
+    const configurations = new LiveConfiguration(config, parts, options)
+    const sets = configurations.#sets
+    const routes = configurations.#serve(config, sets)
+    configurations.#current = await buildGeneration(config, configurations.shared, routes.routes, configurations.#clusters(config, sets, []))
     routes.keep()
     return configurations
   }
@@ -320,7 +296,7 @@ export class Configurations {
   /** Token requests and discoveries begin: once the proxy can be reached, so that a listener that fails costs none. */
   start (): void {
     for (const feed of this.#current.clusters) feed.discovery.start()
-    for (const manager of this.shared.credentials.values()) manager.start()
+    for (const set of this.#sets.values()) set.tokens.start()
   }
 
   /**
@@ -329,28 +305,36 @@ export class Configurations {
    * routes cannot be built.
    */
   async reconfigure (next: Config): Promise<ReloadSummary> {
-    const { credentials, metrics } = this.shared
-    const sets = diff([...this.#prints.keys()], [...next.credentialSets.keys()], (name) => fingerprintOf(next.credentialSets.get(name) as TokenSettings) !== this.#prints.get(name))
-    const renewed = new Set([...sets.added, ...sets.changed])
-    // New and changed sets go out by dispatchers made from their files as they are now.
-    const nextOutbound = new Map<string, Outbound>()
+    const { setTokens, metrics } = this.shared
+    const running = this.#sets
+    const sets = diff([...running.keys()], [...next.credentialSets.keys()], (name) => (running.get(name) as CredentialSet).changedBy(next.credentialSets.get(name) as TokenSettings))
+    // Changed sets go out by dispatchers made from their files as they are now; new sets are made whole, not started.
+    const changed = new Map<string, Outbound>()
+    const added = new Map<string, CredentialSet>()
+    const discard = (): void => {
+      for (const outbound of changed.values()) void outbound.own?.close()
+      for (const set of added.values()) void set.close()
+    }
     try {
-      for (const [name, settings] of next.credentialSets) nextOutbound.set(name, renewed.has(name) ? this.#outboundOf(settings, this.shared) : this.#outbound.get(name) as Outbound)
+      for (const name of sets.changed) changed.set(name, outboundOf(next.credentialSets.get(name) as TokenSettings, this.#context(name, next, this.shared)))
+      for (const name of sets.added) added.set(name, new CredentialSet(name, next.credentialSets.get(name) as TokenSettings, this.#context(name, next, this.shared)))
     } catch (error) {
       // A certificate that changed again since it was checked: nothing made so far is kept.
-      for (const name of renewed) void nextOutbound.get(name)?.own?.close()
+      discard()
       throw error
     }
-    // The new sets' managers, made but not started until the new routes serve.
-    const nextSets = new Map([...next.credentialSets].map(([name, settings]) => [name, credentials.get(name) ?? this.#manager(name, settings, next, this.shared.log, nextOutbound.get(name) as Outbound)]))
-    const routes = this.#serve(next, nextSets, nextOutbound)
-    const clusters = this.#clusters(next, nextSets, nextOutbound, this.#current.clusters)
+    const plan = new Map([...next.credentialSets.keys()].map((name) => [name, {
+      tokens: (added.get(name) ?? running.get(name) as CredentialSet).tokens,
+      upstreams: changed.get(name)?.upstreams ?? (added.get(name) ?? running.get(name) as CredentialSet).upstreams
+    }]))
+    const routes = this.#serve(next, plan)
+    const clusters = this.#clusters(next, plan, this.#current.clusters)
     let generation: Generation
     try {
       generation = await buildGeneration(next, this.shared, routes.routes, clusters)
     } catch (error) {
       for (const feed of clusters) if (!this.#current.clusters.includes(feed)) feed.discovery.close()
-      for (const name of renewed) void nextOutbound.get(name)?.own?.close()
+      discard()
       throw error
     }
     const previous = this.#current
@@ -360,30 +344,20 @@ export class Configurations {
       feed.detach(previous.table)
       if (!generation.clusters.includes(feed)) feed.discovery.close()
     }
-    for (const name of [...sets.removed, ...sets.changed]) {
-      // Graceful: requests already on their way finish.
-      void this.#outbound.get(name)?.own?.close()
-      this.#outbound.delete(name)
-    }
-    for (const name of renewed) this.#outbound.set(name, nextOutbound.get(name) as Outbound)
     for (const name of sets.removed) {
-      const manager = credentials.get(name) as TokenManager
-      manager.close()
-      metrics.forget(name, manager)
-      credentials.delete(name)
-      this.#prints.delete(name)
+      const set = running.get(name) as CredentialSet
+      // Graceful: requests already on their way finish.
+      void set.close()
+      metrics.forget(name, set.tokens)
+      setTokens.delete(name)
+      running.delete(name)
     }
-    for (const name of sets.changed) {
-      const settings = next.credentialSets.get(name) as TokenSettings
-      credentials.get(name)?.reconfigure(settings, nextOutbound.get(name)?.tokens)
-      this.#prints.set(name, fingerprintOf(settings))
-    }
-    for (const name of sets.added) {
-      const manager = nextSets.get(name) as TokenManager
-      credentials.set(name, manager)
-      this.#prints.set(name, fingerprintOf(next.credentialSets.get(name) as TokenSettings))
-      metrics.count(name, manager)
-      manager.start()
+    for (const [name, outbound] of changed) (running.get(name) as CredentialSet).reconfigure(next.credentialSets.get(name) as TokenSettings, outbound)
+    for (const [name, set] of added) {
+      running.set(name, set)
+      setTokens.set(name, set.tokens)
+      metrics.count(name, set.tokens)
+      set.tokens.start()
     }
     for (const feed of generation.clusters) if (!previous.clusters.includes(feed)) feed.discovery.start()
     const [before, after] = [routesByName(previous.config), routesByName(next)]
@@ -399,31 +373,26 @@ export class Configurations {
   async close (): Promise<void> {
     for (const feed of this.#current.clusters) feed.discovery.close()
     await this.#current.app.close()
-    for (const manager of this.shared.credentials.values()) manager.close()
-    await Promise.all([...this.#outbound.values()].map(async ({ own }) => await own?.close()))
+    await Promise.all([...this.#sets.values()].map(async (set) => await set.close()))
   }
 
-  #manager (name: string, settings: TokenSettings, of: Config, log: Logger, outbound: Outbound): TokenManager {
-    return new TokenManager(settings, { dispatcher: outbound.tokens, log: credentialsLog(log, name, of), backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt, clock: this.#options.clock })
-  }
-
-  /** How a set's calls go out: its certificate and key read now (a reload reads them again when they change). */
-  #outboundOf (settings: TokenSettings, parts: { log: Logger, dispatcher: Dispatcher }): Outbound {
-    if (settings.clientCert === undefined) return { tokens: parts.dispatcher, upstreams: parts.dispatcher, own: undefined }
-    const own = createDispatcher(this.#started, parts.log, { certificate: readClientCertificate(settings.clientCert.cert, settings.clientCert.key) })
-    return { tokens: own, upstreams: settings.upstreamClientCert ? own : parts.dispatcher, own }
+  /** What a set of `of` is made with: token lines name their set when there are several. */
+  #context (name: string, of: Config, parts: { log: Logger, dispatcher: Dispatcher }): SetContext {
+    // `set`, not `credentials`: a field named like a credential is redacted.
+    const log = of.credentialSets.size > 1 ? parts.log.child({ set: name }) : parts.log
+    return { log, dispatcher: parts.dispatcher, outbound: this.#started, clock: this.#options.clock, backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt }
   }
 
   /** The routes of `of`, each with its set's token manager; `keep()` makes them the ones the next reload compares with. */
-  #serve (of: Config, sets: ReadonlyMap<string, TokenManager>, outbound: ReadonlyMap<string, Outbound>): { routes: ServedRoute[], keep: () => void } {
+  #serve (of: Config, sets: ReadonlyMap<string, SetParts>): { routes: ServedRoute[], keep: () => void } {
     const next = new Map<string, ServedRoute>()
     const routes = routesOf(of).map((route) => {
-      const upstreams = (outbound.get(route.credentials) as Outbound).upstreams
+      const { tokens, upstreams } = sets.get(route.set) as SetParts
       const key = `${JSON.stringify(route)} ${idOf(upstreams)}`
       const kept = this.#served.get(key)
-      const made = kept !== undefined && sets.get(route.credentials) === this.shared.credentials.get(route.credentials)
+      const made = kept !== undefined && tokens === this.shared.setTokens.get(route.set)
         ? kept
-        : serveRoute(route, upstreams, sets.get(route.credentials) as TokenManager, this.shared.log)
+        : serveRoute(route, upstreams, tokens, this.shared.log)
       next.set(key, made)
       return made
     })
@@ -434,21 +403,15 @@ export class Configurations {
    * The discoveries a configuration runs: the top level's, and each route's. One that
    * asks the same control plane with the same set, the same way, for the same root, keeps running.
    */
-  #clusters (of: Config, sets: ReadonlyMap<string, TokenManager>, outbound: ReadonlyMap<string, Outbound>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
+  #clusters (of: Config, sets: ReadonlyMap<string, SetParts>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
     const { log } = this.shared
-    const [defaultSet] = [...sets.keys()] as [string]
-    const wanted = [
-      ...(of.discoverClusters && of.upstream !== undefined ? [{ root: CLUSTERS_PREFIX, controlPlane: of.upstream, credentials: defaultSet, route: undefined }] : []),
-      ...of.prefixRoutes.filter((route) => route.discoverClusters).map((route) => ({ root: clusterRoot(route.prefix), controlPlane: route.upstream, credentials: route.credentials, route: route.name }))
-    ]
-    return wanted.map(({ root, controlPlane, credentials: name, route }) => {
-      const manager = sets.get(name) as TokenManager
-      const dispatcher = (outbound.get(name) as Outbound).upstreams
+    return clusterSources(of).flatMap(({ root, controlPlane, set: name, route }) => controlPlane === undefined ? [] : [{ root, controlPlane, name, route }]).map(({ root, controlPlane, name, route }) => {
+      const { tokens: manager, upstreams: dispatcher } = sets.get(name) as SetParts
       const kept = running.find((feed) => feed.serves(root, controlPlane, manager, dispatcher))
       if (kept !== undefined) return kept
       const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, timeout: of.timeout, ...this.#options.discovery })
       return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager, dispatcher }, (cluster, upstream) =>
-        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, credentials: name }, dispatcher, manager, log))
+        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, set: name }, dispatcher, manager, log))
     })
   }
 }

@@ -3,7 +3,8 @@ import type { IncomingMessage } from 'node:http'
 import type { onRequestHookHandler } from 'fastify'
 import type { Config } from './config.js'
 import { ProxyError, sendProxyError } from './errors.js'
-import { clusterRootsOf, CLUSTERS_PREFIX, ROUTE_SEGMENTS } from './routes.js'
+import { trimSlashes } from './url.js'
+import { clusterRootsOf, CLUSTERS_PREFIX, OWN_PREFIX, ROUTE_SEGMENTS } from './routes.js'
 import { readSecret } from './secret.js'
 
 /** Probes that orchestrators call by pod address and without credentials. */
@@ -139,7 +140,7 @@ export function createGuard (config: Config, canonical: (path: string) => string
   const key = config.inboundKey === undefined ? undefined : digest(`Bearer ${readSecret(config.inboundKey).reveal()}`)
   const anyHost = config.allowedHosts.includes('*')
   const hosts = new Set([...LOOPBACK_HOSTS, ...config.allowedHosts.map(hostName)])
-  const origins = new Set(config.allowedOrigins.map((origin) => origin.toLowerCase().replace(/\/+$/, '')))
+  const origins = new Set(config.allowedOrigins.map((origin) => trimSlashes(origin.toLowerCase())))
   const allowed = prefixMatcher(config.allowPaths)
   const denied = prefixMatcher(config.denyPaths)
   const forbidden = (message: string): ProxyError => new ProxyError('forbidden', message)
@@ -199,9 +200,9 @@ export function createGuard (config: Config, canonical: (path: string) => string
     }
     // Only with rules to judge by: the plain case costs nothing.
     const judged = rules ? canonical(path) : path
-    const own = routes.length === 0 || path.startsWith('/-/') ? undefined : ownPolicy(judged)
+    const own = routes.length === 0 || path.startsWith(OWN_PREFIX) ? undefined : ownPolicy(judged)
     const readOnly = config.readOnly || own?.policy.route.readOnly === true
-    if (!path.startsWith('/-/')) {
+    if (!path.startsWith(OWN_PREFIX)) {
       if (readOnly) {
         const why = config.readOnly ? 'BEARER_PROXY_READ_ONLY is on' : `route ${own?.policy.route.name ?? ''} is readOnly`
         if (!SAFE_METHODS.has(method)) return forbidden(`${method} is not forwarded: ${why}`)

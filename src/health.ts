@@ -1,5 +1,5 @@
 import { request } from 'node:http'
-import type { Arguments } from './cli.js'
+import type { Arguments } from './arguments.js'
 import { type Listening, loadListening, refused } from './config/read.js'
 
 /**

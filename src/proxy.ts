@@ -7,7 +7,7 @@ import { BearerDispatcher } from './bearer.js'
 import { ProxyError, sendProxyError } from './errors.js'
 import type { Admitted, InboundRequest } from './guard.js'
 import { answeredPlainHttp, networkReason } from './oauth/http.js'
-import type { TokenSource } from './token/manager.js'
+import type { TokenSource } from './token/access-token.js'
 import { RouteRefusals } from './token/refusals.js'
 import { basePath, locationRewriter, type Route, type RouteTable } from './routes.js'
 

@@ -1,18 +1,57 @@
-import type { Config } from './config.js'
+import type { Config } from './config/types.js'
 import { ProxyError } from './errors.js'
+import { CLUSTERS_PREFIX, OWN_PREFIX } from './reserved-paths.js'
 import { someOf } from './suggest.js'
+import { trimSlashes } from './url.js'
 
-/** Where clusters are served: `/clusters/<name>/…`. */
-export const CLUSTERS_PREFIX = '/clusters/'
-/** The first path segments the router gives a meaning to; the guard refuses them encoded. */
-export const ROUTE_SEGMENTS: ReadonlySet<string> = new Set(['clusters', '-'])
+export { CLUSTERS_PREFIX, OWN_PREFIX, ROUTE_SEGMENTS } from './reserved-paths.js'
+
+/**
+ * The route plan: which routes a configuration serves, where its clusters are and
+ * who lists them, which credential set is the default. Every part of the proxy that
+ * needs one of these decisions asks here.
+ */
+
+/** The name of the route at `/`: the admin API of a control plane, or whatever the one upstream is. */
+export const ADMIN_ROUTE = 'admin'
+
+/** The name of a route of the configuration file that names none: `admin` at `/`, else its prefix (`/runai/eu` → `runai-eu`). */
+export function routeName (prefix: string): string {
+  return prefix === '/' ? ADMIN_ROUTE : prefix.slice(1).replace(/\//g, '-')
+}
+
+/** The credential set of the top level (its routes, its clusters, `TOKEN_FILE`): the first (the only one without credential sets). */
+export function defaultSet (config: { readonly credentialSets: ReadonlyMap<string, unknown> }): string {
+  return config.credentialSets.keys().next().value as string
+}
+
+/** Clusters served under one root: configured ones, and the control plane that lists more, with the set whose tokens read the list. */
+export interface ClusterSource {
+  readonly root: string
+  /** The route they belong to (their routes are named `<route>/<cluster>`); none at the top level. */
+  readonly route: string | undefined
+  readonly set: string
+  readonly listed: ReadonlyMap<string, URL>
+  /** The Run:ai control plane that lists them (`clusters: auto`, or a Run:ai set without `clusters`). */
+  readonly controlPlane: URL | undefined
+}
+
+/** Every root that has clusters, configured or discovered: `/clusters/`, and under each route that has its own. */
+export function clusterSources (config: Pick<Config, 'clusters' | 'upstream' | 'discoverClusters' | 'prefixRoutes' | 'credentialSets'>): ClusterSource[] {
+  const top: ClusterSource = { root: CLUSTERS_PREFIX, route: undefined, set: defaultSet(config), listed: config.clusters, controlPlane: config.discoverClusters ? config.upstream : undefined }
+  const routes = config.prefixRoutes.map((route): ClusterSource => ({
+    root: clusterRoot(route.prefix), route: route.name, set: route.set, listed: route.clusters, controlPlane: route.discoverClusters ? route.upstream : undefined
+  }))
+  return [top, ...routes].filter((source) => source.listed.size > 0 || source.controlPlane !== undefined)
+}
 
 /** One upstream, where it is served, and the credential set whose tokens it gets. */
 export interface Route {
   readonly name: string
   readonly prefix: string
   readonly upstream: URL
-  readonly credentials: string
+  /** The credential set whose tokens it gets. */
+  readonly set: string
 }
 
 /**
@@ -21,13 +60,13 @@ export interface Route {
  * `<prefix>/clusters/<name>`, named `<route>/<name>`), the admin API at `/`.
  */
 export function routesOf (config: Pick<Config, 'clusters' | 'upstream' | 'prefixRoutes' | 'credentialSets'>): Route[] {
-  const credentials = config.credentialSets.keys().next().value as string
-  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream, credentials }))
-  for (const { name, prefix, upstream, credentials, clusters } of config.prefixRoutes) {
-    for (const [cluster, url] of clusters) routes.push({ name: `${name}/${cluster}`, prefix: `${clusterRoot(prefix)}${cluster}`, upstream: url, credentials })
-    routes.push({ name, prefix, upstream, credentials })
+  const set = defaultSet(config)
+  const routes: Route[] = [...config.clusters].map(([name, upstream]) => ({ name, prefix: `${CLUSTERS_PREFIX}${name}`, upstream, set }))
+  for (const { name, prefix, upstream, set: own, clusters } of config.prefixRoutes) {
+    for (const [cluster, url] of clusters) routes.push({ name: `${name}/${cluster}`, prefix: `${clusterRoot(prefix)}${cluster}`, upstream: url, set: own })
+    routes.push({ name, prefix, upstream, set: own })
   }
-  if (config.upstream !== undefined && config.prefixRoutes.length === 0) routes.push({ name: 'admin', prefix: '/', upstream: config.upstream, credentials })
+  if (config.upstream !== undefined && config.prefixRoutes.length === 0) routes.push({ name: ADMIN_ROUTE, prefix: '/', upstream: config.upstream, set })
   return routes
 }
 
@@ -37,8 +76,8 @@ export function clusterRoot (prefix: string): string {
 }
 
 /** Where a configuration serves clusters: `/clusters/`, and under each route that has clusters of its own. */
-export function clusterRootsOf (config: Pick<Config, 'prefixRoutes'>): string[] {
-  return [CLUSTERS_PREFIX, ...config.prefixRoutes.filter((route) => route.clusters.size > 0 || route.discoverClusters).map((route) => clusterRoot(route.prefix))]
+export function clusterRootsOf (config: Pick<Config, 'clusters' | 'upstream' | 'discoverClusters' | 'prefixRoutes' | 'credentialSets'>): string[] {
+  return [CLUSTERS_PREFIX, ...clusterSources(config).map((source) => source.root).filter((root) => root !== CLUSTERS_PREFIX)]
 }
 
 /**
@@ -104,7 +143,7 @@ export class RouteTable<R extends Route> {
   }
 
   resolve (target: string): Resolved<R> | ProxyError {
-    if (target.startsWith('/-/')) return new ProxyError('not_found', 'the proxy has no such endpoint')
+    if (target.startsWith(OWN_PREFIX)) return new ProxyError('not_found', 'the proxy has no such endpoint')
     for (const namespace of this.#namespaces) {
       if (!target.startsWith(namespace.root)) continue
       const rest = target.slice(namespace.root.length)
@@ -143,7 +182,7 @@ export class RouteTable<R extends Route> {
   }
 
   /** The cluster a `/<name>/…` target probably meant, when `<name>` is a cluster of the top level: `/clusters/<name>/…`. */
-  meant (target: string): string | undefined {
+  clusterHint (target: string): string | undefined {
     const end = target.slice(1).search(/[/?]/)
     const first = end === -1 ? target.slice(1) : target.slice(1, 1 + end)
     const top = this.#namespaces.find(({ root }) => root === CLUSTERS_PREFIX)
@@ -159,7 +198,7 @@ export class RouteTable<R extends Route> {
 
 /** The upstream's path without its trailing slashes: `''` for an upstream at its root. */
 export function basePath (route: Route): string {
-  return route.upstream.pathname.replace(/\/+$/, '')
+  return trimSlashes(route.upstream.pathname)
 }
 
 /** Maps an absolute `Location` on the route's upstream back to the proxy's own route; anything else is left alone. */

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { inspect } from 'node:util'
 
@@ -31,4 +32,16 @@ export type SecretSource = { readonly kind: 'value', readonly secret: Secret } |
 export function readSecret (source: SecretSource): Secret {
   if (source.kind === 'value') return source.secret
   return new Secret(readFileSync(source.path, 'utf8').trim())
+}
+
+/**
+ * A digest of a secret's value as it is now, to notice that it changed without
+ * keeping it: `unreadable <code>` when its file cannot be read.
+ */
+export function digestOf (source: SecretSource): string {
+  try {
+    return createHash('sha256').update(readSecret(source).reveal()).digest('hex')
+  } catch (error) {
+    return `unreadable ${(error as NodeJS.ErrnoException).code ?? ''}`
+  }
 }

@@ -4,11 +4,11 @@ import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { createApp, ownEndpoints, type View } from './app.js'
 import type { Config } from './config.js'
-import type { ClusterDiscovery } from './discovery.js'
+import type { ClusterDiscovery } from './cluster-discovery.js'
 import { displayUrl, ProxyError } from './errors.js'
-import { Configurations, type ConfigurationsOptions, type Generation, type ReloadSummary, type Shared } from './generation.js'
+import { LiveConfiguration, type LiveConfigurationOptions, type Generation, type ReloadSummary, type ProxyContext } from './generation.js'
 import { createDispatcher } from './outbound.js'
-import { routesOf } from './routes.js'
+import { defaultSet, routesOf } from './routes.js'
 import { prepareTokenFile, tokenFileSink } from './token/file.js'
 import type { TokenManager } from './token/manager.js'
 import { connectionRefused } from './guard.js'
@@ -21,7 +21,7 @@ export type { Changes, ReloadSummary } from './generation.js'
  * WebSocket upgrades, shutdown) and routes nothing itself; each request goes to the
  * generation `serving()` names at that instant.
  */
-function buildListener (shared: Shared, serving: () => Generation): FastifyInstance {
+function buildListener (shared: ProxyContext, serving: () => Generation): FastifyInstance {
   const app = createApp(shared.log, undefined, (_handler, options) => {
     const server = createServer(options.http ?? {}, (request, response) => {
       // Behind a refusal on the same connection: never answered or forwarded (the connection closes after the refusal).
@@ -64,7 +64,7 @@ export interface RunningProxy {
   /** The first credential set's token manager (the only one without credential sets). */
   readonly tokens: TokenManager
   /** The credential sets configured now, by name. */
-  readonly credentials: ReadonlyMap<string, TokenManager>
+  readonly setTokens: ReadonlyMap<string, TokenManager>
   /** The discovery of the configuration serving now, if it discovers clusters. */
   readonly discovery: ClusterDiscovery | undefined
   /**
@@ -81,18 +81,18 @@ export interface RunningProxy {
   readonly close: () => Promise<void>
 }
 
-export type StartOptions = ConfigurationsOptions
+export type StartOptions = LiveConfigurationOptions
 
 /** Everything `serve` runs: dispatcher, token managers (first tokens requested at once), listeners, reloads. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
   if (config.tokenFile !== undefined) prepareTokenFile(config.tokenFile)
   const dispatcher = createDispatcher(config, log)
-  const configurations = await Configurations.build(config, { log, dispatcher }, options)
+  const configurations = await LiveConfiguration.build(config, { log, dispatcher }, options)
   const { shared, tokens } = configurations
   const app = buildListener(shared, () => configurations.current)
   const admin = config.adminAddress === undefined
     ? undefined
-    : buildAdminServer(log, { credentials: shared.credentials, metrics: shared.metrics, table: () => configurations.current.table })
+    : buildAdminServer(log, { setTokens: shared.setTokens, metrics: shared.metrics, table: () => configurations.current.table })
   // Fastify logs "Server listening at …" for each address; the proxy's own line below says it once, with the routes.
   const level = log.level
   if (log.isLevelEnabled('info')) log.level = 'warn'
@@ -122,19 +122,19 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
   }, `listening on ${address}${admin === undefined ? '' : ` (probes and metrics on ${addressOf(admin, undefined)})`}`)
   // Before the ready line: when it is read, the token file is there.
   let removeTokenFile = config.tokenFile === undefined ? undefined : tokenFileSink(tokens, config.tokenFile, log)
-  const tokenSet = config.credentialSets.keys().next().value as string
+  const tokenSet = defaultSet(config)
   // The ready line when /-/ready would answer 200: every credential set holds its token. Until then, each set's
   // first token names the sets still waiting for theirs.
-  const started = [...shared.credentials.values()]
+  const started = [...shared.setTokens.values()]
   const announceReady = ({ result }: { result: string }): void => {
     if (result !== 'success') return
-    const waiting = [...shared.credentials].filter(([, manager]) => manager.current() === undefined).map(([name]) => name)
+    const waiting = [...shared.setTokens].filter(([, manager]) => manager.current() === undefined).map(([name]) => name)
     if (waiting.length > 0) {
       log.info({ event: 'waiting', sets: waiting }, `not ready yet: credential ${waiting.length === 1 ? 'set' : 'sets'} ${waiting.join(', ')} ${waiting.length === 1 ? 'has' : 'have'} no token yet`)
       return
     }
     for (const manager of started) manager.off('fetch', announceReady)
-    log.info({ event: 'ready', address }, `ready: ${shared.credentials.size > 1 ? 'every credential set holds its token' : 'the first token is held'}; forwarding ${routes.join(', ')}`)
+    log.info({ event: 'ready', address }, `ready: ${shared.setTokens.size > 1 ? 'every credential set holds its token' : 'the first token is held'}; forwarding ${routes.join(', ')}`)
   }
   for (const manager of started) manager.on('fetch', announceReady)
   configurations.start()
@@ -144,7 +144,7 @@ export async function startProxy (config: Config, log: Logger, options: StartOpt
     app,
     admin,
     tokens,
-    credentials: shared.credentials,
+    setTokens: shared.setTokens,
     get discovery () { return configurations.current.clusters[0]?.discovery },
     reconfigure: async (next) => {
       const summary = await configurations.reconfigure(next)

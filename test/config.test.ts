@@ -28,7 +28,7 @@ t.test('defaults', async (t) => {
   const config = loadConfig({ env: minimal, envFile: '/dev/null' })
   t.match(config, {
     host: '127.0.0.1', port: 8080, readOnly: false, timeout: 30, checkPath: '/',
-    token: { flavour: 'oidc', credentials: { grant: 'client_credentials', client: { id: 'client' } }, clientAuth: 'client_secret_post', refreshSkew: 30 }
+    tokenSettings: { flavour: 'oidc', credentials: { grant: 'client_credentials', client: { id: 'client' } }, clientAuth: 'client_secret_post', refreshSkew: 30 }
   })
   t.equal(config.upstream?.href, 'https://api.example/base')
   t.equal(config.logLevel, undefined, 'each command has its own default level')
@@ -119,8 +119,8 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   t.match(problems(runaiLogin), [/^BEARER_PROXY_REALM: required for AUTH=runai GRANT=login \(the realm of Run:ai's sign-in/])
   t.match(problems({ ...runaiLogin, BEARER_PROXY_REALM: 'tenant', BEARER_PROXY_RUNAI_TOKEN_API: 'v2' }), [/^BEARER_PROXY_RUNAI_TOKEN_API: does nothing with AUTH=runai GRANT=login/])
   const config = loadConfig({ env: { ...runaiLogin, BEARER_PROXY_REALM: 'tenant' }, envFile: '/dev/null' })
-  t.match(config.token.credentials, { grant: 'login', login: { issuer: 'https://runai.example/auth/realms/tenant' } }, 'the login is kept under the realm')
-  t.match(config.token.endpoint, { kind: 'url', endpoint: { url: new URL('https://runai.example/api/v1/token'), dialect: 'runai-v1' } }, 'and renewed by the token API')
+  t.match(config.tokenSettings.credentials, { grant: 'login', login: { issuer: 'https://runai.example/auth/realms/tenant' } }, 'the login is kept under the realm')
+  t.match(config.tokenSettings.endpoint, { kind: 'url', endpoint: { url: new URL('https://runai.example/api/v1/token'), dialect: 'runai-v1' } }, 'and renewed by the token API')
   const first = await runCli(['check'], {}, { cwd: mkdtempSync(join(tmpdir(), 'bearer-proxy-empty-')) })
   t.equal(first.code, 2)
   t.match(first.stderr, /BEARER_PROXY_UPSTREAM.*BEARER_PROXY_TOKEN_URL or BEARER_PROXY_ISSUER.*BEARER_PROXY_CLIENT_ID, BEARER_PROXY_CLIENT_SECRET/)
@@ -143,12 +143,12 @@ t.test('a problem is reported once, at its cause; settings the chosen flavour or
 
 t.test('derived token endpoints', async (t) => {
   const base = { BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_UPSTREAM: 'https://runai.example/' }
-  const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).token.endpoint
+  const endpoint = (env: Record<string, string>): unknown => loadConfig({ env: { ...base, ...env }, envFile: '/dev/null' }).tokenSettings.endpoint
   t.match(endpoint({ BEARER_PROXY_REALM: 'runai' }), { kind: 'issuer', issuers: [{ href: 'https://runai.example/realms/runai' }, { href: 'https://runai.example/auth/realms/runai' }] },
     'Keycloak 17+ first, then older Keycloak (and Run:ai\'s bundled one)')
   t.match(endpoint({ BEARER_PROXY_ISSUER: 'https://kc.example/realms/a' }), { kind: 'issuer', issuers: [{ href: 'https://kc.example/realms/a' }] })
   t.match(endpoint({ BEARER_PROXY_AUTH: 'runai' }), {
-    kind: 'generations',
+    kind: 'versions',
     endpoints: [{ url: { href: 'https://runai.example/api/v2/token' }, dialect: 'oauth' }, { url: { href: 'https://runai.example/api/v1/token' }, dialect: 'runai-v1' }]
   }, 'Run:ai: /api/v2/token, else the deprecated /api/v1/token')
   t.match(endpoint({ BEARER_PROXY_AUTH: 'runai', BEARER_PROXY_RUNAI_TOKEN_API: 'v2' }), { kind: 'url', endpoint: { url: { href: 'https://runai.example/api/v2/token' }, dialect: 'oauth' } })
@@ -161,12 +161,12 @@ t.test('an env file is read; real environment variables win over it', async (t) 
   writeFileSync(join(dir, '.env'), '# comment\nBEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=from-file\n' +
     'BEARER_PROXY_CLIENT_SECRET="quoted secret"\nBEARER_PROXY_UPSTREAM=https://api.example\nBEARER_PROXY_PORT=9000\n')
   const config = loadConfig({ env: { BEARER_PROXY_PORT: '9001' }, cwd: dir })
-  t.equal(config.token.credentials.client?.id, 'from-file')
+  t.equal(config.tokenSettings.credentials.client?.id, 'from-file')
   t.equal(config.port, 9001, 'the environment wins')
-  const secret = config.token.credentials.client?.secret
+  const secret = config.tokenSettings.credentials.client?.secret
   t.equal(secret?.kind === 'value' ? secret.secret.reveal() : undefined, 'quoted secret')
   writeFileSync(join(dir, 'other.env'), 'BEARER_PROXY_TOKEN_URL=https://idp.example/token\nBEARER_PROXY_CLIENT_ID=other\nBEARER_PROXY_CLIENT_SECRET=s\nBEARER_PROXY_UPSTREAM=https://api.example\n')
-  t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).token.credentials.client?.id, 'other')
+  t.equal(loadConfig({ env: {}, envFile: join(dir, 'other.env') }).tokenSettings.credentials.client?.id, 'other')
   t.throws(() => loadConfig({ env: {}, envFile: join(dir, 'missing.env') }), { name: 'ConfigError', message: /--env-file .*missing.env: cannot read it \(ENOENT\)/ })
 })
 

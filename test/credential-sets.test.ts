@@ -332,7 +332,7 @@ routes:
   const logs = new LogCapture()
   const proxy = await startProxy(loadConfig({ configFile: file, env: {} }), createLogger('info', logs), { backoffMs: 20 })
   t.teardown(() => proxy.close())
-  const [northTokens, southTokens] = [proxy.credentials.get('north'), proxy.credentials.get('south')] as [TokenManager, TokenManager]
+  const [northTokens, southTokens] = [proxy.setTokens.get('north'), proxy.setTokens.get('south')] as [TokenManager, TokenManager]
   await afterFetch(northTokens, () => northTokens.current() !== undefined, 5000, 'north\'s token')
   t.match(logs.events('waiting'), [{ sets: ['south'], msg: 'not ready yet: credential set south has no token yet' }])
   t.same(logs.events('ready'), [], 'no ready line while south has no token')

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { errorCode, prose, scrubSecrets, spellings } from '../src/token/redact.js'
-import { summariseError } from '../src/token/dialect.js'
+import { errorCode, prose, scrubSecrets, spellings } from '../src/oauth/redact.js'
+import { summariseError } from '../src/oauth/dialect.js'
 
 t.test('prose keeps sentences and drops what is not a word', async (t) => {
   t.equal(prose('Invalid client or Invalid client credentials'), 'Invalid client or Invalid client credentials')

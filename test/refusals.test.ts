@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Secret } from '../src/secret.js'
-import { AccessToken } from '../src/token/manager.js'
+import { AccessToken } from '../src/token/access-token.js'
 import { type HeldToken, RouteRefusals } from '../src/token/refusals.js'
 
 /** A token source reduced to what the policy uses: the held token, and how often it was dropped. */

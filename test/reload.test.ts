@@ -192,8 +192,8 @@ routes:
   const logs = new LogCapture()
   const proxy = await startProxy(loadConfig({ configFile: before, env: {} }), createLogger('info', logs))
   t.teardown(() => proxy.close())
-  const southTokens = proxy.credentials.get('south') as TokenManager
-  const northTokens = proxy.credentials.get('north') as TokenManager
+  const southTokens = proxy.setTokens.get('south') as TokenManager
+  const northTokens = proxy.setTokens.get('north') as TokenManager
   await Promise.all([afterFetch(northTokens, () => northTokens.status().ready), afterFetch(southTokens, () => southTokens.status().ready)])
   const northToken = northTokens.current()
 
@@ -223,7 +223,7 @@ ${set('north', north)}${set('east', east)}routes:
   t.equal(old.statusCode, 200)
   t.equal(await old.body.text(), 'answered by the old route')
 
-  const eastTokens = proxy.credentials.get('east') as TokenManager
+  const eastTokens = proxy.setTokens.get('east') as TokenManager
   await afterFetch(eastTokens, () => eastTokens.status().ready, 5000, 'east\'s first token')
   const moved = await request(`${proxy.address}/north/z`)
   t.equal(moved.statusCode, 200)
@@ -248,7 +248,7 @@ ${set('north', north)}${set('east', east)}routes:
   for (let i = 0; i < 5; i++) await (await request(`${proxy.address}/south/y`)).body.dump()
   t.equal(southSeen(), southSeenAfter, 'nothing reaches the removed route\'s API')
   t.equal(south.calls.length, 1, 'the removed set asked for no token after its start')
-  t.notOk(proxy.credentials.has('south'))
+  t.notOk(proxy.setTokens.has('south'))
   const failed = [...answers].filter(([key]) => !/ 200$/.test(key) && key !== '/south/y 404')
   t.same(failed, [], `no request failed (${JSON.stringify(Object.fromEntries(answers))})`)
   t.ok(northApi.seen.some((seen) => seen.url === '/x') && northApi2.seen.some((seen) => seen.url === '/x'), 'the load ran through the reload: on the old upstream, then the new')

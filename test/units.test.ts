@@ -62,8 +62,8 @@ t.test('the route table: one answer for every part that needs a route', async (t
     clusters: new Map(),
     credentialSets,
     prefixRoutes: [
-      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a', ...NO_POLICY },
-      { name: 'runai-v2', prefix: '/runai/v2', upstream: new URL('https://v2.example/base'), credentials: 'b', ...NO_POLICY }
+      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), set: 'a', ...NO_POLICY },
+      { name: 'runai-v2', prefix: '/runai/v2', upstream: new URL('https://v2.example/base'), set: 'b', ...NO_POLICY }
     ]
   }))
   const at = (target: string): string => {
@@ -82,15 +82,16 @@ t.test('the route table: one answer for every part that needs a route', async (t
     upstream: undefined,
     clusters: new Map(),
     credentialSets,
+    discoverClusters: false,
     prefixRoutes: [
-      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), credentials: 'a', ...NO_POLICY, clusters: new Map([['gpu', new URL('https://gpu.example/base')]]) },
-      { name: 'other', prefix: '/other', upstream: new URL('https://other.example/'), credentials: 'b', ...NO_POLICY }
+      { name: 'runai', prefix: '/runai', upstream: new URL('https://runai.example/'), set: 'a', ...NO_POLICY, clusters: new Map([['gpu', new URL('https://gpu.example/base')]]) },
+      { name: 'other', prefix: '/other', upstream: new URL('https://other.example/'), set: 'b', ...NO_POLICY }
     ]
   }
   const own = new RouteTable(routesOf(config), clusterRootsOf(config))
   const under = (target: string): string => {
     const resolved = own.resolve(target)
-    return resolved instanceof ProxyError ? `${resolved.code}: ${resolved.message}` : `${resolved.route.name} ${resolved.route.credentials} ${resolved.path}`
+    return resolved instanceof ProxyError ? `${resolved.code}: ${resolved.message}` : `${resolved.route.name} ${resolved.route.set} ${resolved.path}`
   }
   t.equal(under('/runai/clusters/gpu/api/x?y'), 'runai/gpu a /base/api/x?y')
   t.equal(under('/runai/clusters/gpu'), 'runai/gpu a /base/')

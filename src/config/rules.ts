@@ -1,23 +1,18 @@
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
-import type { Client, ClientKey, Config, Credentials, Login, DialectName, Endpoint, TokenEndpoint, TokenSettings } from '../config.js'
-import { defaultStore, readLogin } from '../login/store.js'
+import { defaultStore, peekLogin } from '../login-store.js'
+import { loginIssuers, tokenEndpoint } from '../oauth/endpoints.js'
+import type { ClientAuth, Client, ClientKey, Credentials, Flavour, GrantName, Login, TokenEndpoint, TokenSettings } from '../oauth/settings.js'
 import { tokenFileDirectoryProblem } from '../private-file.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
-import { type ClientAuth, type Flavour, type Grant, grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
-import { isLoopback, joinPath, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
+import { trimSlashes } from '../url.js'
+import { grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
+import type { Config } from './types.js'
+import { discoversClusters, isLoopback, list, parseAddress, parseClusters, parseHttpUrl } from './values.js'
 
 /** The credential set of the top-level settings (the only one without `--config`'s `credentials:`). */
 export const DEFAULT_SET = 'default'
-
-/** The token endpoint path each non-OIDC flavour has on `UPSTREAM` (Run:ai's first choice is `/api/v2/token`). */
-const RUNAI_V2_PATH = '/api/v2/token'
-const DERIVED_PATHS: Readonly<Record<Exclude<Flavour, 'oidc'>, string>> = {
-  runai: '/api/v1/token',
-  'runai-apptoken': '/v1/k8s/auth/oauth/apptoken',
-  apiconnect: '/api/token'
-}
 
 /**
  * The cross-field rules: validated values (env-schema's output) become a `Config`,
@@ -40,12 +35,12 @@ export interface Input {
 }
 
 /** A client that signs an assertion with its own key (RFC 7523), rather than sending a secret. */
-const signs = (auth: ClientAuth, grant: Grant): boolean => auth === 'private_key_jwt' || grant === 'jwt_bearer'
+const signs = (auth: ClientAuth, grant: GrantName): boolean => auth === 'private_key_jwt' || grant === 'jwt_bearer'
 /** A client that proves who it is by its TLS certificate (RFC 8705 §2). */
 const byCertificate = (auth: ClientAuth): boolean => auth === 'tls_client_auth' || auth === 'self_signed_tls_client_auth'
 
 /** Settings that only some flavours, grants or client authentications read: set elsewhere, they would be silently ignored. */
-const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: Grant, auth: ClientAuth, given: ReadonlySet<string>) => boolean, string]> = [
+const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: GrantName, auth: ClientAuth, given: ReadonlySet<string>) => boolean, string]> = [
   ['REALM', (flavour, grant) => flavour === 'oidc' || flavour === 'apiconnect' || (flavour === 'runai' && grant === 'login'), 'AUTH=oidc (Keycloak), apiconnect, or runai with GRANT=login'],
   ['ISSUER', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['SCOPE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
@@ -85,7 +80,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   // A service account's key file says who the client is, with which key, and where tokens come from.
   const account = get('SERVICE_ACCOUNT_FILE') === undefined ? undefined : serviceAccount(get('SERVICE_ACCOUNT_FILE') as string, problems)
   const store = get('TOKEN_STORE') ?? defaultStore()
-  const grant = (get('GRANT') as Grant | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : storedLogin(flavour, get, given, store) ? 'login' : grants[0] as Grant)
+  const grant = (get('GRANT') as GrantName | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : storedLogin(flavour, get, given, store) ? 'login' : grants[0] as GrantName)
   // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
   const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
   const flavourProblems = unsure || input.token !== undefined ? [] : problems
@@ -110,7 +105,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const upstream = url('UPSTREAM')
   const clusters = parseClusters(get('CLUSTERS'), problems)
   // Run:ai lists its clusters: read from the control plane unless CLUSTERS names them (or asks with `auto`).
-  const discoverClusters = get('CLUSTERS') === 'auto' || (flavour === 'runai' && get('CLUSTERS') === undefined && upstream !== undefined)
+  const discoverClusters = discoversClusters(get('CLUSTERS'), flavour) && upstream !== undefined
   if (get('CLUSTERS') === 'auto' && upstream === undefined) {
     problems.push(`${PREFIX}CLUSTERS: auto reads the clusters from the Run:ai control plane at ${PREFIX}UPSTREAM, which is not set`)
   }
@@ -158,9 +153,11 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
   // A service account file that cannot be read has said so; the endpoint it would have named is not asked for too.
   const endpointProblems = given.has('SERVICE_ACCOUNT_FILE') && account === undefined ? [] : flavourProblems
-  const endpoint = tokenEndpoint({ flavour, grant, tokenUrl, issuer, upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') }, endpointProblems)
+  const derived = tokenEndpoint({ flavour, grant, tokenUrl, issuer, upstream, realm: get('REALM'), runaiApi: get('RUNAI_TOKEN_API') })
+  if (typeof derived === 'string') endpointProblems.push(derived)
+  const endpoint = typeof derived === 'string' ? undefined : derived
   // A login is kept per issuer, whose discovery also names the authorization endpoint.
-  const discovery = grant === 'login' ? loginDiscovery(flavour, get, endpoint) : undefined
+  const discovery = grant === 'login' ? loginIssuers(urlSettings(flavour, get), endpoint) : undefined
   if (grant === 'login' && endpoint !== undefined && discovery === undefined) {
     flavourProblems.push(flavour === 'runai'
       ? `${PREFIX}REALM: required for AUTH=runai GRANT=login (the realm of Run:ai's sign-in, under General | Settings, Researcher Authentication)`
@@ -168,7 +165,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
   const login = discovery === undefined
     ? undefined
-    : { store, issuer: (discovery[0] as URL).href.replace(/\/+$/, ''), discovery, port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
+    : { store, issuer: trimSlashes((discovery[0] as URL).href), discovery, port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
   const credentials = credentialsOf(grant, values, login)
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
@@ -207,7 +204,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     allowHttpTokenEndpoint: flag('ALLOW_HTTP_TOKEN_ENDPOINT')
   }
   return {
-    token,
+    tokenSettings: token,
     credentialSets: new Map([[DEFAULT_SET, token]]),
     prefixRoutes: [],
     upstream,
@@ -236,7 +233,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
 
 /** The credentials of `grant`, when the table's required settings are all there. */
 /** What the grant sends; a login also where it is kept (known once the issuer is). */
-function credentialsOf (grant: Grant, values: Record<Needed, string | SecretSource | undefined>, login: Login | undefined): Credentials | undefined {
+function credentialsOf (grant: GrantName, values: Record<Needed, string | SecretSource | undefined>, login: Login | undefined): Credentials | undefined {
   const text = (name: Needed): string | undefined => typeof values[name] === 'string' ? values[name] : undefined
   const source = (name: Needed): SecretSource | undefined => typeof values[name] === 'object' ? values[name] : undefined
   const id = text('CLIENT_ID')
@@ -289,38 +286,19 @@ function serviceAccount (path: string, problems: string[]): ServiceAccount | und
 /**
  * Whether `bearer-proxy login` stored a login for the configured issuer and client,
  * with no other credential configured: then it is the grant, without `GRANT=login`.
+ * The store is only looked at (`peekLogin`): a check changes nothing on the disk.
  */
 function storedLogin (flavour: Flavour, get: (name: string) => string | undefined, given: ReadonlySet<string>, store: string): boolean {
   const other = ['CLIENT_SECRET', 'USERNAME', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'CLIENT_KEY_FILE', 'SERVICE_ACCOUNT_FILE', 'GRANT', 'TOKEN_URL']
-  const issuer = loginDiscovery(flavour, get, undefined)?.[0]
+  const issuer = loginIssuers(urlSettings(flavour, get), undefined)?.[0]
   const clientId = get('CLIENT_ID')
   if (issuer === undefined || clientId === undefined || other.some((name) => given.has(name) || given.has(`${name}_FILE`))) return false
-  try {
-    return readLogin(store, issuer.href.replace(/\/+$/, ''), clientId) !== undefined
-  } catch {
-    return false
-  }
+  return peekLogin(store, trimSlashes(issuer.href), clientId)
 }
 
-/**
- * Where a login finds its provider, the first place naming the stored login: the
- * issuer (oidc; a Keycloak realm has two places), or the realm of a Run:ai control
- * plane's own sign-in, under /auth/realms as Run:ai serves it.
- */
-function loginDiscovery (flavour: Flavour, get: (name: string) => string | undefined, endpoint: TokenEndpoint | undefined): readonly URL[] | undefined {
-  const realm = get('REALM')
-  if (flavour === 'runai') {
-    const upstream = safeUrl(get('UPSTREAM'))
-    if (realm === undefined || upstream === undefined) return undefined
-    const name = encodeURIComponent(realm)
-    return [joinPath(upstream, `/auth/realms/${name}`), joinPath(upstream, `/realms/${name}`)]
-  }
-  if (flavour !== 'oidc') return undefined
-  if (endpoint !== undefined) return endpoint.kind === 'issuer' ? endpoint.issuers : undefined
-  const issuer = safeUrl(get('ISSUER'))
-  const base = issuer ?? safeUrl(get('UPSTREAM'))
-  if (realm !== undefined && base !== undefined) return [joinPath(base, `/realms/${encodeURIComponent(realm)}`)]
-  return issuer === undefined || get('TOKEN_URL') !== undefined ? undefined : [issuer]
+/** The settings a login's issuer is found from, each URL only when it is one (a bad one is reported where it is read). */
+function urlSettings (flavour: Flavour, get: (name: string) => string | undefined): Parameters<typeof loginIssuers>[0] {
+  return { flavour, realm: get('REALM'), upstream: safeUrl(get('UPSTREAM')), issuer: safeUrl(get('ISSUER')), tokenUrl: safeUrl(get('TOKEN_URL')) }
 }
 
 /** A URL setting's value, or nothing when it is absent or not a URL (reported where it is read). */
@@ -400,53 +378,4 @@ function adminAddress (value: string | undefined, problems: string[]): { host: s
   if (typeof address === 'object') return address
   problems.push(`${PREFIX}ADMIN_ADDRESS: ${address}`)
   return undefined
-}
-
-interface EndpointSettings {
-  readonly flavour: Flavour
-  readonly grant: Grant
-  readonly tokenUrl: URL | undefined
-  readonly issuer: URL | undefined
-  readonly upstream: URL | undefined
-  readonly realm: string | undefined
-  readonly runaiApi: string | undefined
-}
-
-/** The dialect of each flavour's token endpoint; Run:ai's depends on the generation (`runaiDialect`). */
-const DIALECT_OF: Readonly<Record<Exclude<Flavour, 'runai'>, DialectName>> = { oidc: 'oauth', 'runai-apptoken': 'runai-apptoken', apiconnect: 'apiconnect' }
-
-/** Run:ai `/api/v2/token` is an OAuth 2.0 form; `/api/v1/token` (deprecated, the only one on older control planes) is JSON. */
-function runaiDialect (api: string | undefined, url: URL | undefined): DialectName {
-  const v2 = api === undefined ? /\/v2\/token\/?$/.test(url?.pathname ?? '') : api === 'v2'
-  return v2 ? 'oauth' : 'runai-v1'
-}
-
-function tokenEndpoint (settings: EndpointSettings, problems: string[]): TokenEndpoint | undefined {
-  const { flavour, grant, tokenUrl, issuer, upstream, realm, runaiApi } = settings
-  // app_token, and the exchange of a login's code, only exist on /api/v1/token.
-  const api = flavour === 'runai' && (grant === 'app_token' || grant === 'login') ? 'v1' : runaiApi
-  if (tokenUrl !== undefined) {
-    return { kind: 'url', endpoint: { url: tokenUrl, dialect: flavour === 'runai' ? runaiDialect(api, tokenUrl) : DIALECT_OF[flavour] } }
-  }
-  if (flavour === 'oidc') {
-    const base = issuer ?? upstream
-    if (realm !== undefined && base !== undefined) {
-      // Keycloak 17+ serves realms at /realms/<realm>; older Keycloak (and Run:ai's bundled one) at /auth/realms/<realm>.
-      const name = encodeURIComponent(realm)
-      return { kind: 'issuer', issuers: [joinPath(base, `/realms/${name}`), joinPath(base, `/auth/realms/${name}`)] }
-    }
-    if (issuer !== undefined) return { kind: 'issuer', issuers: [issuer] }
-    problems.push(`${PREFIX}TOKEN_URL: required for AUTH=oidc, or ${PREFIX}ISSUER (discovery), or ${PREFIX}REALM with ${PREFIX}UPSTREAM (Keycloak)`)
-    return undefined
-  }
-  const path = DERIVED_PATHS[flavour]
-  if (upstream === undefined) {
-    problems.push(`${PREFIX}TOKEN_URL: required for AUTH=${flavour} when ${PREFIX}UPSTREAM is not set (it is derived as <UPSTREAM>${path})`)
-    return undefined
-  }
-  if (flavour !== 'runai') return { kind: 'url', endpoint: { url: joinPath(upstream, path), dialect: DIALECT_OF[flavour] } }
-  const v2: Endpoint = { url: joinPath(upstream, RUNAI_V2_PATH), dialect: 'oauth' }
-  const v1: Endpoint = { url: joinPath(upstream, path), dialect: 'runai-v1' }
-  if (api === undefined) return { kind: 'generations', endpoints: [v2, v1] }
-  return { kind: 'url', endpoint: api === 'v2' ? v2 : v1 }
 }

@@ -1,14 +1,12 @@
 import { join, sep } from 'node:path'
-import { packageRoot } from '../paths.js'
+import { CLIENT_AUTHS, type ClientAuth, FLAVOURS, type Flavour, GRANTS, type GrantName } from '../oauth/settings.js'
+import { packageRoot } from '../package-root.js'
+import { PREFIX } from '../prefix.js'
 
 /** The settings: their names, value rules (for env-schema), and what each flavour × grant needs. */
 
-export const PREFIX = 'BEARER_PROXY_'
-
-export const FLAVOURS = ['oidc', 'runai', 'runai-apptoken', 'apiconnect'] as const
-export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer', 'login'] as const
-export type Flavour = typeof FLAVOURS[number]
-export type Grant = typeof GRANTS[number]
+export { PREFIX }
+export type { ClientAuth, Flavour, GrantName }
 
 /** Secrets: each also has a `_FILE` form. */
 export const SECRETS = ['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY', 'INBOUND_KEY'] as const
@@ -17,16 +15,13 @@ export type SecretName = typeof SECRETS[number]
 /** The credential settings a grant can need. */
 export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE' | 'CLIENT_CERT_FILE'
 
-/** How a client proves who it is to an OAuth token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705 §2). */
-export const CLIENT_AUTHS = ['client_secret_post', 'client_secret_basic', 'client_secret_jwt', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] as const
-export type ClientAuth = typeof CLIENT_AUTHS[number]
 
 /**
  * The one table of what each flavour × grant needs: the grants a flavour speaks
  * (the first is its default) and the settings each requires. Validation and the
  * "no configuration" message both read it.
  */
-export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, readonly Needed[]>>> } = {
+export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<GrantName, readonly Needed[]>>> } = {
   oidc: {
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
     password: ['CLIENT_ID', 'USERNAME', 'PASSWORD'],
@@ -51,8 +46,8 @@ export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<Grant, re
 }
 
 /** The grants of a flavour, its default first. */
-export function grantsOf (flavour: Flavour): Grant[] {
-  return Object.keys(NEEDS[flavour]) as Grant[]
+export function grantsOf (flavour: Flavour): GrantName[] {
+  return Object.keys(NEEDS[flavour]) as GrantName[]
 }
 
 const str = { type: 'string', minLength: 1 }

@@ -1,16 +1,7 @@
 import { isIP } from 'node:net'
-import { PREFIX } from './settings.js'
+import { PREFIX } from '../prefix.js'
 
 /** Single values: each parser says what is wrong in `problems`, naming the variable, never echoing a secret. */
-
-/** `base` with `path` appended to its own path (base paths are kept). */
-export function joinPath (base: URL, path: string): URL {
-  const url = new URL(base.href)
-  url.pathname = base.pathname.replace(/\/+$/, '') + path
-  url.search = ''
-  url.hash = ''
-  return url
-}
 
 export function parseHttpUrl (value: string, name: string, problems: string[]): URL | undefined {
   let url: URL
@@ -71,4 +62,12 @@ export function isLoopback (host: string): boolean {
   if (bare === 'localhost') return true
   if (isIP(bare) === 4) return bare.startsWith('127.')
   return bare === '::1'
+}
+
+/**
+ * Whether a route (or the top level) reads its clusters from the control plane at
+ * its upstream: `clusters: auto`, or a Run:ai set whose clusters are not named.
+ */
+export function discoversClusters (clusters: string | undefined, flavour: string): boolean {
+  return clusters === 'auto' || (flavour === 'runai' && clusters === undefined)
 }

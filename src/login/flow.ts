@@ -4,16 +4,19 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { decodeJwt } from 'jose'
 import type { Dispatcher } from 'undici'
-import { type Client, type Config, type Login, secretsOf } from '../config.js'
+import type { Config } from '../config.js'
+import { type Client, type Login, secretsOf, type TokenSettings } from '../oauth/settings.js'
 import { displayUrl } from '../errors.js'
 import { type AuthorizationServer, checkProviderUrl, discover, DiscoveryError, type EndpointName } from '../oauth/discovery.js'
 import { networkReason, oauthRequest } from '../oauth/http.js'
 import { readSecret, Secret } from '../secret.js'
 import { printable } from '../terminal.js'
-import { authenticateClient } from '../token/client-auth.js'
-import { asObject, summariseError, TokenResponseError } from '../token/dialect.js'
-import { scrubSecrets } from '../token/redact.js'
-import { readLogin, removeLogin, saveLogin } from './store.js'
+import { authenticateClient } from '../oauth/client-auth.js'
+import { asObject, summariseError, TokenResponseError } from '../oauth/dialect.js'
+import { authorizationCodeGrant, authorizationUrl, deviceAuthorizationRequest, deviceCodeGrant, loginScope, revocationRequest } from '../oauth/form.js'
+import { readRunaiLogin, runaiCodeExchange } from '../oauth/runai.js'
+import { scrubSecrets } from '../oauth/redact.js'
+import { readLogin, removeLogin, saveLogin } from '../login-store.js'
 
 /**
  * `bearer-proxy login`: a person's own login, by the authorization code flow with
@@ -48,11 +51,11 @@ const random = (): string => randomBytes(32).toString('base64url')
  * device code, the refresh token), which an error answer is scrubbed of.
  */
 class Session {
-  readonly settings: Config['token']
+  readonly settings: TokenSettings
   readonly dispatcher: Dispatcher
   readonly #secrets: string[] = []
 
-  constructor (settings: Config['token'], dispatcher: Dispatcher) {
+  constructor (settings: TokenSettings, dispatcher: Dispatcher) {
     this.settings = settings
     this.dispatcher = dispatcher
   }
@@ -117,8 +120,8 @@ function endpointOf (provider: AuthorizationServer, name: EndpointName): URL | u
  * What a login is made of: the settings, where it is kept, the client, the issuers to
  * discover, and Run:ai's token API when it exchanges the code (AUTH=runai).
  */
-function loginOf (config: Config): { settings: Config['token'], login: Login, client: Client, issuers: readonly URL[], runaiApi: URL | undefined } {
-  const { token: settings } = config
+function loginOf (config: Config): { settings: TokenSettings, login: Login, client: Client, issuers: readonly URL[], runaiApi: URL | undefined } {
+  const { tokenSettings: settings } = config
   const { credentials, endpoint } = settings
   if (credentials.grant !== 'login') throw new LoginError('a login needs BEARER_PROXY_ISSUER (or REALM with UPSTREAM) and CLIENT_ID')
   const runaiApi = settings.flavour === 'runai' && endpoint.kind === 'url' ? endpoint.endpoint.url : undefined
@@ -157,17 +160,8 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
 
   const callback = await listen(login.port, state)
   const redirectUri = `http://127.0.0.1:${callback.port}/callback`
-  const url = new URL(authorizationEndpoint.href)
-  const scope = ['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)]
-  for (const [name, value] of Object.entries({
-    response_type: 'code',
-    client_id: client.id,
-    redirect_uri: redirectUri,
-    scope: [...new Set(scope)].join(' '),
-    state,
-    nonce,
-    ...(runaiApi === undefined ? { code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256' } : {})
-  })) url.searchParams.set(name, value)
+  const challenge = runaiApi === undefined ? createHash('sha256').update(verifier).digest('base64url') : undefined
+  const url = authorizationUrl(authorizationEndpoint, { clientId: client.id, redirectUri, scope: loginScope(settings.scope), state, nonce, challenge })
   io.say(`Open this URL in a browser to log in to ${displayUrl(provider.issuer)}:\n\n  ${url.href}\n`)
   io.say(`Waiting for the browser to come back to ${redirectUri} (up to ${login.timeout} s)…`)
   io.open(url.href)
@@ -183,7 +177,7 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
     session.secret(code)
     const exchanged = runaiApi !== undefined
       ? await exchangeAtRunai(session, runaiApi, code, redirectUri)
-      : await session.post(provider.tokenEndpoint, 'token endpoint', new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier }))
+      : await session.post(provider.tokenEndpoint, 'token endpoint', authorizationCodeGrant(code, redirectUri, verifier))
     if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(runaiApi ?? provider.tokenEndpoint)}`, exchanged))
     const outcome = store(login, client, exchanged.body, { nonce })
     callback.finish(true)
@@ -198,13 +192,13 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
 
 /** Run:ai's token API exchanges the code (OpenAPI 2.22 TokenRequest `exchange_token`); its answer, in OAuth's names. */
 async function exchangeAtRunai (session: Session, api: URL, code: string, redirectUri: string): Promise<{ status: number, body: Record<string, unknown> }> {
-  const answer = await session.post(api, 'Run:ai\'s token API', { grantType: 'exchange_token', code, redirectUri }, false)
+  const answer = await session.post(api, 'Run:ai\'s token API', runaiCodeExchange(code, redirectUri), false)
   if (answer.status === 404 || answer.status === 405) {
     throw new LoginError(`${displayUrl(api)} answered ${answer.status}: this control plane has no token API to exchange the code; ` +
       'log in at its realm directly with AUTH=oidc, REALM and UPSTREAM instead')
   }
   if (answer.status !== 200) throw new LoginError(answered(`Run:ai's token API ${displayUrl(api)}`, answer))
-  return { status: 200, body: { id_token: answer.body.idToken, refresh_token: answer.body.refreshToken } }
+  return { status: 200, body: readRunaiLogin(answer.body) }
 }
 
 const PAGE = { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', connection: 'close' }
@@ -290,8 +284,6 @@ export function openBrowser (url: string): void {
   child.unref()
 }
 
-export const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
-
 /**
  * `bearer-proxy login --device` (RFC 8628): a code to enter at the provider's
  * verification page on any device; the token endpoint polled at the interval it asks
@@ -308,8 +300,7 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
   const provider = await session.discover(issuers)
   const deviceEndpoint = endpointOf(provider, 'device_authorization_endpoint')
   if (deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
-  const scope = [...new Set(['openid', 'offline_access', ...(settings.scope ?? '').split(' ').filter(Boolean)])].join(' ')
-  const started = await session.post(deviceEndpoint, 'the device authorization endpoint', new URLSearchParams({ scope }))
+  const started = await session.post(deviceEndpoint, 'the device authorization endpoint', deviceAuthorizationRequest(loginScope(settings.scope)))
   const { device_code: deviceCode, user_code: userCode } = started.body
   if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof started.body.verification_uri !== 'string') {
     throw new LoginError(answered('the device authorization endpoint', started))
@@ -336,7 +327,7 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
     const left = expiresAt - Date.now()
     await new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, Math.min(interval * 1000, left))))
     if (interval * 1000 > left) throw expired
-    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode }))
+    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', deviceCodeGrant(deviceCode))
     if (polled.status === 200) return store(login, client, polled.body, { nonce: undefined })
     const error = polled.body.error
     if (error === 'authorization_pending' || error === 'slow_down') {
@@ -395,7 +386,7 @@ export async function logout (config: Config, dispatcher: Dispatcher): Promise<s
     if (revocation === undefined) {
       revoked = 'the provider has no revocation endpoint, so the refresh token stays valid there until it expires'
     } else {
-      const answer = await session.post(revocation, 'the provider\'s revocation endpoint', new URLSearchParams({ token: refreshToken.reveal(), token_type_hint: 'refresh_token' }))
+      const answer = await session.post(revocation, 'the provider\'s revocation endpoint', revocationRequest(refreshToken.reveal()))
       revoked = answer.status === 200
         ? 'the refresh token was revoked at the provider'
         : `${answered('the provider\'s revocation endpoint', answer)}, so the refresh token may stay valid there until it expires`

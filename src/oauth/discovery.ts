@@ -1,7 +1,8 @@
 import type { Dispatcher } from 'undici'
 import { displayUrl } from '../errors.js'
-import { asObject, summariseError, TokenResponseError } from '../token/dialect.js'
+import { asObject, summariseError, TokenResponseError } from './dialect.js'
 import { networkReason, oauthRequest } from './http.js'
+import { trimSlashes } from '../url.js'
 
 /** The endpoints of RFC 8414 / OpenID Connect Discovery metadata that bearer-proxy uses. */
 export type EndpointName = 'token_endpoint' | 'authorization_endpoint' | 'device_authorization_endpoint' | 'revocation_endpoint'
@@ -21,7 +22,7 @@ export interface AuthorizationServer {
  * authorization server that publishes only that.
  */
 export function metadataUrls (issuer: URL): URL[] {
-  const path = issuer.pathname.replace(/\/+$/, '')
+  const path = trimSlashes(issuer.pathname)
   return [`${path}/.well-known/openid-configuration`, `/.well-known/oauth-authorization-server${path}`].map((pathname) => {
     const url = new URL(issuer.href)
     url.pathname = pathname
@@ -66,8 +67,8 @@ export function checkProviderUrl (issuer: URL, value: unknown, what: string, all
  */
 export function processDiscoveryResponse (issuer: URL, body: unknown, allowHttp: boolean): AuthorizationServer {
   const document = asObject(body)
-  const said = typeof document.issuer === 'string' ? document.issuer.replace(/\/+$/, '') : undefined
-  if (said !== issuer.href.replace(/\/+$/, '')) {
+  const said = typeof document.issuer === 'string' ? trimSlashes(document.issuer) : undefined
+  if (said !== trimSlashes(issuer.href)) {
     throw new TokenResponseError(`discovery document names another issuer than ${displayUrl(issuer)}`)
   }
   return {

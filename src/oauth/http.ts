@@ -1,5 +1,5 @@
 import { type Dispatcher, request } from 'undici'
-import { TokenResponseError } from '../token/dialect.js'
+import { TokenResponseError } from './dialect.js'
 
 /** The most an identity provider's answer may hold: a discovery document or a token response is far smaller. */
 export const MAX_ANSWER = 1024 * 1024

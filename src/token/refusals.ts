@@ -1,4 +1,4 @@
-import type { AccessToken } from './manager.js'
+import type { AccessToken } from './access-token.js'
 
 /** What the caller does with an upstream's 401: send the request again with a new token, or pass the 401 on. */
 export type Verdict = 'retry' | 'pass'

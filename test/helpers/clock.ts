@@ -1,4 +1,4 @@
-import type { Clock } from '../../src/token/manager.js'
+import type { Clock } from '../../src/token/clock.js'
 
 /** A clock that moves only when told: renewal, back-off and expiry tested without waiting for them. */
 export class FakeClock implements Clock {

@@ -11,6 +11,7 @@ import { API_AUDIENCE, type Idp, type IdpOptions, startIdp } from '../../demo/id
 import { createLogger } from '../../src/log.js'
 import { createDispatcher } from '../../src/outbound.js'
 import { type RunningProxy, type StartOptions, startProxy } from '../../src/server.js'
+import { TokenClient } from '../../src/oauth/token-client.js'
 import { TokenManager, type TokenManagerOptions } from '../../src/token/manager.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -78,12 +79,12 @@ export async function startTestProxy (t: Teardown, env: Record<string, string>, 
 }
 
 /** A token manager on its own, logs captured. */
-export function startTokenManager (t: Teardown, env: Record<string, string>, options: Omit<TokenManagerOptions, 'dispatcher' | 'log'> = {}): { tokens: TokenManager, logs: LogCapture, log: Logger } {
+export function startTokenManager (t: Teardown, env: Record<string, string>, options: Omit<TokenManagerOptions, 'log' | 'skew'> = {}): { tokens: TokenManager, logs: LogCapture, log: Logger } {
   const config = loadConfig({ env, envFile: '/dev/null', forwarding: false })
   const logs = new LogCapture()
   const log = createLogger(env.BEARER_PROXY_LOG_LEVEL ?? 'info', logs)
   const dispatcher = createDispatcher(config, log)
-  const tokens = new TokenManager(config.token, { dispatcher, log, ...options })
+  const tokens = new TokenManager(new TokenClient(config.tokenSettings, dispatcher, log), { log, skew: config.tokenSettings.refreshSkew, ...options })
   t.teardown(async () => {
     tokens.close()
     await dispatcher.close()

@@ -1,4 +1,4 @@
-import type { Client, TokenSettings } from '../config.js'
+import type { Client, TokenSettings } from './settings.js'
 import { Secret, type SecretSource } from '../secret.js'
 import { errorCode, prose } from './redact.js'
 
@@ -10,7 +10,7 @@ export interface TokenRequest {
 }
 
 /** What a token endpoint granted. */
-export interface Grant {
+export interface TokenResponse {
   readonly accessToken: Secret
   /** Seconds, when the response says so. */
   readonly expiresIn: number | undefined
@@ -25,7 +25,7 @@ export interface Dialect {
    */
   buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): TokenRequest | Promise<TokenRequest>
   /** Reads a 2xx body; throws a `TokenResponseError` when it is not a usable grant. */
-  readResponse (body: unknown): Grant
+  readResponse (body: unknown): TokenResponse
 }
 
 /** The client's secret, which the configuration requires for every grant that sends one. */

@@ -1,9 +1,10 @@
 import { createHash, randomUUID, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { SignJWT } from 'jose'
-import type { TokenSettings } from '../config.js'
+import type { TokenSettings } from './settings.js'
 import { readSigningKey } from '../keys.js'
 import { readSecret } from '../secret.js'
+import { trimSlashes } from '../url.js'
 
 /**
  * How the client proves who it is to an OAuth token endpoint, one small function
@@ -101,7 +102,7 @@ function thumbprints (settings: TokenSettings): { 'x5t'?: string, 'x5t#S256'?: s
 
 function claimsFor (settings: TokenSettings, endpoint: URL, clientId: string, { scope, subject = true }: { scope?: string | undefined, subject?: boolean } = {}): SignJWT {
   const audience = settings.assertionAudience === 'issuer' && settings.endpoint.kind === 'issuer'
-    ? settings.endpoint.issuers[0].href.replace(/\/+$/, '')
+    ? trimSlashes(settings.endpoint.issuers[0].href)
     : endpoint.href
   const now = Math.floor(Date.now() / 1000)
   const claims = new SignJWT(scope === undefined ? {} : { scope }).setIssuer(clientId)

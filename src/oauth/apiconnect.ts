@@ -1,6 +1,6 @@
-import type { TokenSettings } from '../config.js'
+import type { TokenSettings } from './settings.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, optionalSeconds, requireString, UnsupportedGrant } from './dialect.js'
+import { type Dialect, type TokenResponse, JSON_HEADERS, optionalSecret, optionalSeconds, requireString, UnsupportedGrant } from './dialect.js'
 
 /** IBM API Connect platform REST interface, `POST /api/token`. */
 export const apiconnect: Dialect = {
@@ -17,7 +17,7 @@ export const apiconnect: Dialect = {
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
 
-  readResponse (body: unknown): Grant {
+  readResponse (body: unknown): TokenResponse {
     return {
       accessToken: new Secret(requireString(body, 'access_token')),
       expiresIn: optionalSeconds(body, 'expires_in'),

@@ -1,14 +1,14 @@
-import type { TokenSettings } from '../config.js'
+import type { TokenSettings } from './settings.js'
 import { readSecret, Secret } from '../secret.js'
-import { storedRefreshToken } from '../login/store.js'
+import { storedRefreshToken } from '../login-store.js'
 import { authenticateClient, signedAssertion } from './client-auth.js'
-import { asObject, type Dialect, type Grant, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
+import { asObject, type Dialect, type TokenResponse, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
 
 /** RFC 7523 §2.1's grant type. */
 export const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
 
 /** OAuth 2.0 token endpoint, RFC 6749 grants and RFC 7523's jwt-bearer, form-encoded. */
-export const oidc: Dialect = {
+export const oauthForm: Dialect = {
   async buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): Promise<TokenRequest> {
     const credentials = settings.credentials
     const form = new URLSearchParams()
@@ -46,7 +46,7 @@ export const oidc: Dialect = {
     return { url: endpoint, headers, body: form.toString() }
   },
 
-  readResponse (body: unknown): Grant {
+  readResponse (body: unknown): TokenResponse {
     const type = asObject(body).token_type
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
       const named = typeof type === 'string' && /^[A-Za-z_-]{1,20}$/.test(type) ? ` ${type}` : ' of another kind'
@@ -58,4 +58,51 @@ export const oidc: Dialect = {
       refreshToken: optionalSecret(body, 'refresh_token')
     }
   }
+}
+
+/** RFC 8628's grant type: a device login's code, polled for. */
+export const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code'
+
+/** A person's login asks for an ID token and a refresh token (`openid offline_access`), and the set's own `SCOPE`. */
+export function loginScope (scope: string | undefined): string {
+  return [...new Set(['openid', 'offline_access', ...(scope ?? '').split(' ').filter(Boolean)])].join(' ')
+}
+
+/** RFC 6749 §4.1.3 with RFC 7636 §4.5: a browser login's code exchanged, with its PKCE verifier. */
+export function authorizationCodeGrant (code: string, redirectUri: string, verifier: string): URLSearchParams {
+  return new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier })
+}
+
+/** RFC 8628 §3.1: a device login begins, for `scope`. */
+export function deviceAuthorizationRequest (scope: string): URLSearchParams {
+  return new URLSearchParams({ scope })
+}
+
+/** RFC 8628 §3.4: the token endpoint asked whether the device login was approved. */
+export function deviceCodeGrant (deviceCode: string): URLSearchParams {
+  return new URLSearchParams({ grant_type: DEVICE_CODE, device_code: deviceCode })
+}
+
+/** RFC 7009 §2.1: a refresh token revoked. */
+export function revocationRequest (refreshToken: string): URLSearchParams {
+  return new URLSearchParams({ token: refreshToken, token_type_hint: 'refresh_token' })
+}
+
+/**
+ * RFC 6749 §4.1.1 with RFC 7636 §4.3 and OpenID Connect's `nonce`: where the browser
+ * is sent to log in. `challenge` is absent where the code's exchange cannot carry a
+ * verifier (Run:ai's token API).
+ */
+export function authorizationUrl (endpoint: URL, request: { clientId: string, redirectUri: string, scope: string, state: string, nonce: string, challenge: string | undefined }): URL {
+  const url = new URL(endpoint.href)
+  for (const [name, value] of Object.entries({
+    response_type: 'code',
+    client_id: request.clientId,
+    redirect_uri: request.redirectUri,
+    scope: request.scope,
+    state: request.state,
+    nonce: request.nonce,
+    ...(request.challenge === undefined ? {} : { code_challenge: request.challenge, code_challenge_method: 'S256' })
+  })) url.searchParams.set(name, value)
+  return url
 }

@@ -1,9 +1,10 @@
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { PREFIX } from '../config/settings.js'
-import { checkPrivateFile, PrivacyError, privateDirectory, writePrivateFile } from '../private-file.js'
-import { Secret } from '../secret.js'
+import { PREFIX } from './prefix.js'
+import { checkPrivateFile, PrivacyError, privateDirectory, writePrivateFile } from './private-file.js'
+import { Secret } from './secret.js'
+import { trimSlashes } from './url.js'
 
 /**
  * The logins of `bearer-proxy login`: one refresh token per identity provider and
@@ -26,7 +27,7 @@ export function defaultStore (env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'bearer-proxy', 'logins.json')
 }
 
-const keyOf = (issuer: string, clientId: string): string => `${issuer.replace(/\/+$/, '')} ${clientId}`
+const keyOf = (issuer: string, clientId: string): string => `${trimSlashes(issuer)} ${clientId}`
 
 const NOT_A_STORE = (path: string, why: string): PrivacyError =>
   new PrivacyError(`the login store ${path} ${why}: move it away or choose another ${PREFIX}TOKEN_STORE (bearer-proxy login writes a new one)`)
@@ -77,7 +78,7 @@ export function readLogin (path: string, issuer: string, clientId: string): Secr
 
 export function saveLogin (path: string, issuer: string, clientId: string, refreshToken: Secret): void {
   const store = read(path)
-  const logins = { ...store.logins, [keyOf(issuer, clientId)]: { issuer: issuer.replace(/\/+$/, ''), clientId, refreshToken: refreshToken.reveal(), savedAt: new Date().toISOString() } }
+  const logins = { ...store.logins, [keyOf(issuer, clientId)]: { issuer: trimSlashes(issuer), clientId, refreshToken: refreshToken.reveal(), savedAt: new Date().toISOString() } }
   write(path, { version: 1, logins })
 }
 
@@ -89,6 +90,20 @@ export function removeLogin (path: string, issuer: string, clientId: string): bo
   const { [key]: _removed, ...logins } = store.logins
   write(path, { version: 1, logins })
   return true
+}
+
+/**
+ * Whether a login of `clientId` at `issuer` is stored, only looked at: nothing is
+ * tightened or refused here (the configuration check calls this; using the login
+ * reads the store with every check).
+ */
+export function peekLogin (path: string, issuer: string, clientId: string): boolean {
+  try {
+    const login = (JSON.parse(readFileSync(path, 'utf8')) as Partial<StoreFile> | null)?.logins?.[keyOf(issuer, clientId)]
+    return typeof login?.refreshToken === 'string' && login.refreshToken !== ''
+  } catch {
+    return false
+  }
 }
 
 /** The refresh token a renewal sends: the stored login's, read at each request (another process may have rotated it). */

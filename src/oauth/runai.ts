@@ -1,7 +1,7 @@
-import type { TokenSettings } from '../config.js'
-import { storedRefreshToken } from '../login/store.js'
+import type { TokenSettings } from './settings.js'
+import { storedRefreshToken } from '../login-store.js'
 import { readSecret, Secret } from '../secret.js'
-import { type Dialect, type Grant, JSON_HEADERS, optionalSecret, requireString, secretOf, UnsupportedGrant } from './dialect.js'
+import { type Dialect, type TokenResponse, JSON_HEADERS, optionalSecret, requireString, secretOf, UnsupportedGrant } from './dialect.js'
 
 /** Run:ai control plane `POST /api/v1/token` (OpenAPI 2.22, TokenRequest / TokenResponse). */
 export const runai: Dialect = {
@@ -26,7 +26,7 @@ export const runai: Dialect = {
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
 
-  readResponse (body: unknown): Grant {
+  readResponse (body: unknown): TokenResponse {
     // The response carries no expiry: the manager reads the JWT's `exp`.
     return { accessToken: new Secret(requireString(body, 'accessToken')), expiresIn: undefined, refreshToken: optionalSecret(body, 'refreshToken') }
   }
@@ -42,7 +42,17 @@ export const runaiAppToken: Dialect = {
     return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
   },
 
-  readResponse (body: unknown): Grant {
+  readResponse (body: unknown): TokenResponse {
     return { accessToken: new Secret(requireString(body, 'access_token')), expiresIn: undefined, refreshToken: undefined }
   }
+}
+
+/** Run:ai's token API exchanging a login's code (OpenAPI 2.22 TokenRequest `exchange_token`): it has no field for a PKCE verifier. */
+export function runaiCodeExchange (code: string, redirectUri: string): Record<string, string> {
+  return { grantType: 'exchange_token', code, redirectUri }
+}
+
+/** Run:ai's answer to a code exchange, in OAuth's names: its ID token and refresh token (TokenResponse `idToken`, `refreshToken`). */
+export function readRunaiLogin (body: Record<string, unknown>): Record<string, unknown> {
+  return { id_token: body.idToken, refresh_token: body.refreshToken }
 }

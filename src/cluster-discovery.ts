@@ -5,7 +5,8 @@ import { CLUSTER_NAME } from './config/values.js'
 import { displayUrl } from './errors.js'
 import { someOf } from './suggest.js'
 import { networkReason } from './oauth/http.js'
-import type { TokenSource } from './token/manager.js'
+import type { TokenSource } from './token/access-token.js'
+import { joinPath } from './url.js'
 
 /** A cluster as the control plane lists it, once found usable. */
 export interface DiscoveredCluster {
@@ -36,9 +37,7 @@ export class DiscoveryError extends Error {}
  */
 export async function listClusters (controlPlane: URL, tokens: TokenSource, dispatcher: Dispatcher, timeoutSeconds: number): Promise<ClusterList> {
   const token = await tokens.get()
-  const url = new URL(controlPlane.href)
-  url.pathname = controlPlane.pathname.replace(/\/+$/, '') + CLUSTERS_PATH
-  url.search = ''
+  const url = joinPath(controlPlane, CLUSTERS_PATH)
   let status: number
   let text = ''
   try {
