@@ -7,13 +7,14 @@ import type { Dispatcher } from 'undici'
 import type { Config } from '../config.js'
 import { type Client, type Login, secretsOf, type TokenSettings } from '../oauth/settings.js'
 import { displayUrl } from '../errors.js'
-import { type AuthorizationServer, checkProviderUrl, discover, DiscoveryError, type EndpointName } from '../oauth/discovery.js'
+import { type AuthorizationServer, discover, DiscoveryError, type EndpointName } from '../oauth/discovery.js'
 import { networkReason, oauthRequest } from '../oauth/http.js'
 import { readSecret, Secret } from '../secret.js'
 import { printable } from '../terminal.js'
+import { type Clock, REAL_CLOCK } from '../token/clock.js'
 import { authenticateClient } from '../oauth/client-auth.js'
 import { asObject, summariseError, TokenResponseError } from '../oauth/dialect.js'
-import { authorizationCodeGrant, authorizationUrl, deviceAuthorizationRequest, deviceCodeGrant, loginScope, revocationRequest } from '../oauth/form.js'
+import { authorizationCodeGrant, authorizationUrl, deviceAuthorizationRequest, type DeviceAuthorization, deviceCodeGrant, devicePollOutcome, loginScope, processDeviceAuthorizationResponse, revocationRequest } from '../oauth/form.js'
 import { readRunaiLogin, runaiCodeExchange } from '../oauth/runai.js'
 import { scrubSecrets } from '../oauth/redact.js'
 import { readLogin, removeLogin, saveLogin } from '../login-store.js'
@@ -99,12 +100,6 @@ class Session {
       throw new LoginError(`${what} ${displayUrl(url)} is unreachable: ${networkReason(error)}`)
     }
   }
-}
-
-/** A provider's number of seconds, as a timer may take it: `fallback` unless it is a positive number, else within [min, max]. */
-function seconds (value: unknown, fallback: number, min: number, max: number): number {
-  const number = Number(value)
-  return number > 0 ? Math.min(Math.max(number, min), max) : fallback
 }
 
 /** An endpoint of the provider's metadata, checked; why it cannot be used is a LoginError. */
@@ -284,13 +279,16 @@ export function openBrowser (url: string): void {
   child.unref()
 }
 
+/** The real clock, with timers that keep the process alive: a login waits for its person, with nothing else running. */
+const WAITING_CLOCK: Clock = { ...REAL_CLOCK, setTimeout: (run, ms) => setTimeout(run, ms) }
+
 /**
  * `bearer-proxy login --device` (RFC 8628): a code to enter at the provider's
  * verification page on any device; the token endpoint polled at the interval it asks
  * for (five seconds more after each `slow_down`) until the person approves or refuses,
  * or the code expires. The refresh token is stored as after a browser login.
  */
-export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo): Promise<{ subject: string | undefined }> {
+export async function loginWithDevice (config: Config, dispatcher: Dispatcher, io: LoginIo, clock: Clock = WAITING_CLOCK): Promise<{ subject: string | undefined }> {
   const { settings, login, client, issuers, runaiApi } = loginOf(config)
   if (runaiApi !== undefined) {
     throw new LoginError('Run:ai\'s token API has no device grant: log in with a browser (bearer-proxy login). ' +
@@ -301,43 +299,36 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
   const deviceEndpoint = endpointOf(provider, 'device_authorization_endpoint')
   if (deviceEndpoint === undefined) throw new LoginError(`${displayUrl(provider.issuer)} has no device authorization endpoint: log in with a browser (bearer-proxy login without --device)`)
   const started = await session.post(deviceEndpoint, 'the device authorization endpoint', deviceAuthorizationRequest(loginScope(settings.scope)))
-  const { device_code: deviceCode, user_code: userCode } = started.body
-  if (started.status !== 200 || typeof deviceCode !== 'string' || typeof userCode !== 'string' || typeof started.body.verification_uri !== 'string') {
-    throw new LoginError(answered('the device authorization endpoint', started))
-  }
-  session.secret(deviceCode)
-  // The pages a person is sent to are held to the endpoints' rules: http(s), https for an https issuer.
-  let page: URL
-  let complete: URL | undefined
+  if (started.status !== 200) throw new LoginError(answered('the device authorization endpoint', started))
+  let device: DeviceAuthorization
   try {
-    page = checkProviderUrl(provider.issuer, started.body.verification_uri, 'verification_uri', settings.allowHttpTokenEndpoint)
-    complete = started.body.verification_uri_complete === undefined ? undefined : checkProviderUrl(provider.issuer, started.body.verification_uri_complete, 'verification_uri_complete', settings.allowHttpTokenEndpoint)
+    device = processDeviceAuthorizationResponse(provider.issuer, started.body, settings.allowHttpTokenEndpoint)
   } catch (error) {
-    throw new LoginError(`the device authorization endpoint ${displayUrl(deviceEndpoint)} answered ${(error as Error).message.replace(/^discovery document /, '')}`)
+    if (!(error instanceof TokenResponseError)) throw error
+    throw new LoginError(`the device authorization endpoint ${displayUrl(deviceEndpoint)} answered ${error.message.replace(/^discovery document /, '')}`)
   }
-  // Bounded before they go into timers: a code valid for a day at most, a poll every 1 to 60 s.
-  const expiresAt = Date.now() + seconds(started.body.expires_in, 600, 1, 86_400) * 1000
-  let interval = seconds(started.body.interval, 5, 1, 60)
-  io.say(`To log in to ${displayUrl(provider.issuer)}, open ${page.href} on any device and enter the code\n\n  ${printable(userCode, 64)}\n`)
-  if (complete !== undefined) io.say(`(or open ${complete.href})`)
-  io.say(`Waiting for the login to be approved (the code is valid for ${Math.round((expiresAt - Date.now()) / 1000)} s)…`)
+  session.secret(device.deviceCode)
+  const expiresAt = clock.now() + device.expiresInMs
+  let interval = device.intervalMs
+  io.say(`To log in to ${displayUrl(provider.issuer)}, open ${device.page.href} on any device and enter the code\n\n  ${printable(device.userCode, 64)}\n`)
+  if (device.complete !== undefined) io.say(`(or open ${device.complete.href})`)
+  io.say(`Waiting for the login to be approved (the code is valid for ${Math.round(device.expiresInMs / 1000)} s)…`)
   const expired = new LoginError('the code expired before the login was approved: start again with bearer-proxy login --device')
   for (;;) {
     // Never past the code's expiry: a poll that would come after it is not made; the login ends when the code does.
-    const left = expiresAt - Date.now()
-    await new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, Math.min(interval * 1000, left))))
-    if (interval * 1000 > left) throw expired
-    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', deviceCodeGrant(deviceCode))
-    if (polled.status === 200) return store(login, client, polled.body, { nonce: undefined })
-    const error = polled.body.error
-    if (error === 'authorization_pending' || error === 'slow_down') {
-      if (error === 'slow_down') interval = Math.min(interval + 5, 60)
-      if (Date.now() >= expiresAt) throw expired
-      continue
+    const left = expiresAt - clock.now()
+    await new Promise<void>((resolve) => { clock.setTimeout(resolve, Math.max(0, Math.min(interval, left))) })
+    if (interval > left) throw expired
+    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', deviceCodeGrant(device.deviceCode))
+    switch (devicePollOutcome(polled.status, polled.body)) {
+      case 'granted': return store(login, client, polled.body, { nonce: undefined })
+      case 'slow_down': interval = Math.min(interval + 5000, 60_000); break
+      case 'pending': break
+      case 'expired': throw expired
+      case 'denied': throw new LoginError('the login was refused at the provider: nothing was stored')
+      case 'failed': throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, polled))
     }
-    if (error === 'expired_token') throw expired
-    if (error === 'access_denied') throw new LoginError('the login was refused at the provider: nothing was stored')
-    throw new LoginError(answered(`token endpoint ${displayUrl(provider.tokenEndpoint)}`, polled))
+    if (clock.now() >= expiresAt) throw expired
   }
 }
 

@@ -2,6 +2,7 @@ import type { TokenSettings } from './settings.js'
 import { readSecret, Secret } from '../secret.js'
 import { storedRefreshToken } from '../login-store.js'
 import { authenticateClient, signedAssertion } from './client-auth.js'
+import { checkProviderUrl } from './discovery.js'
 import { asObject, type Dialect, type TokenResponse, optionalSecret, optionalSeconds, requireString, type TokenRequest, TokenResponseError, UnsupportedGrant } from './dialect.js'
 
 /** RFC 7523 §2.1's grant type. */
@@ -105,4 +106,47 @@ export function authorizationUrl (endpoint: URL, request: { clientId: string, re
     ...(request.challenge === undefined ? {} : { code_challenge: request.challenge, code_challenge_method: 'S256' })
   })) url.searchParams.set(name, value)
   return url
+}
+
+/** A device login as begun (RFC 8628 §3.2), checked: what the person is shown, and the timings, bounded. */
+export interface DeviceAuthorization {
+  readonly deviceCode: string
+  readonly userCode: string
+  /** Where the person enters the code, and the page that carries it already. */
+  readonly page: URL
+  readonly complete: URL | undefined
+  /** How long the code is valid (a day at most) and how often to poll (every 1 to 60 s), in ms: bounded before they go into timers. */
+  readonly expiresInMs: number
+  readonly intervalMs: number
+}
+
+/** A provider's number of seconds, as a timer may take it: `fallback` unless it is a positive number, else within [min, max]. */
+function seconds (value: unknown, fallback: number, min: number, max: number): number {
+  const number = Number(value)
+  return number > 0 ? Math.min(Math.max(number, min), max) : fallback
+}
+
+/**
+ * The device authorization endpoint's 200 answer, checked before anything trusts
+ * it: a device code and a user code, and pages held to the endpoints' rules (http(s),
+ * https for an https issuer). Throws a `TokenResponseError` saying what is wrong.
+ */
+export function processDeviceAuthorizationResponse (issuer: URL, body: unknown, allowHttp: boolean): DeviceAuthorization {
+  const answer = asObject(body)
+  const { device_code: deviceCode, user_code: userCode } = answer
+  if (typeof deviceCode !== 'string' || deviceCode === '' || typeof userCode !== 'string' || userCode === '') throw new TokenResponseError('without a device code and a user code')
+  const page = checkProviderUrl(issuer, answer.verification_uri, 'verification_uri', allowHttp)
+  const complete = answer.verification_uri_complete === undefined ? undefined : checkProviderUrl(issuer, answer.verification_uri_complete, 'verification_uri_complete', allowHttp)
+  return { deviceCode, userCode, page, complete, expiresInMs: seconds(answer.expires_in, 600, 1, 86_400) * 1000, intervalMs: seconds(answer.interval, 5, 1, 60) * 1000 }
+}
+
+/** How a device login's poll was answered (RFC 8628 §3.5): granted, wait (`slow_down`: 5 s more), or ended. */
+export function devicePollOutcome (status: number, body: unknown): 'granted' | 'pending' | 'slow_down' | 'expired' | 'denied' | 'failed' {
+  if (status === 200) return 'granted'
+  const error = asObject(body).error
+  if (error === 'authorization_pending') return 'pending'
+  if (error === 'slow_down') return 'slow_down'
+  if (error === 'expired_token') return 'expired'
+  if (error === 'access_denied') return 'denied'
+  return 'failed'
 }
