@@ -6,6 +6,9 @@ import type { AddressInfo } from 'node:net'
 import { exportJWK, generateKeyPair, type JSONWebKeySet, type JWK } from 'jose'
 import Provider, { errors } from 'oidc-provider'
 
+/** RFC 8693's grant type. */
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
+
 /** The audience of every access token the demo identity provider issues. */
 export const API_AUDIENCE = 'urn:bearer-proxy:demo-api'
 
@@ -52,6 +55,12 @@ export interface IdpOptions {
   readonly interactive?: boolean
   /** Serve https with this certificate, asking clients for theirs (mutual TLS, RFC 8705), trusting `ca` for them. */
   readonly tls?: { readonly key: string, readonly cert: string, readonly ca: string }
+  /**
+   * RFC 8693 token exchange, registered as a grant: the subject token is checked by
+   * `trust` (a Kubernetes service account issuer's keys, say), which names the account
+   * the token is issued to, or throws why the subject token is refused.
+   */
+  readonly tokenExchange?: (subjectToken: string, subjectTokenType: string) => Promise<string>
 }
 
 /** How the token endpoint behaves, switchable while running (for fault tests). */
@@ -108,7 +117,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       ...(client.clientSecret === undefined ? {} : { client_secret: client.clientSecret }),
       ...(client.jwks === undefined ? {} : { jwks: client.jwks }),
       ...(client.subjectDn === undefined ? {} : { tls_client_auth_subject_dn: client.subjectDn }),
-      grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code'],
+      grant_types: ['client_credentials', 'password', 'refresh_token', 'authorization_code', ...(options.tokenExchange === undefined ? [] : [TOKEN_EXCHANGE])],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/unused'],
       ...(client.native === true ? { application_type: 'native' as const, redirect_uris: ['http://127.0.0.1/callback'], grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'] } : {}),
@@ -176,6 +185,32 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
       scope: 'api'
     }
   }, ['username', 'password', 'scope'])
+
+  const { tokenExchange } = options
+  if (tokenExchange !== undefined) {
+    provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+      const params = ctx.oidc.params as { subject_token?: string, subject_token_type?: string }
+      if (params.subject_token === undefined || params.subject_token_type === undefined) throw new errors.InvalidRequest('subject_token and subject_token_type are required')
+      let accountId: string
+      try {
+        accountId = await tokenExchange(params.subject_token, params.subject_token_type)
+      } catch (error) {
+        throw new errors.InvalidGrant(`subject_token refused: ${(error as Error).message}`)
+      }
+      const client = ctx.oidc.client!
+      const grant = new provider.Grant({ accountId, clientId: client.clientId })
+      grant.addResourceScope(API_AUDIENCE, 'api')
+      const accessToken = new provider.AccessToken({ accountId, client, grantId: await grant.save(), gty: 'token-exchange', scope: 'api' })
+      accessToken.resourceServer = new provider.ResourceServer(API_AUDIENCE, resourceServer)
+      ctx.body = {
+        access_token: await accessToken.save(),
+        issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        token_type: 'Bearer',
+        expires_in: accessToken.expiration,
+        scope: 'api'
+      }
+    }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'], ['audience', 'resource'])
+  }
 
   // Each client assertion, decoded once the provider has judged it.
   const assertions: SeenAssertion[] = []

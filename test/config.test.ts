@@ -93,7 +93,7 @@ t.test('one table says what each flavour and grant needs; the first-setup messag
   const keyFile = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-key-')), 'client.pem')
   writeFileSync(keyFile, generateKeyPairSync('ed25519').privateKey.export({ format: 'pem', type: 'pkcs8' }))
   const values: Record<string, string> = {
-    CLIENT_ID: 'id', CLIENT_SECRET: 'secret-1', USERNAME: 'u', PASSWORD: 'secret-2', REFRESH_TOKEN: 'secret-3', API_KEY: 'secret-4', CLIENT_KEY_FILE: keyFile
+    CLIENT_ID: 'id', CLIENT_SECRET: 'secret-1', USERNAME: 'u', PASSWORD: 'secret-2', REFRESH_TOKEN: 'secret-3', API_KEY: 'secret-4', CLIENT_KEY_FILE: keyFile, SUBJECT_TOKEN_FILE: keyFile
   }
   for (const [flavour, grants] of Object.entries(NEEDS)) {
     for (const [grant, needed] of Object.entries(grants)) {

@@ -22,6 +22,7 @@ interface Container {
   livenessProbe?: { httpGet: { path: string, port: string | number } }
   securityContext?: Record<string, unknown>
   volumeMounts?: Array<{ name: string, mountPath: string }>
+  restartPolicy?: string
 }
 
 t.test('the Kubernetes sidecar example is valid for the image: numeric non-root user, settings the proxy accepts, probes on the admin port', async (t) => {
@@ -63,6 +64,57 @@ t.test('the Kubernetes sidecar example is valid for the image: numeric non-root 
   t.equal(proxy.readinessProbe?.httpGet.path, '/-/ready')
   t.equal(portOf(proxy.livenessProbe?.httpGet.port), admin.port, 'liveness probe on ADMIN_ADDRESS')
   t.equal(proxy.livenessProbe?.httpGet.path, '/-/healthy')
+})
+
+t.test('the workload identity example: a Job with the proxy as a native sidecar, a projected service account token, no Secret, settings the proxy accepts', async (t) => {
+  const documents = parseAllDocuments(readFileSync(join(root, 'config/kubernetes-workload-identity.yaml'), 'utf8'))
+  for (const document of documents) t.same(document.errors, [], 'YAML parses')
+  type Volume = { name: string, projected?: { sources: Array<{ serviceAccountToken?: { audience?: string, expirationSeconds?: number, path: string } }> } }
+  const objects = documents.map((document) => document.toJS() as { kind: string, spec?: { template: { spec: { restartPolicy: string, initContainers: Container[], containers: Container[], volumes: Volume[] } } } })
+  t.notOk(objects.some((object) => object.kind === 'Secret'), 'no Secret')
+  const pod = objects.find((object) => object.kind === 'Job')?.spec?.template.spec
+  const proxy = pod?.initContainers.find((container) => container.name === 'bearer-proxy')
+  if (pod === undefined || proxy === undefined) throw new Error('no bearer-proxy init container in a Job')
+  t.equal(proxy.restartPolicy, 'Always', 'a native sidecar: it starts first, and the Job completes with its main container')
+  t.equal(pod.restartPolicy, 'Never')
+  t.equal(proxy.securityContext?.runAsNonRoot, true)
+  t.equal(proxy.securityContext?.readOnlyRootFilesystem, true)
+  const env = Object.fromEntries((proxy.env ?? []).map(({ name, value }) => [name, value]))
+  const file = env.BEARER_PROXY_SUBJECT_TOKEN_FILE ?? ''
+  const mount = proxy.volumeMounts?.find((volume) => file.startsWith(`${volume.mountPath}/`))
+  const source = pod.volumes.find((volume) => volume.name === mount?.name)?.projected?.sources.find((one) => one.serviceAccountToken !== undefined)?.serviceAccountToken
+  t.ok(source, 'the subject token is a projected service account token')
+  t.equal(file, `${mount?.mountPath ?? ''}/${source?.path ?? ''}`, 'at the path the projection writes')
+  t.type(source?.audience, 'string', 'bound to an audience')
+  t.ok((source?.expirationSeconds ?? 0) >= 600, 'short-lived, at least the 10 minutes Kubernetes asks for')
+  // The settings, with a file standing in for the projected token, are a configuration `serve` accepts.
+  const standIn = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-projected-')), 'token')
+  writeFileSync(standIn, 'x.y.z')
+  const config = loadConfig({ env: { ...env, BEARER_PROXY_SUBJECT_TOKEN_FILE: standIn }, envFile: '/dev/null', forwarding: true })
+  t.match(config.tokenSettings.credentials, { grant: 'token_exchange', client: undefined }, 'no client, no secret')
+  const admin = parseAddress(env.BEARER_PROXY_ADMIN_ADDRESS ?? '')
+  if (typeof admin === 'string') throw new Error(admin)
+  const portOf = (port: string | number | undefined): number | undefined => typeof port === 'number' ? port : proxy.ports?.find((named) => named.name === port)?.containerPort
+  t.equal(portOf(proxy.readinessProbe?.httpGet.port), admin.port, 'probes on ADMIN_ADDRESS')
+  t.equal(portOf(proxy.livenessProbe?.httpGet.port), admin.port)
+})
+
+t.test('the examples without a secret load as they are, with their files standing in', async (t) => {
+  for (const name of ['runai-external-token', 'gcp-workload-identity', 'entra-workload-identity', 'keycloak-federated']) {
+    const env: Record<string, string> = {}
+    for (const line of readFileSync(join(root, 'config', `${name}.env`), 'utf8').split('\n')) {
+      const match = /^(BEARER_PROXY_[A-Z_]+)=(.*)$/.exec(line)
+      if (match === null) continue
+      const [, key = '', value = ''] = match
+      env[key] = value
+      if (key.endsWith('_FILE')) {
+        env[key] = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-example-')), 'token')
+        writeFileSync(env[key] as string, 'x.y.z')
+      }
+    }
+    const config = loadConfig({ env, envFile: '/dev/null', forwarding: true })
+    t.notOk(JSON.stringify(config.tokenSettings.credentials).includes('"secret":{'), `${name}: no secret configured`)
+  }
 })
 
 t.test('npm start runs the CLI through node itself (no shebang needed, as on Windows), leaving --env-file to bearer-proxy', async (t) => {

@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path'
 import { Secret, type SecretSource } from '../secret.js'
 import { defaultStore, peekLogin } from '../login-store.js'
 import { loginIssuers, tokenEndpoint } from '../oauth/endpoints.js'
-import type { ClientAuth, Client, ClientKey, Credentials, Flavour, GrantName, Login, TokenEndpoint, TokenSettings } from '../oauth/settings.js'
+import { type ClientAuth, type Client, type ClientKey, type Credentials, type Flavour, type GrantName, type Login, type PlatformToken, type TokenEndpoint, type TokenSettings, TOKEN_TYPES } from '../oauth/settings.js'
 import { tokenFileDirectoryProblem } from '../private-file.js'
 import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
 import { trimSlashes } from '../url.js'
@@ -34,8 +34,8 @@ export interface Input {
   readonly token?: TokenSettings | undefined
 }
 
-/** A client that signs an assertion with its own key (RFC 7523), rather than sending a secret. */
-const signs = (auth: ClientAuth, grant: GrantName): boolean => auth === 'private_key_jwt' || grant === 'jwt_bearer'
+/** A client that signs an assertion with its own key (RFC 7523), rather than sending a secret (or someone else's assertion, `ASSERTION_FILE`). */
+const signs = (auth: ClientAuth, grant: GrantName, given: ReadonlySet<string>): boolean => auth === 'private_key_jwt' || (grant === 'jwt_bearer' && !given.has('ASSERTION_FILE'))
 /** A client that proves who it is by its TLS certificate (RFC 8705 §2). */
 const byCertificate = (auth: ClientAuth): boolean => auth === 'tls_client_auth' || auth === 'self_signed_tls_client_auth'
 
@@ -53,11 +53,17 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: GrantName, auth:
   ['PASSWORD', (_flavour, grant) => grant === 'password', 'GRANT=password'],
   ['REFRESH_TOKEN', (_flavour, grant) => grant === 'refresh_token', 'GRANT=refresh_token'],
   ['API_KEY', (_flavour, grant) => grant === 'api_key', 'GRANT=api_key'],
-  ['CLIENT_KEY_FILE', (_flavour, grant, auth, given) => signs(auth, grant) || given.has('CLIENT_CERT_FILE'), 'CLIENT_AUTH=private_key_jwt, GRANT=jwt_bearer or CLIENT_CERT_FILE'],
-  ['CLIENT_KEY_ID', (_flavour, grant, auth) => signs(auth, grant), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
-  ['CLIENT_ASSERTION_AUDIENCE', (_flavour, grant, auth) => signs(auth, grant) || auth === 'client_secret_jwt', 'CLIENT_AUTH=private_key_jwt or client_secret_jwt, or GRANT=jwt_bearer'],
+  ['CLIENT_KEY_FILE', (_flavour, grant, auth, given) => signs(auth, grant, given) || given.has('CLIENT_CERT_FILE'), 'CLIENT_AUTH=private_key_jwt, GRANT=jwt_bearer or CLIENT_CERT_FILE'],
+  ['CLIENT_KEY_ID', (_flavour, grant, auth, given) => signs(auth, grant, given), 'CLIENT_AUTH=private_key_jwt or GRANT=jwt_bearer'],
+  ['CLIENT_ASSERTION_AUDIENCE', (_flavour, grant, auth, given) => signs(auth, grant, given) || auth === 'client_secret_jwt', 'CLIENT_AUTH=private_key_jwt or client_secret_jwt, or GRANT=jwt_bearer'],
   ['SERVICE_ACCOUNT_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
-  ['CLIENT_SECRET', (flavour, _grant, auth) => flavour !== 'oidc' || (auth !== 'private_key_jwt' && !byCertificate(auth)), 'a client that proves who it is with a secret (CLIENT_AUTH other than private_key_jwt, tls_client_auth, self_signed_tls_client_auth)'],
+  ['CLIENT_SECRET', (flavour, _grant, auth, given) => flavour !== 'oidc' || (auth !== 'private_key_jwt' && !byCertificate(auth) && !given.has('CLIENT_ASSERTION_FILE')), 'a client that proves who it is with a secret (CLIENT_AUTH other than private_key_jwt, tls_client_auth, self_signed_tls_client_auth, and no CLIENT_ASSERTION_FILE)'],
+  ['SUBJECT_TOKEN_FILE', (_flavour, grant) => grant === 'token_exchange', 'GRANT=token_exchange'],
+  ['SUBJECT_TOKEN_TYPE', (flavour, grant) => flavour === 'oidc' && grant === 'token_exchange', 'AUTH=oidc GRANT=token_exchange'],
+  ['REQUESTED_TOKEN_TYPE', (flavour, grant) => flavour === 'oidc' && grant === 'token_exchange', 'AUTH=oidc GRANT=token_exchange'],
+  ['RESOURCE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['CLIENT_ASSERTION_FILE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['ASSERTION_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
   ['UPSTREAM_CLIENT_CERT', (_flavour, _grant, _auth, given) => given.has('CLIENT_CERT_FILE'), 'CLIENT_CERT_FILE'],
   ['LOGIN_PORT', (_flavour, grant) => grant === 'login', 'GRANT=login (bearer-proxy login)'],
   ['LOGIN_TIMEOUT', (_flavour, grant) => grant === 'login', 'GRANT=login (bearer-proxy login)']
@@ -114,7 +120,7 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   }
 
   // A key that only proves the client's TLS certificate is checked with the certificate.
-  const clientKey = signs(auth, grant) ? keyOf(get('CLIENT_KEY_FILE'), get('SERVICE_ACCOUNT_FILE'), account, get('CLIENT_KEY_ID'), problems) : undefined
+  const clientKey = signs(auth, grant, given) ? keyOf(get('CLIENT_KEY_FILE'), get('SERVICE_ACCOUNT_FILE'), account, get('CLIENT_KEY_ID'), problems) : undefined
   const values: Record<Needed, string | SecretSource | undefined> = {
     CLIENT_ID: get('CLIENT_ID') ?? account?.clientEmail,
     CLIENT_KEY_FILE: clientKey?.file ?? get('CLIENT_KEY_FILE'),
@@ -123,8 +129,18 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     USERNAME: get('USERNAME'),
     PASSWORD: secret('PASSWORD'),
     REFRESH_TOKEN: secret('REFRESH_TOKEN'),
-    API_KEY: secret('API_KEY')
+    API_KEY: secret('API_KEY'),
+    SUBJECT_TOKEN_FILE: get('SUBJECT_TOKEN_FILE')
   }
+  // The platform's tokens, read at every token request: at start, one that cannot be read stops it.
+  for (const name of ['SUBJECT_TOKEN_FILE', 'CLIENT_ASSERTION_FILE', 'ASSERTION_FILE']) {
+    const file = get(name)
+    if (file !== undefined) readable(file, `${PREFIX}${name}`, problems)
+  }
+  const federated = given.has('CLIENT_ASSERTION_FILE')
+  if (federated && given.has('CLIENT_AUTH')) flavourProblems.push(`${PREFIX}CLIENT_AUTH: does nothing with ${PREFIX}CLIENT_ASSERTION_FILE (the file's assertion is how the client proves who it is); remove it`)
+  const subjectType = tokenType(get('SUBJECT_TOKEN_TYPE') ?? 'jwt', 'SUBJECT_TOKEN_TYPE', problems)
+  const requestedTokenType = get('REQUESTED_TOKEN_TYPE') === undefined ? undefined : tokenType(get('REQUESTED_TOKEN_TYPE') as string, 'REQUESTED_TOKEN_TYPE', problems)
   // The client's own authentication adds to what the grant needs (a key instead of a secret, or the secret as an HMAC key).
   const needs = new Set(NEEDS[flavour][grant] ?? [])
   if (flavour === 'oidc' && (auth === 'private_key_jwt' || byCertificate(auth))) needs.delete('CLIENT_SECRET')
@@ -135,6 +151,10 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     else needs.add('CLIENT_SECRET')
   }
   if (given.has('CLIENT_CERT_FILE')) needs.add('CLIENT_KEY_FILE')
+  // A federated assertion is the client's proof, and names the client (Keycloak needs no client id; Entra takes one).
+  if (federated) for (const name of ['CLIENT_SECRET', 'CLIENT_ID'] as const) needs.delete(name)
+  // Someone else's assertion is the grant: the client's key signs nothing, and a client is optional.
+  if (grant === 'jwt_bearer' && given.has('ASSERTION_FILE')) for (const name of ['CLIENT_KEY_FILE', 'CLIENT_ID'] as const) needs.delete(name)
   for (const name of needs) {
     if (values[name] !== undefined) continue
     // Reported at their cause: the key file, or the service account's file.
@@ -166,7 +186,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   const login = discovery === undefined
     ? undefined
     : { store, issuer: trimSlashes((discovery[0] as URL).href), discovery, port: number('LOGIN_PORT'), timeout: number('LOGIN_TIMEOUT') }
-  const credentials = credentialsOf(grant, values, login)
+  const platform = (name: string, jwt: boolean): PlatformToken | undefined => get(name) === undefined ? undefined : { file: get(name) as string, setting: name, jwt }
+  const credentials = credentialsOf(grant, values, { login, federated, subjectType, subject: platform('SUBJECT_TOKEN_FILE', subjectType !== TOKEN_TYPES.access_token), assertion: platform('ASSERTION_FILE', true) })
   const params = tokenParams(get('TOKEN_PARAMS'), problems)
 
   const host = get('HOST') as string
@@ -190,6 +211,9 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     endpoint: endpoint as TokenEndpoint,
     clientAuth: auth,
     clientKey,
+    clientAssertion: platform('CLIENT_ASSERTION_FILE', true),
+    requestedTokenType,
+    resource: get('RESOURCE'),
     assertionAudience: get('CLIENT_ASSERTION_AUDIENCE') as TokenSettings['assertionAudience'],
     serviceAccount: account !== undefined,
     clientCert: certificateOf(get('CLIENT_CERT_FILE'), get('CLIENT_KEY_FILE'), problems),
@@ -233,7 +257,16 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
 
 /** The credentials of `grant`, when the table's required settings are all there. */
 /** What the grant sends; a login also where it is kept (known once the issuer is). */
-function credentialsOf (grant: GrantName, values: Record<Needed, string | SecretSource | undefined>, login: Login | undefined): Credentials | undefined {
+interface GrantInputs {
+  readonly login: Login | undefined
+  /** `CLIENT_ASSERTION_FILE`: the client may go unnamed. */
+  readonly federated: boolean
+  readonly subject: PlatformToken | undefined
+  readonly subjectType: string
+  readonly assertion: PlatformToken | undefined
+}
+
+function credentialsOf (grant: GrantName, values: Record<Needed, string | SecretSource | undefined>, { login, federated, subject, subjectType, assertion }: GrantInputs): Credentials | undefined {
   const text = (name: Needed): string | undefined => typeof values[name] === 'string' ? values[name] : undefined
   const source = (name: Needed): SecretSource | undefined => typeof values[name] === 'object' ? values[name] : undefined
   const id = text('CLIENT_ID')
@@ -245,8 +278,11 @@ function credentialsOf (grant: GrantName, values: Record<Needed, string | Secret
   const apiKey = source('API_KEY')
   switch (grant) {
     case 'client_credentials':
+      return id === undefined && !federated ? undefined : { grant, client }
     case 'jwt_bearer':
-      return id === undefined ? undefined : { grant, client: { id, secret: clientSecret } }
+      return id === undefined && assertion === undefined ? undefined : { grant, client, assertion }
+    case 'token_exchange':
+      return subject === undefined ? undefined : { grant, subject, subjectType, client }
     case 'login':
       return id === undefined || login === undefined ? undefined : { grant, client: { id, secret: clientSecret }, login }
     case 'app_token':
@@ -361,6 +397,13 @@ function writableDirectory (file: string, problems: string[]): void {
   // Another user who can write there could replace the token file that tools trust.
   const problem = tokenFileDirectoryProblem(file, directory)
   if (problem !== undefined) problems.push(problem)
+}
+
+/** A token type of RFC 8693: a short name (jwt, id_token, access_token) or a URN. */
+function tokenType (value: string, name: string, problems: string[]): string {
+  const type = TOKEN_TYPES[value] ?? value
+  if (!type.startsWith('urn:')) problems.push(`${PREFIX}${name}: ${Object.keys(TOKEN_TYPES).join(', ')} or a token type URN (urn:ietf:params:oauth:token-type:…)`)
+  return type
 }
 
 function tokenParams (value: string | undefined, problems: string[]): Array<[string, string]> {

@@ -13,7 +13,7 @@ export const SECRETS = ['CLIENT_SECRET', 'PASSWORD', 'REFRESH_TOKEN', 'API_KEY',
 export type SecretName = typeof SECRETS[number]
 
 /** The credential settings a grant can need. */
-export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE' | 'CLIENT_CERT_FILE'
+export type Needed = 'CLIENT_ID' | 'CLIENT_SECRET' | 'USERNAME' | 'PASSWORD' | 'REFRESH_TOKEN' | 'API_KEY' | 'CLIENT_KEY_FILE' | 'CLIENT_CERT_FILE' | 'SUBJECT_TOKEN_FILE'
 
 
 /**
@@ -27,14 +27,16 @@ export const NEEDS: { readonly [F in Flavour]: Partial<Readonly<Record<GrantName
     password: ['CLIENT_ID', 'USERNAME', 'PASSWORD'],
     refresh_token: ['CLIENT_ID', 'REFRESH_TOKEN'],
     jwt_bearer: ['CLIENT_ID', 'CLIENT_KEY_FILE'],
-    login: ['CLIENT_ID']
+    login: ['CLIENT_ID'],
+    token_exchange: ['SUBJECT_TOKEN_FILE']
   },
   runai: {
     client_credentials: ['CLIENT_ID', 'CLIENT_SECRET'],
     password: ['USERNAME', 'PASSWORD'],
     refresh_token: ['REFRESH_TOKEN'],
     app_token: ['CLIENT_ID', 'CLIENT_SECRET'],
-    login: ['CLIENT_ID']
+    login: ['CLIENT_ID'],
+    token_exchange: ['SUBJECT_TOKEN_FILE']
   },
   'runai-apptoken': {
     app_token: ['CLIENT_ID', 'CLIENT_SECRET']
@@ -66,6 +68,12 @@ export const SETTINGS: Record<string, object> = {
   CLIENT_KEY_ID: str,
   CLIENT_ASSERTION_AUDIENCE: { type: 'string', enum: ['token_endpoint', 'issuer'], default: 'token_endpoint' },
   SERVICE_ACCOUNT_FILE: str,
+  SUBJECT_TOKEN_FILE: str,
+  SUBJECT_TOKEN_TYPE: str,
+  REQUESTED_TOKEN_TYPE: str,
+  RESOURCE: str,
+  CLIENT_ASSERTION_FILE: str,
+  ASSERTION_FILE: str,
   CLIENT_CERT_FILE: str,
   UPSTREAM_CLIENT_CERT: bool,
   TOKEN_STORE: str,

@@ -4,6 +4,7 @@ import { SignJWT } from 'jose'
 import type { TokenSettings } from './settings.js'
 import { readSigningKey } from '../keys.js'
 import { readSecret } from '../secret.js'
+import { readPlatformToken } from './platform-token.js'
 import { trimSlashes } from '../url.js'
 
 /**
@@ -18,6 +19,8 @@ export interface ClientRequest {
   readonly headers: Record<string, string>
   /** The token endpoint, the `aud` of assertions unless the issuer is asked for. */
   readonly endpoint: URL
+  /** Where a platform's assertion adds its expiry (ms); absent for `login`'s requests. */
+  readonly expiries?: number[]
 }
 
 export const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'
@@ -31,8 +34,8 @@ const METHODS: Readonly<Record<TokenSettings['clientAuth'], Method>> = {
   client_secret_post: (settings, { form }) => {
     const client = settings.credentials.client
     if (client === undefined) return
-    // RFC 7523 §2.1: the jwt-bearer grant is the client's proof; a client id alone adds nothing.
-    if (client.secret === undefined && settings.credentials.grant === 'jwt_bearer') return
+    // RFC 7523 §2.1: a jwt-bearer grant the client signed is its proof; a client id alone adds nothing.
+    if (client.secret === undefined && settings.credentials.grant === 'jwt_bearer' && settings.credentials.assertion === undefined) return
     form.set('client_id', client.id)
     if (client.secret !== undefined) form.set('client_secret', readSecret(client.secret).reveal())
   },
@@ -66,9 +69,21 @@ const METHODS: Readonly<Record<TokenSettings['clientAuth'], Method>> = {
   }
 }
 
-/** Adds the client's authentication, by the method configured, to a form-encoded token request. */
+/**
+ * Adds the client's authentication, by the method configured, to a form-encoded
+ * token request. With `CLIENT_ASSERTION_FILE` the platform's JWT is the client's
+ * assertion (RFC 7521 §4.2, Keycloak's federated client authentication, Entra's
+ * workload identity) on every request of every grant, refreshes included.
+ */
 export async function authenticateClient (settings: TokenSettings, request: ClientRequest): Promise<void> {
-  await METHODS[settings.clientAuth](settings, request)
+  if (settings.clientAssertion === undefined) {
+    await METHODS[settings.clientAuth](settings, request)
+    return
+  }
+  const { form } = request
+  if (settings.credentials.client !== undefined) form.set('client_id', settings.credentials.client.id)
+  form.set('client_assertion_type', ASSERTION_TYPE)
+  form.set('client_assertion', readPlatformToken(settings.clientAssertion, request.expiries ?? []))
 }
 
 /**

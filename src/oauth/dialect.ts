@@ -7,6 +7,8 @@ export interface TokenRequest {
   readonly url: URL
   readonly headers: Record<string, string>
   readonly body: string
+  /** When the platform's tokens it carries expire (ms): the token granted for them is renewed before the first. */
+  readonly expiries?: readonly number[]
 }
 
 /** What a token endpoint granted. */

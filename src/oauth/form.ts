@@ -1,4 +1,5 @@
-import type { TokenSettings } from './settings.js'
+import type { Client, TokenSettings } from './settings.js'
+import { readPlatformToken } from './platform-token.js'
 import { readSecret, Secret } from '../secret.js'
 import { storedRefreshToken } from '../login-store.js'
 import { authenticateClient, signedAssertion } from './client-auth.js'
@@ -7,12 +8,15 @@ import { asObject, type Dialect, type TokenResponse, optionalSecret, optionalSec
 
 /** RFC 7523 §2.1's grant type. */
 export const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer'
+/** RFC 8693 §2.1's grant type. */
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange'
 
-/** OAuth 2.0 token endpoint, RFC 6749 grants and RFC 7523's jwt-bearer, form-encoded. */
+/** OAuth 2.0 token endpoint, RFC 6749 grants, RFC 7523's jwt-bearer and RFC 8693's token exchange (Run:ai's `external_token_exchange`), form-encoded. */
 export const oauthForm: Dialect = {
   async buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined): Promise<TokenRequest> {
     const credentials = settings.credentials
     const form = new URLSearchParams()
+    const expiries: number[] = []
     if (refresh !== undefined) {
       form.set('grant_type', 'refresh_token')
       form.set('refresh_token', refresh.reveal())
@@ -29,9 +33,20 @@ export const oauthForm: Dialect = {
       form.set('grant_type', 'refresh_token')
       form.set('refresh_token', storedRefreshToken(credentials.login, credentials.client.id).reveal())
     } else if (credentials.grant === 'jwt_bearer') {
-      // RFC 7523 §2.1: the signed assertion is the grant.
+      // RFC 7523 §2.1: the assertion is the grant, signed by the client's key or by someone the endpoint trusts.
       form.set('grant_type', JWT_BEARER)
-      form.set('assertion', await signedAssertion(settings, endpoint, credentials.client.id))
+      form.set('assertion', credentials.assertion !== undefined
+        ? readPlatformToken(credentials.assertion, expiries)
+        : await signedAssertion(settings, endpoint, (credentials.client as Client).id))
+    } else if (credentials.grant === 'token_exchange' && settings.flavour === 'runai') {
+      // Run:ai's /api/v2/token: a token issued by the identity provider it is configured with.
+      form.set('grant_type', 'external_token_exchange')
+      form.set('external_token', readPlatformToken(credentials.subject, expiries))
+    } else if (credentials.grant === 'token_exchange') {
+      form.set('grant_type', TOKEN_EXCHANGE)
+      form.set('subject_token', readPlatformToken(credentials.subject, expiries))
+      form.set('subject_token_type', credentials.subjectType)
+      if (settings.requestedTokenType !== undefined) form.set('requested_token_type', settings.requestedTokenType)
     } else {
       throw new UnsupportedGrant('oidc', credentials.grant)
     }
@@ -39,12 +54,13 @@ export const oauthForm: Dialect = {
       'content-type': 'application/x-www-form-urlencoded',
       accept: 'application/json'
     }
-    await authenticateClient(settings, { form, headers, endpoint })
+    await authenticateClient(settings, { form, headers, endpoint, expiries })
     // A service account's scope travels in its assertion.
     if (settings.scope !== undefined && !settings.serviceAccount) form.set('scope', settings.scope)
     if (settings.audience !== undefined) form.set('audience', settings.audience)
+    if (settings.resource !== undefined) form.set('resource', settings.resource)
     for (const [key, value] of settings.params) form.append(key, value)
-    return { url: endpoint, headers, body: form.toString() }
+    return { url: endpoint, headers, body: form.toString(), expiries }
   },
 
   readResponse (body: unknown): TokenResponse {

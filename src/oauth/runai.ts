@@ -1,12 +1,14 @@
 import type { TokenSettings } from './settings.js'
 import { storedRefreshToken } from '../login-store.js'
 import { readSecret, Secret } from '../secret.js'
+import { readPlatformToken } from './platform-token.js'
 import { type Dialect, type TokenResponse, JSON_HEADERS, optionalSecret, requireString, secretOf, UnsupportedGrant } from './dialect.js'
 
 /** Run:ai control plane `POST /api/v1/token` (OpenAPI 2.22, TokenRequest / TokenResponse). */
 export const runai: Dialect = {
   buildRequest (settings: TokenSettings, endpoint: URL, refresh: Secret | undefined) {
     const credentials = settings.credentials
+    const expiries: number[] = []
     let body: Record<string, string>
     if (refresh !== undefined) {
       body = { grantType: 'refresh_token', refreshToken: refresh.reveal() }
@@ -18,12 +20,15 @@ export const runai: Dialect = {
       body = { grantType: 'app_token', appID: credentials.client.id, appSecret: readSecret(credentials.client.secret).reveal() }
     } else if (credentials.grant === 'login') {
       body = { grantType: 'refresh_token', refreshToken: storedRefreshToken(credentials.login, credentials.client.id).reveal() }
-    } else if (credentials.grant === 'client_credentials') {
+    } else if (credentials.grant === 'client_credentials' && credentials.client !== undefined) {
       body = { grantType: 'client_credentials', clientID: credentials.client.id, clientSecret: readSecret(secretOf(credentials.client)).reveal() }
+    } else if (credentials.grant === 'token_exchange') {
+      // OpenAPI 2.22 TokenRequest: `externalToken`, a token issued by the identity provider the control plane is configured with.
+      body = { grantType: 'external_token_exchange', externalToken: readPlatformToken(credentials.subject, expiries) }
     } else {
       throw new UnsupportedGrant('runai', credentials.grant)
     }
-    return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body) }
+    return { url: endpoint, headers: JSON_HEADERS, body: JSON.stringify(body), expiries }
   },
 
   readResponse (body: unknown): TokenResponse {

@@ -7,7 +7,7 @@ import type { SecretSource } from '../secret.js'
  */
 
 export const FLAVOURS = ['oidc', 'runai', 'runai-apptoken', 'apiconnect'] as const
-export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer', 'login'] as const
+export const GRANTS = ['client_credentials', 'password', 'refresh_token', 'app_token', 'api_key', 'jwt_bearer', 'login', 'token_exchange'] as const
 /** How a client proves who it is to an OAuth token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705 §2). */
 export const CLIENT_AUTHS = ['client_secret_post', 'client_secret_basic', 'client_secret_jwt', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth'] as const
 
@@ -59,6 +59,26 @@ export interface Login {
   readonly timeout: number
 }
 
+/**
+ * A token the platform writes to a file and rotates (a projected service account
+ * token, a federated token): read at every token request, never written, moved or
+ * deleted, never logged.
+ */
+export interface PlatformToken {
+  readonly file: string
+  /** The setting that names it, for messages (`SUBJECT_TOKEN_FILE`). */
+  readonly setting: string
+  /** It must be a JWT (a subject token of type access_token may be opaque). */
+  readonly jwt: boolean
+}
+
+/** RFC 8693 §3: the token types bearer-proxy names by a short name. */
+export const TOKEN_TYPES: Readonly<Record<string, string>> = {
+  jwt: 'urn:ietf:params:oauth:token-type:jwt',
+  id_token: 'urn:ietf:params:oauth:token-type:id_token',
+  access_token: 'urn:ietf:params:oauth:token-type:access_token'
+}
+
 /** A client as the token endpoint knows it; `secret` is absent for public clients. */
 export interface Client { readonly id: string, readonly secret: SecretSource | undefined }
 
@@ -68,10 +88,15 @@ export interface Client { readonly id: string, readonly secret: SecretSource | u
  */
 export type Credentials =
   | { readonly grant: 'app_token', readonly client: { readonly id: string, readonly secret: SecretSource } }
-  /** The secret is absent when the client signs an assertion instead (`CLIENT_AUTH=private_key_jwt`). */
-  | { readonly grant: 'client_credentials', readonly client: Client }
-  /** RFC 7523 §2.1: an assertion signed with the client's key is the grant. */
-  | { readonly grant: 'jwt_bearer', readonly client: Client }
+  /**
+   * The secret is absent when the client signs an assertion instead (`CLIENT_AUTH=private_key_jwt`), and the
+   * client too when a federated assertion names it (`CLIENT_ASSERTION_FILE`, Keycloak's federated client authentication).
+   */
+  | { readonly grant: 'client_credentials', readonly client: Client | undefined }
+  /** RFC 7523 §2.1: an assertion is the grant: signed with the client's key, or someone else's, read from `ASSERTION_FILE`. */
+  | { readonly grant: 'jwt_bearer', readonly client: Client | undefined, readonly assertion: PlatformToken | undefined }
+  /** RFC 8693 (Run:ai: `external_token_exchange`): the platform's token, from a file, exchanged; the client is optional. */
+  | { readonly grant: 'token_exchange', readonly subject: PlatformToken, readonly subjectType: string, readonly client: Client | undefined }
   /** `bearer-proxy login`: the refresh token stored for this issuer and client is the grant. */
   | { readonly grant: 'login', readonly client: Client, readonly login: Login }
   | { readonly grant: 'password', readonly username: string, readonly password: SecretSource, readonly client: Client | undefined }
@@ -95,6 +120,11 @@ export interface TokenSettings {
   readonly clientAuth: ClientAuth
   /** The key that signs assertions (`private_key_jwt`, `jwt_bearer`). */
   readonly clientKey: ClientKey | undefined
+  /** `CLIENT_ASSERTION_FILE`: the platform's JWT, sent as the client's assertion with every token request. */
+  readonly clientAssertion: PlatformToken | undefined
+  /** RFC 8693 `requested_token_type`, and RFC 8707 `resource`, when set. */
+  readonly requestedTokenType: string | undefined
+  readonly resource: string | undefined
   /** The `aud` of assertions: the token endpoint, or the issuer. */
   readonly assertionAudience: 'token_endpoint' | 'issuer'
   /** A service account's JSON key file: its scope goes into the assertion, as Google reads it. */
@@ -122,4 +152,11 @@ export function filesOf (settings: TokenSettings, which: 'all' | 'keys' = 'all')
   if (which === 'all') for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.push(source.path)
   for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) if (file !== undefined) files.push(file)
   return files
+}
+
+/** The platform's tokens a set's requests carry: read at each request, kept out of anything an endpoint echoes, never a reason to reload. */
+export function platformTokensOf (settings: TokenSettings): PlatformToken[] {
+  const { credentials } = settings
+  const tokens = [settings.clientAssertion, credentials.grant === 'token_exchange' ? credentials.subject : undefined, credentials.grant === 'jwt_bearer' ? credentials.assertion : undefined]
+  return tokens.filter((token): token is PlatformToken => token !== undefined)
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { decodeJwt } from 'jose'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
@@ -15,7 +16,8 @@ import { oauthForm } from './form.js'
 import { networkReason, oauthRequest } from './http.js'
 import { scrubSecrets } from './redact.js'
 import { runai, runaiAppToken } from './runai.js'
-import { type DialectName, type Endpoint, type Login, secretsOf, type TokenSettings } from './settings.js'
+import { PlatformTokenError } from './platform-token.js'
+import { type DialectName, type Endpoint, type Login, platformTokensOf, secretsOf, type TokenSettings } from './settings.js'
 
 const DIALECTS: Readonly<Record<DialectName, Dialect>> = { oauth: oauthForm, 'runai-v1': runai, 'runai-apptoken': runaiAppToken, apiconnect }
 
@@ -58,7 +60,7 @@ export class TokenClient implements TokenRequester {
   async request (now: () => number): Promise<Granted> {
     const versions = this.#settings.endpoint.kind === 'versions' && this.#endpoint === undefined ? this.#settings.endpoint.endpoints : undefined
     const endpoint = versions === undefined ? this.#endpoint ?? await this.#discover() : undefined
-    let response: TokenResponse | undefined
+    let response: Exchanged | undefined
     let used: string = this.#settings.credentials.grant
     const refresh = this.#refresh
     if (refresh !== undefined && endpoint !== undefined) {
@@ -80,7 +82,10 @@ export class TokenClient implements TokenRequester {
     }
     const obtainedAt = now()
     const claims = readClaims(response.accessToken)
-    return { accessToken: response.accessToken, obtainedAt, lifetimeMs: lifetimeOf(response.expiresIn, claims.exp, obtainedAt), subject: claims.sub, grant: used }
+    // Renewed before the platform's token it was granted for expires, whatever its own lifetime.
+    const platform = Math.min(...response.expiries) - obtainedAt
+    const lifetimeMs = Math.max(1, Math.min(lifetimeOf(response.expiresIn, claims.exp, obtainedAt), platform))
+    return { accessToken: response.accessToken, obtainedAt, lifetimeMs, subject: claims.sub, grant: used }
   }
 
   where (): string {
@@ -114,7 +119,7 @@ export class TokenClient implements TokenRequester {
    * kept for the life of the client (a refusal there is the answer, not a reason to
    * try an older endpoint).
    */
-  async #firstAnswering (endpoints: readonly Endpoint[]): Promise<TokenResponse> {
+  async #firstAnswering (endpoints: readonly Endpoint[]): Promise<Exchanged> {
     for (const [index, endpoint] of endpoints.entries()) {
       try {
         const response = await this.#exchange(endpoint, undefined)
@@ -140,7 +145,7 @@ export class TokenClient implements TokenRequester {
   }
 
   /** One token request in the endpoint's dialect, and its answer checked: a grant that can be sent as a bearer token, or why not. */
-  async #exchange (endpoint: Endpoint, refresh: Secret | undefined): Promise<TokenResponse> {
+  async #exchange (endpoint: Endpoint, refresh: Secret | undefined): Promise<Exchanged> {
     this.#asked = endpoint
     const dialect = DIALECTS[endpoint.dialect]
     let built
@@ -148,6 +153,7 @@ export class TokenClient implements TokenRequester {
       built = await dialect.buildRequest(this.#settings, endpoint.url, refresh)
     } catch (error) {
       if (error instanceof KeyError) throw new StatedFailure(`the client's key file ${error.message}; no token request was sent`)
+      if (error instanceof PlatformTokenError) throw new StatedFailure(`${error.message}; no token request was sent`)
       if (error instanceof NoStoredLogin || error instanceof PrivacyError) throw new StatedFailure(`${error.message}; no token request was sent`)
       throw new StatedFailure(`cannot read a secret file (${(error as NodeJS.ErrnoException).code ?? 'error'}); no token request was sent`)
     }
@@ -158,7 +164,7 @@ export class TokenClient implements TokenRequester {
     if (body === undefined) throw new TokenResponseError('with a body that is not JSON', 'unreadable_body')
     const response = dialect.readResponse(body)
     checkBearer(response.accessToken)
-    return response
+    return { ...response, expiries: built.expiries ?? [] }
   }
 
   /** The token endpoint of the first issuer whose discovery document exists (a 404 moves on to the next). */
@@ -200,6 +206,11 @@ export class TokenClient implements TokenRequester {
       } catch {}
     }
     if (this.#refresh !== undefined) values.push(this.#refresh.reveal())
+    for (const token of platformTokensOf(this.#settings)) {
+      try {
+        values.push(readFileSync(token.file, 'utf8').trim())
+      } catch {}
+    }
     const { credentials } = this.#settings
     if (credentials.grant === 'login') {
       try {
@@ -210,6 +221,9 @@ export class TokenClient implements TokenRequester {
     return scrubSecrets(text, values, credentials.client?.id)
   }
 }
+
+/** A token response, and when the platform's tokens its request carried expire (ms). */
+type Exchanged = TokenResponse & { readonly expiries: readonly number[] }
 
 /** A failure whose message already says everything, in the user's words. */
 class StatedFailure extends Error {}

@@ -143,6 +143,11 @@ export interface RunaiOptions {
    * its refresh tokens with `client`, the confidential client only the control plane knows.
    */
   readonly realm?: Realm
+  /**
+   * `external_token_exchange` (2.22 TokenRequest `externalToken`; v2's form `external_token`): a token issued by the
+   * identity provider the control plane is configured with, checked by this, which names its subject or throws.
+   */
+  readonly external?: (token: string) => Promise<string>
 }
 
 /** A control plane's sign-in realm: where it is served, where the identity provider behind it listens, its token URL and the client only the control plane knows. */
@@ -160,8 +165,9 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
   let counter = 0
   const refused = { status: 401, body: { code: 401, message: 'invalid credentials' } }
   const emulator = await startEmulator(t, 'runai', {
-    '/api/v2/token': options.generation === 'v1' ? { [ABSENT]: options.absentStatus ?? 404 } : (body) => {
+    '/api/v2/token': options.generation === 'v1' ? { [ABSENT]: options.absentStatus ?? 404 } : async (body) => {
       let sub: string | undefined
+      if (body.grant_type === 'external_token_exchange' && options.external !== undefined) sub = await options.external(String(body.external_token)).catch(() => undefined)
       if (body.grant_type === 'client_credentials' && body.client_id === RUNAI.client.id && body.client_secret === RUNAI.client.secret) sub = RUNAI.client.id
       if (body.grant_type === 'password' && body.username === RUNAI.user.username && body.password === RUNAI.user.password) sub = RUNAI.user.username
       if (body.grant_type === undefined) return { status: 400, body: { code: 400, message: 'grant_type is required' } }
@@ -187,6 +193,7 @@ export async function startRunai (t: Teardown, options: RunaiOptions = {}): Prom
         return { status: 200, body: { accessToken: await emulator.sign(sub as string), idToken: tokens.id_token, refreshToken: tokens.refresh_token } }
       }
       let sub: string | undefined
+      if (body.grantType === 'external_token_exchange' && options.external !== undefined) sub = await options.external(String(body.externalToken)).catch(() => undefined)
       if (body.grantType === 'client_credentials' && body.clientID === RUNAI.client.id && body.clientSecret === RUNAI.client.secret) sub = RUNAI.client.id
       if (body.grantType === 'password' && body.username === RUNAI.user.username && body.password === RUNAI.user.password) sub = RUNAI.user.username
       if (body.grantType === 'app_token' && body.appID === RUNAI.client.id && body.appSecret === RUNAI.client.secret) sub = RUNAI.client.id

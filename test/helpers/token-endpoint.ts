@@ -26,7 +26,7 @@ export interface TokenEndpoint {
   readonly url: string
   readonly calls: TokenCall[]
   /** Decides each answer; replace it between steps of a test. */
-  answer: (call: TokenCall) => Scripted
+  answer: (call: TokenCall) => Scripted | Promise<Scripted>
 }
 
 const { privateKey } = await generateKeyPair('RS256')
@@ -50,7 +50,8 @@ export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['an
       const fields = json ? JSON.parse(raw || '{}') as Record<string, unknown> : Object.fromEntries(new URLSearchParams(raw))
       const call = { path: req.url ?? '', headers: req.headers, raw, fields }
       endpoint.calls.push(call)
-      const scripted = endpoint.answer(call)
+      void Promise.resolve(endpoint.answer(call)).then((scripted) => { answerWith(scripted) })
+      const answerWith = (scripted: Scripted): void => {
       const send = (): void => {
         if (res.destroyed) return
         res.writeHead(scripted.status ?? 200, { 'content-type': scripted.contentType ?? 'application/json', ...scripted.headers })
@@ -77,6 +78,7 @@ export async function startTokenEndpoint (t: Teardown, answer: TokenEndpoint['an
       }
       if (scripted.delayMs === undefined) send()
       else setTimeout(send, scripted.delayMs)
+      }
     })
   }
   const server = tls === undefined ? createServer(handle) : createTlsServer(tls, handle)
