@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { loadConfig } from '../src/config.js'
 import { parseAddress } from '../src/config/values.js'
@@ -25,12 +25,17 @@ interface Container {
   restartPolicy?: string
 }
 
-t.test('the Kubernetes sidecar example is valid for the image: numeric non-root user, settings the proxy accepts, probes on the admin port', async (t) => {
+/** The image's user, as `runAsNonRoot` needs it: a number, and not root's. */
+function imageRunsAsNonRoot (t: Test): void {
   const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
   const runtime = dockerfile.split(/^FROM /m).at(-1) as string
   const user = /^USER (\d+)(?::(\d+))?$/m.exec(runtime)
   t.ok(user, 'USER is numeric (runAsNonRoot cannot verify a user name)')
   t.not(Number(user?.[1]), 0, 'and not root')
+}
+
+t.test('the Kubernetes sidecar example is valid for the image: numeric non-root user, settings the proxy accepts, probes on the admin port', async (t) => {
+  imageRunsAsNonRoot(t)
 
   const documents = parseAllDocuments(readFileSync(join(root, 'config/kubernetes-sidecar.yaml'), 'utf8'))
   for (const document of documents) t.same(document.errors, [], 'YAML parses')
@@ -77,6 +82,7 @@ t.test('the workload identity example: a Job with the proxy as a native sidecar,
   if (pod === undefined || proxy === undefined) throw new Error('no bearer-proxy init container in a Job')
   t.equal(proxy.restartPolicy, 'Always', 'a native sidecar: it starts first, and the Job completes with its main container')
   t.equal(pod.restartPolicy, 'Never')
+  imageRunsAsNonRoot(t)
   t.equal(proxy.securityContext?.runAsNonRoot, true)
   t.equal(proxy.securityContext?.readOnlyRootFilesystem, true)
   const env = Object.fromEntries((proxy.env ?? []).map(({ name, value }) => [name, value]))

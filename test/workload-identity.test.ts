@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
@@ -69,17 +70,20 @@ t.test('RFC 8693 at oidc-provider: the projected token exchanged, the result ver
   t.equal(after.statusCode, 200, 'no failed request')
   await after.body.dump()
   t.equal(logs.events('token_failed').length, 0)
+  t.equal(readFileSync(volume.path, 'utf8'), second, 'the platform\'s file is as the kubelet left it: never written, moved or deleted')
   for (const token of handedOut) t.notOk(logs.text.includes(token), 'no platform token in the log, at trace')
 })
 
 t.test('a Google-STS-shaped endpoint: exactly its fields, no client authentication, a result typed as an access token', async (t) => {
   const cluster = await startServiceAccountIssuer(t)
   const audience = '//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/k8s'
-  const sts = await startTokenEndpoint(t, (call) => {
+  const sts = await startTokenEndpoint(t, async (call) => {
     const fields = call.fields
     const expected = { grant_type: EXCHANGE, audience, scope: 'https://www.googleapis.com/auth/cloud-platform', requested_token_type: 'urn:ietf:params:oauth:token-type:access_token', subject_token_type: JWT_TYPE }
     const wrong = Object.entries(expected).find(([name, value]) => fields[name] !== value)
     if (wrong !== undefined || Object.keys(fields).length !== 6) return { status: 400, body: { error: 'invalid_request', error_description: `bad ${wrong?.[0] ?? 'fields'}` } }
+    // The pool's provider trusts the cluster's issuer, for its own name as the audience.
+    if (await cluster.verify(String(fields.subject_token), audience).catch(() => undefined) !== ACCOUNT.subject) return { status: 400, body: { error: 'invalid_grant', error_description: 'The token is invalid' } }
     return { body: { access_token: 'ya29.federated-Access-7781', issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: 3599 } }
   })
   const token = await cluster.sign(audience, 3600)
@@ -106,15 +110,15 @@ t.test('a Google-STS-shaped endpoint: exactly its fields, no client authenticati
 async function startEntra (t: Parameters<typeof startServiceAccountIssuer>[0], verify: (assertion: string) => Promise<string>): Promise<TokenEndpoint> {
   return await startTokenEndpoint(t, async (call) => {
     const fields = call.fields
-    if (fields.grant_type !== 'client_credentials' || fields.client_id !== 'entra-app-id' || fields.scope !== 'api://runai/.default' || fields.client_assertion_type !== ASSERTION_TYPE) {
+    const grant = fields.grant_type === 'client_credentials' || (fields.grant_type === 'refresh_token' && fields.refresh_token === 'entra-Refresh-1')
+    if (!grant || fields.client_id !== 'entra-app-id' || fields.scope !== 'api://runai/.default' || fields.client_assertion_type !== ASSERTION_TYPE) {
       return { status: 400, body: { error: 'invalid_request', error_description: 'AADSTS900144' } }
     }
-    try {
-      await verify(String(fields.client_assertion))
-    } catch {
+    // The federated credential: this issuer, this subject, the audience Entra asks for.
+    if (await verify(String(fields.client_assertion)).catch(() => undefined) !== ACCOUNT.subject) {
       return { status: 401, body: { error: 'invalid_client', error_description: 'AADSTS700211: No matching federated identity record found' } }
     }
-    return { body: { token_type: 'Bearer', expires_in: 3599, access_token: `entra-Access-${call.raw.length}` } }
+    return { body: { token_type: 'Bearer', expires_in: 3599, access_token: `entra-Access-${call.raw.length}`, refresh_token: 'entra-Refresh-1' } }
   })
 }
 
@@ -143,7 +147,7 @@ t.test('CLIENT_ASSERTION_FILE: Entra\'s workload identity takes the projected to
   clock.advance(3000_000)
   await renewed
   t.equal(entra.calls.length, 2, 'renewed')
-  t.equal(entra.calls[1]?.fields.client_assertion, token, 'the renewal carried the assertion too')
+  t.match(entra.calls[1]?.fields, { grant_type: 'refresh_token', client_assertion: token }, 'the refresh carried the assertion too')
 })
 
 t.test('CLIENT_ASSERTION_FILE without a client id: Keycloak\'s federated client authentication, the assertion names the client', async (t) => {
@@ -282,7 +286,11 @@ t.test('settings: the grant needs its file, short token type names, and nothing 
   const config = loadConfig({ env: { ...base, BEARER_PROXY_SUBJECT_TOKEN_FILE: volume.path, BEARER_PROXY_SUBJECT_TOKEN_TYPE: 'id_token' }, envFile: '/dev/null', forwarding: false })
   t.match(config.tokenSettings.credentials, { grant: 'token_exchange', subjectType: 'urn:ietf:params:oauth:token-type:id_token', client: undefined })
   t.match(problems({ ...base, BEARER_PROXY_SUBJECT_TOKEN_FILE: volume.path, BEARER_PROXY_SUBJECT_TOKEN_TYPE: 'saml' }), /BEARER_PROXY_SUBJECT_TOKEN_TYPE: jwt, id_token, access_token or a token type URN/)
-  t.match(problems({ BEARER_PROXY_TOKEN_URL: 'https://idp.example/token', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_SUBJECT_TOKEN_FILE: volume.path }), /BEARER_PROXY_SUBJECT_TOKEN_FILE: does nothing with AUTH=oidc GRANT=client_credentials/)
+  t.match(problems({ BEARER_PROXY_TOKEN_URL: 'https://idp.example/token', BEARER_PROXY_GRANT: 'client_credentials', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_SUBJECT_TOKEN_FILE: volume.path }), /BEARER_PROXY_SUBJECT_TOKEN_FILE: does nothing with AUTH=oidc GRANT=client_credentials/)
+  for (const [setting, grant] of [['SUBJECT_TOKEN_FILE', 'token_exchange'], ['ASSERTION_FILE', 'jwt_bearer']]) {
+    const implied = loadConfig({ env: { BEARER_PROXY_TOKEN_URL: 'https://idp.example/token', [`BEARER_PROXY_${setting}`]: volume.path }, envFile: '/dev/null', forwarding: false })
+    t.equal(implied.tokenSettings.credentials.grant, grant, `${setting} alone means GRANT=${grant}`)
+  }
   t.match(problems({ BEARER_PROXY_TOKEN_URL: 'https://idp.example/token', BEARER_PROXY_CLIENT_ID: 'c', BEARER_PROXY_CLIENT_SECRET: 's', BEARER_PROXY_CLIENT_ASSERTION_FILE: volume.path }), /BEARER_PROXY_CLIENT_SECRET: does nothing/)
   t.match(problems({ BEARER_PROXY_TOKEN_URL: 'https://idp.example/token', BEARER_PROXY_CLIENT_AUTH: 'client_secret_basic', BEARER_PROXY_CLIENT_ASSERTION_FILE: volume.path }), /BEARER_PROXY_CLIENT_AUTH: does nothing with BEARER_PROXY_CLIENT_ASSERTION_FILE/)
 })

@@ -86,7 +86,9 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
   // A service account's key file says who the client is, with which key, and where tokens come from.
   const account = get('SERVICE_ACCOUNT_FILE') === undefined ? undefined : serviceAccount(get('SERVICE_ACCOUNT_FILE') as string, problems)
   const store = get('TOKEN_STORE') ?? defaultStore()
-  const grant = (get('GRANT') as GrantName | undefined) ?? (given.has('SERVICE_ACCOUNT_FILE') ? 'jwt_bearer' : storedLogin(flavour, get, given, store) ? 'login' : grants[0] as GrantName)
+  // A file that can only be one grant's says which, as a service account's key file does.
+  const implied: GrantName | undefined = given.has('SERVICE_ACCOUNT_FILE') || given.has('ASSERTION_FILE') ? 'jwt_bearer' : given.has('SUBJECT_TOKEN_FILE') ? 'token_exchange' : undefined
+  const grant = (get('GRANT') as GrantName | undefined) ?? implied ?? (storedLogin(flavour, get, given, store) ? 'login' : grants[0] as GrantName)
   // With AUTH or GRANT refused, what they would require is not known: report nothing that follows from them.
   const unsure = input.invalid.has('AUTH') || input.invalid.has('GRANT')
   const flavourProblems = unsure || input.token !== undefined ? [] : problems

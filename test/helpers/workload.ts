@@ -3,7 +3,8 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createLocalJWKSet, exportJWK, generateKeyPair, jwtVerify, SignJWT } from 'jose'
+import { createRemoteJWKSet, exportJWK, generateKeyPair, jwtVerify, SignJWT } from 'jose'
+import { request } from 'undici'
 import type { Teardown } from './stack.js'
 
 /** The service account whose projected token a pod gets. */
@@ -13,7 +14,10 @@ export interface ServiceAccountIssuer {
   readonly issuer: string
   /** A projected service account token for `audience`, valid `ttl` seconds (negative: already expired). */
   readonly sign: (audience: string, ttl?: number, subject?: string) => Promise<string>
-  /** The token's subject, when this issuer signed it for `audience` and it has not expired; throws otherwise. */
+  /**
+   * The token's subject, when this issuer signed it for `audience` and it has not expired; throws otherwise.
+   * Its keys are found as a relying party finds them: the discovery document, then its `jwks_uri`.
+   */
   readonly verify: (token: string, audience: string) => Promise<string>
 }
 
@@ -34,7 +38,14 @@ export async function startServiceAccountIssuer (t: Teardown): Promise<ServiceAc
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => await new Promise<void>((resolve) => server.close(() => { resolve() })))
   const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const keys = createLocalJWKSet(jwks)
+  let keys: ReturnType<typeof createRemoteJWKSet> | undefined
+  const discovered = async (): Promise<ReturnType<typeof createRemoteJWKSet>> => {
+    if (keys !== undefined) return keys
+    const document = await (await request(`${issuer}/.well-known/openid-configuration`)).body.json() as { issuer: string, jwks_uri: string }
+    if (document.issuer !== issuer) throw new Error('another issuer')
+    keys = createRemoteJWKSet(new URL(document.jwks_uri))
+    return keys
+  }
   return {
     issuer,
     sign: async (audience, ttl = 3600, subject = ACCOUNT.subject) => {
@@ -45,7 +56,7 @@ export async function startServiceAccountIssuer (t: Teardown): Promise<ServiceAc
         .setIssuedAt(now).setNotBefore(now).setExpirationTime(now + ttl)
         .sign(privateKey)
     },
-    verify: async (token, audience) => (await jwtVerify(token, keys, { issuer, audience })).payload.sub as string
+    verify: async (token, audience) => (await jwtVerify(token, await discovered(), { issuer, audience })).payload.sub as string
   }
 }
 
