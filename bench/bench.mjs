@@ -51,7 +51,7 @@ function cpuTime (pid) {
 const TICKS = 100 // USER_HZ, the unit of /proc/<pid>/stat's times on Linux
 
 /** bearer-proxy as users start it (dist/cli.js by its shebang, with its node flags); resolves at /-/ready 200, with the time it took. */
-async function startBearerProxy (tokenPort, upstreamPort) {
+async function startBearerProxy (tokenPort, upstreamPort, extra = {}) {
   const port = await freePort()
   const began = process.hrtime.bigint()
   const child = spawn(cli, ['serve'], {
@@ -63,7 +63,8 @@ async function startBearerProxy (tokenPort, upstreamPort) {
       BEARER_PROXY_CLIENT_SECRET: 'bench-secret',
       BEARER_PROXY_UPSTREAM: `http://127.0.0.1:${upstreamPort}`,
       BEARER_PROXY_PORT: String(port),
-      BEARER_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn'
+      BEARER_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+      ...extra
     },
     stdio: ['ignore', 'ignore', 'inherit']
   })
@@ -131,9 +132,13 @@ await sleep(14_000)
 const idleRss = status(proxy.child.pid, 'VmRSS')
 const idleAnonymous = anonymous(proxy.child.pid)
 
+// With DPoP (RFC 9449): a proof signed for every request, the cost of sender-constrained tokens.
+const dpop = await startBearerProxy(tokens.port, upstream.port, { BEARER_PROXY_DPOP: 'true' })
+
 const targets = [
   ['direct', upstream.port, upstream.child.pid],
   ['bearer-proxy', proxy.port, proxy.child.pid],
+  ['bearer-proxy DPoP', dpop.port, dpop.child.pid],
   ...floors.map(([name, { port, child }]) => [name, port, child.pid]),
   ...peers.filter((peer) => peer.port !== undefined).map((peer) => [peer.name, peer.port, peer.child.pid])
 ]
@@ -197,7 +202,7 @@ for (const [label, row] of Object.entries(results)) {
   lines.push(`\n${label} responses, ${CONNECTIONS} connections, ${DURATION} s each`)
   lines.push('target               req/s    p50 ms  p99 ms  vs direct  CPU µs/req  bearer-proxy vs it        errors')
   for (const [name, r] of Object.entries(row)) {
-    const mine = name === 'bearer-proxy' || name === 'direct' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].cpu, r.cpu).toFixed(2)}x CPU/req`
+    const mine = name === 'bearer-proxy' || name === 'direct' || name === 'bearer-proxy DPoP' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].cpu, r.cpu).toFixed(2)}x CPU/req`
     lines.push(`${name.padEnd(19)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${String(r.cpu).padStart(10)}  ${mine.padEnd(25)} ${r.errors}`)
   }
 }
@@ -221,13 +226,14 @@ const targetLines = [
   ['added latency, one client, p50', `${Math.round(latency['bearer-proxy'].addedP50)} µs`, `≤ ${TARGETS.addedP50Us} µs`, latency['bearer-proxy'].addedP50 <= TARGETS.addedP50Us],
   ['1 KiB req/s vs fastify+http-proxy', `${ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps).toFixed(2)}x`, `≥ ${TARGETS.vsFloor.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps) >= TARGETS.vsFloor],
   ['  CPU per 1 KiB request vs it', `${ratio(small['bearer-proxy'].cpu, small['fastify+http-proxy'].cpu).toFixed(2)}x (${small['bearer-proxy'].cpu} µs, ${small['fastify+http-proxy'].cpu} µs)`, '', true],
+  ['DPoP: 1 KiB req/s, CPU per request', `${ratio(small['bearer-proxy DPoP'].rps, small['bearer-proxy'].rps).toFixed(2)}x, ${ratio(small['bearer-proxy DPoP'].cpu, small['bearer-proxy'].cpu).toFixed(2)}x (${small['bearer-proxy DPoP'].cpu} µs)`, '', true],
   ...(go === undefined ? [] : [['1 KiB req/s vs Go ReverseProxy', `${ratio(small['bearer-proxy'].rps, go.rps).toFixed(2)}x`, `≥ ${TARGETS.vsGo.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, go.rps) >= TARGETS.vsGo]])
 ]
 lines.push('\nbearer-proxy footprint            measured                  target      ')
 for (const [what, value, target, ok] of targetLines) lines.push(`${what.padEnd(36)} ${value.padEnd(24)} ${target.padEnd(11)} ${target === '' ? '' : check(ok)}`.trimEnd())
 lines.push('(own: anonymous memory, V8\'s heap and malloc; the rest of RSS is pages of the node binary itself, file-backed and shared)')
 lines.push(`256 MiB through the proxy: ${received === 4096 * 65536 ? 'down whole' : `down ${received} bytes`}, ${sent === 4096 * 65536 ? 'up whole' : `up ${sent} bytes`}`)
-lines.push(`token requests during the run: ${tokenRequests} (3 starts: must be 3)`)
+lines.push(`token requests during the run: ${tokenRequests} (4 starts, one with DPoP: must be 4)`)
 process.stdout.write(lines.join('\n') + '\n')
 if (JSON_FILE !== undefined) {
   writeFileSync(JSON_FILE, JSON.stringify({
@@ -236,4 +242,4 @@ if (JSON_FILE !== undefined) {
   }, null, 2) + '\n')
 }
 
-for (const child of [upstream.child, tokens.child, proxy.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()
+for (const child of [upstream.child, tokens.child, proxy.child, dpop.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()

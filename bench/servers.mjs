@@ -44,7 +44,9 @@ if (role === 'upstream') {
     req.resume()
     if (req.url === '/count') return res.end(String(count))
     count++
-    res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"bench-token","token_type":"Bearer","expires_in":3600}')
+    // A request with a DPoP proof gets a token bound to its key, as a DPoP-enabled server answers (RFC 9449 §5).
+    const type = req.headers.dpop === undefined ? 'Bearer' : 'DPoP'
+    res.writeHead(200, { 'content-type': 'application/json' }).end(`{"access_token":"bench-token","token_type":"${type}","expires_in":3600}`)
   }))
 } else if (role === 'node-pipe') {
   // The floor of a Node proxy on node:http's client: pipe both ways, add a fixed header.

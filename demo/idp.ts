@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto'
+import { randomBytes, X509Certificate } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { TLSSocket } from 'node:tls'
@@ -61,6 +61,8 @@ export interface IdpOptions {
    * the token is issued to, or throws why the subject token is refused.
    */
   readonly tokenExchange?: (subjectToken: string, subjectTokenType: string) => Promise<string>
+  /** RFC 9449: a token request with a DPoP proof gets a token bound to its key; `requireNonce`: only with the provider's nonce. */
+  readonly dpop?: { readonly requireNonce: boolean }
 }
 
 /** How the token endpoint behaves, switchable while running (for fault tests). */
@@ -126,6 +128,8 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
     jwks: { keys: [key] },
     clientAuthMethods: ['none', 'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', ...(options.tls === undefined ? [] : ['tls_client_auth' as const, 'self_signed_tls_client_auth' as const])],
     scopes: ['openid', 'offline_access', 'api'],
+    // DPoP keys as Keycloak takes them: RSA too, besides EC P-256 and Ed25519.
+    enabledJWA: { dPoPSigningAlgValues: ['ES256', 'EdDSA', 'Ed25519', 'RS256', 'PS256'] },
     findAccount: async (_ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
     features: {
       clientCredentials: { enabled: true },
@@ -145,6 +149,7 @@ export async function startIdp (options: IdpOptions): Promise<Idp> {
         }
       },
       devInteractions: { enabled: options.interactive === true },
+      dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => options.dpop?.requireNonce === true },
       revocation: { enabled: options.interactive === true },
       deviceFlow: { enabled: options.interactive === true },
       resourceIndicators: {

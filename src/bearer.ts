@@ -86,6 +86,9 @@ class BearerRequest implements RequestHandler {
   #connected = false
   /** A 401 about the token is being drained before the request is sent again. */
   #draining = false
+  /** A DPoP-bound token's request was retried once with the upstream's new nonce. */
+  #nonceRetried = false
+  #nonceRetrying = false
 
   constructor (agent: Dispatcher, options: Dispatcher.DispatchOptions, handler: RequestHandler, credential: RouteCredential, log: Logger) {
     this.#agent = agent
@@ -134,6 +137,8 @@ class BearerRequest implements RequestHandler {
     }
     const headers = this.#options.headers as IncomingHttpHeaders
     headers.authorization = token.authorization
+    // RFC 9449 §7: a fresh proof for this method and upstream URL (no query), bound to the token by its hash.
+    if (token.dpop !== undefined) headers.dpop = token.dpop.signer.proof(this.#options.method, `${originString(this.#options.origin)}${pathOf(this.#options.path)}`, token.dpop.ath)
     const body = this.#attempt === 0 ? this.#body : (this.#replay === false ? null : this.#replay)
     try {
       this.#agent.dispatch(body === this.#options.body ? this.#options : { ...this.#options, body }, this as Dispatcher.DispatchHandler)
@@ -169,6 +174,7 @@ class BearerRequest implements RequestHandler {
     // Informational (1xx): the final answer follows.
     if (statusCode >= 200) {
       const token = this.#token as AccessToken
+      if (token.dpop !== undefined && this.#nonceChallenge(token, statusCode, rawHeaders)) return true
       if (statusCode !== 401) {
         this.#credential.refusals.accepted(token)
       } else if (this.#credential.refusals.refused(token, this.#attempt) === 'retry' && this.#replay !== false) {
@@ -179,6 +185,29 @@ class BearerRequest implements RequestHandler {
       }
     }
     return this.#handler.onHeaders?.(statusCode, rawHeaders, resume, statusText) ?? true
+  }
+
+  /**
+   * A DPoP upstream's nonce (RFC 9449 §9), kept for its origin; a 401 that asks for
+   * it (`use_dpop_nonce`) is retried once with it, a new proof, before the refusal
+   * policy hears of it. True when the answer is being drained for that retry.
+   */
+  #nonceChallenge (token: AccessToken, statusCode: number, rawHeaders: Buffer[]): boolean {
+    let nonce: string | undefined
+    let challenge = false
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      const name = (rawHeaders[i] as Buffer).toString('latin1').toLowerCase()
+      if (name === 'dpop-nonce') nonce = (rawHeaders[i + 1] as Buffer).toString('latin1')
+      else if (name === 'www-authenticate' && statusCode === 401) challenge ||= /use_dpop_nonce/.test((rawHeaders[i + 1] as Buffer).toString('latin1'))
+    }
+    if (nonce === undefined) return false
+    token.dpop?.signer.nonce(originString(this.#options.origin), nonce)
+    if (!challenge || this.#nonceRetried || this.#replay === false) return false
+    this.#nonceRetried = true
+    this.#nonceRetrying = true
+    this.#draining = true
+    this.#log.debug({ event: 'upstream_dpop_nonce_retry', path: pathOf(this.#options.path) }, 'upstream asked for its DPoP nonce: retrying with it')
+    return true
   }
 
   onData (chunk: Buffer): boolean {
@@ -198,7 +227,9 @@ class BearerRequest implements RequestHandler {
 
   #again (): void {
     this.#draining = false
-    this.#attempt++
+    // A retry with the upstream's DPoP nonce is the same attempt, as the refusal policy counts them.
+    if (!this.#nonceRetrying) this.#attempt++
+    this.#nonceRetrying = false
     this.#send()
   }
 }
@@ -238,6 +269,10 @@ async function readReplayable (payload: Readable, headers: Dispatcher.DispatchOp
   payload.pipe(rest)
   payload.once('error', (error) => rest.destroy(error))
   return { first: rest, replay: false }
+}
+
+function originString (origin: Dispatcher.DispatchOptions['origin']): string {
+  return typeof origin === 'string' ? origin : (origin as URL).origin
 }
 
 function pathOf (target: string): string {

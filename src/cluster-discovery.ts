@@ -43,7 +43,7 @@ export async function listClusters (controlPlane: URL, tokens: TokenSource, disp
   try {
     const response = await request(url, {
       dispatcher,
-      headers: { authorization: token.authorization, accept: 'application/json' },
+      headers: { ...token.headersFor('GET', url), accept: 'application/json' },
       headersTimeout: timeoutSeconds * 1000,
       bodyTimeout: timeoutSeconds * 1000,
       // For the whole answer: a control plane that trickles its list is cut off, not waited for.

@@ -237,6 +237,8 @@ async function withCredentialSet<T> (config: Config, work: (tokens: import('./to
   }
 }
 
+const DPOP_BOUND = 'bearer-proxy: the token is DPoP-bound (RFC 9449): useless without a proof made with the proxy\'s key, which curl cannot make; send requests through the proxy\n'
+
 /** `token`: the access token alone on stdout; a running proxy's `TOKEN_FILE` when it holds a valid one. */
 async function token (config: Config): Promise<number> {
   // The file holds the first credential set's token (the only one without credential sets).
@@ -252,6 +254,7 @@ async function token (config: Config): Promise<number> {
     try {
       const held = await tokens.get()
       process.stdout.write(`${held.reveal()}\n`)
+      if (held.dpop !== undefined) process.stderr.write(DPOP_BOUND)
       return 0
     } catch (error) {
       process.stderr.write(`bearer-proxy: ${(error as Error).message}\n`)
@@ -274,6 +277,7 @@ async function check (config: Config): Promise<number> {
     const seconds = Math.round((held.expiresAt - Date.now()) / 1000)
     process.stdout.write(`ok: token obtained\nsubject: ${held.subject ?? '(not a JWT, or no sub claim)'}\n` +
       `expires: ${new Date(held.expiresAt).toISOString()} (in ${seconds} s)\n`)
+    if (held.dpop !== undefined) process.stdout.write('binding: DPoP (RFC 9449): the token is bound to the proxy\'s key; requests must go through the proxy\n')
     let failed = false
     for (const route of routesOf(config)) {
       const url = joinPath(route.upstream, config.checkPath)
@@ -284,7 +288,7 @@ async function check (config: Config): Promise<number> {
           origin: url.origin,
           path: url.pathname,
           method: 'GET',
-          headers: { authorization: held.authorization, accept: '*/*' },
+          headers: { ...held.headersFor('GET', url), accept: '*/*' },
           headersTimeout: config.timeout * 1000
         })
         await answer.body.dump()

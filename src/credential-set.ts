@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { readClientCertificate } from './keys.js'
+import { DPoPKey } from './oauth/dpop.js'
 import { TokenClient } from './oauth/token-client.js'
 import { filesOf, secretsOf, type TokenSettings } from './oauth/settings.js'
 import { createDispatcher, type OutboundOptions } from './outbound.js'
@@ -59,6 +60,12 @@ export function fingerprintOf (settings: TokenSettings): string {
   return hash.digest('hex')
 }
 
+/** The set's DPoP key (RFC 9449): its `DPOP_KEY_FILE`, else one made now and kept in memory; none when `DPOP` is off. */
+function dpopKeyOf (settings: TokenSettings): DPoPKey | undefined {
+  if (settings.dpop === 'off') return undefined
+  return settings.dpopKeyFile === undefined ? DPoPKey.generate() : DPoPKey.read(settings.dpopKeyFile)
+}
+
 /**
  * One credential set, as `serve`, `check`, `token` and `clusters` use it: its
  * settings, its token manager (and the OAuth client it asks), the dispatchers its
@@ -79,7 +86,7 @@ export class CredentialSet {
     this.#outbound = outbound
     this.#fingerprint = fingerprintOf(settings)
     this.#log = context.log
-    this.tokens = new TokenManager(new TokenClient(settings, outbound.tokens, context.log), {
+    this.tokens = new TokenManager(new TokenClient(settings, outbound.tokens, context.log, dpopKeyOf(settings)), {
       log: context.log, skew: settings.refreshSkew, clock: context.clock, backoffMs: context.backoffMs, renewAt: context.renewAt
     })
   }
@@ -104,7 +111,7 @@ export class CredentialSet {
     this.#settings = settings
     this.#outbound = outbound
     this.#fingerprint = fingerprintOf(settings)
-    this.tokens.reconfigure(new TokenClient(settings, outbound.tokens, this.#log), settings.refreshSkew)
+    this.tokens.reconfigure(new TokenClient(settings, outbound.tokens, this.#log, dpopKeyOf(settings)), settings.refreshSkew)
     if (previous !== outbound.own) void previous?.close()
   }
 

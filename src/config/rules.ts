@@ -5,7 +5,7 @@ import { defaultStore, peekLogin } from '../login-store.js'
 import { loginIssuers, tokenEndpoint } from '../oauth/endpoints.js'
 import { type ClientAuth, type Client, type ClientKey, type Credentials, type Flavour, type GrantName, type Login, type PlatformToken, type TokenEndpoint, type TokenSettings, TOKEN_TYPES } from '../oauth/settings.js'
 import { tokenFileDirectoryProblem } from '../private-file.js'
-import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount } from '../keys.js'
+import { KeyError, parseServiceAccount, readClientCertificate, readSigningKey, type ServiceAccount, signingKey } from '../keys.js'
 import { trimSlashes } from '../url.js'
 import { grantsOf, NEEDS, type Needed, PREFIX, type SecretName } from './settings.js'
 import type { Config } from './types.js'
@@ -62,6 +62,7 @@ const READ_BY: ReadonlyArray<[string, (flavour: Flavour, grant: GrantName, auth:
   ['SUBJECT_TOKEN_TYPE', (flavour, grant) => flavour === 'oidc' && grant === 'token_exchange', 'AUTH=oidc GRANT=token_exchange'],
   ['REQUESTED_TOKEN_TYPE', (flavour, grant) => flavour === 'oidc' && grant === 'token_exchange', 'AUTH=oidc GRANT=token_exchange'],
   ['RESOURCE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
+  ['DPOP', (flavour) => flavour === 'oidc' || flavour === 'runai', 'AUTH=oidc or runai (OAuth 2.0 token endpoints)'],
   ['CLIENT_ASSERTION_FILE', (flavour) => flavour === 'oidc', 'AUTH=oidc'],
   ['ASSERTION_FILE', (flavour, grant) => flavour === 'oidc' && grant === 'jwt_bearer', 'AUTH=oidc GRANT=jwt_bearer'],
   ['UPSTREAM_CLIENT_CERT', (_flavour, _grant, _auth, given) => given.has('CLIENT_CERT_FILE'), 'CLIENT_CERT_FILE'],
@@ -139,6 +140,10 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     const file = get(name)
     if (file !== undefined) readable(file, `${PREFIX}${name}`, problems)
   }
+  const dpop = ({ false: 'off', true: 'on', required: 'required' } as const)[get('DPOP') as 'false' | 'true' | 'required']
+  const dpopKeyFile = get('DPOP_KEY_FILE')
+  if (dpopKeyFile !== undefined && dpop === 'off') flavourProblems.push(`${PREFIX}DPOP_KEY_FILE: does nothing without ${PREFIX}DPOP=true or required; remove it`)
+  else if (dpopKeyFile !== undefined) dpopKey(dpopKeyFile, problems)
   const federated = given.has('CLIENT_ASSERTION_FILE')
   if (federated && given.has('CLIENT_AUTH')) flavourProblems.push(`${PREFIX}CLIENT_AUTH: does nothing with ${PREFIX}CLIENT_ASSERTION_FILE (the file's assertion is how the client proves who it is); remove it`)
   const subjectType = tokenType(get('SUBJECT_TOKEN_TYPE') ?? 'jwt', 'SUBJECT_TOKEN_TYPE', problems)
@@ -216,6 +221,8 @@ export function interpret (raw: Record<string, unknown>, input: Input, problems:
     clientAssertion: platform('CLIENT_ASSERTION_FILE', true),
     requestedTokenType,
     resource: get('RESOURCE'),
+    dpop,
+    dpopKeyFile,
     assertionAudience: get('CLIENT_ASSERTION_AUDIENCE') as TokenSettings['assertionAudience'],
     serviceAccount: account !== undefined,
     clientCert: certificateOf(get('CLIENT_CERT_FILE'), get('CLIENT_KEY_FILE'), problems),
@@ -399,6 +406,15 @@ function writableDirectory (file: string, problems: string[]): void {
   // Another user who can write there could replace the token file that tools trust.
   const problem = tokenFileDirectoryProblem(file, directory)
   if (problem !== undefined) problems.push(problem)
+}
+
+/** A DPoP key, checked now as a client's key is: a file that cannot be used stops the start, naming its setting. */
+function dpopKey (file: string, problems: string[]): void {
+  try {
+    signingKey(readFileSync(file, 'utf8'))
+  } catch (error) {
+    problems.push(`${PREFIX}DPOP_KEY_FILE: ${error instanceof KeyError ? error.message : `cannot read ${file} (${(error as NodeJS.ErrnoException).code ?? 'error'})`}`)
+  }
 }
 
 /** A token type of RFC 8693: a short name (jwt, id_token, access_token) or a URN. */

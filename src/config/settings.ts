@@ -73,6 +73,8 @@ export const SETTINGS: Record<string, object> = {
   REQUESTED_TOKEN_TYPE: str,
   RESOURCE: str,
   CLIENT_ASSERTION_FILE: str,
+  DPOP: { type: 'string', enum: ['false', 'true', 'required'], default: 'false' },
+  DPOP_KEY_FILE: str,
   ASSERTION_FILE: str,
   CLIENT_CERT_FILE: str,
   UPSTREAM_CLIENT_CERT: bool,

@@ -17,6 +17,8 @@ export interface TokenResponse {
   /** Seconds, when the response says so. */
   readonly expiresIn: number | undefined
   readonly refreshToken: Secret | undefined
+  /** `token_type` DPoP (RFC 9449 §5): the token is bound to the key the request's proof named. */
+  readonly bound?: boolean
 }
 
 /** A token flavour: data plus two functions. */

@@ -65,14 +65,16 @@ export const oauthForm: Dialect = {
 
   readResponse (body: unknown): TokenResponse {
     const type = asObject(body).token_type
-    if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
+    const kind = typeof type === 'string' ? type.toLowerCase() : type
+    if (kind !== undefined && kind !== 'bearer' && kind !== 'dpop') {
       const named = typeof type === 'string' && /^[A-Za-z_-]{1,20}$/.test(type) ? ` ${type}` : ' of another kind'
-      throw new TokenResponseError(`response has token_type${named}, not Bearer`)
+      throw new TokenResponseError(`response has token_type${named}, not Bearer or DPoP`)
     }
     return {
       accessToken: new Secret(requireString(body, 'access_token')),
       expiresIn: optionalSeconds(body, 'expires_in'),
-      refreshToken: optionalSecret(body, 'refresh_token')
+      refreshToken: optionalSecret(body, 'refresh_token'),
+      bound: kind === 'dpop'
     }
   }
 }

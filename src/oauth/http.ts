@@ -21,7 +21,7 @@ export interface OAuthCall {
  * read, an error answer scrubbed of every secret before it is parsed. The body is
  * JSON when it parses, else undefined.
  */
-export async function oauthRequest (url: URL, call: OAuthCall): Promise<{ status: number, body: unknown }> {
+export async function oauthRequest (url: URL, call: OAuthCall): Promise<{ status: number, body: unknown, nonce: string | undefined }> {
   const timeout = call.timeout * 1000
   const response = await request(url, {
     dispatcher: call.dispatcher,
@@ -48,7 +48,8 @@ export async function oauthRequest (url: URL, call: OAuthCall): Promise<{ status
   try {
     parsed = JSON.parse(text)
   } catch {}
-  return { status: response.statusCode, body: parsed }
+  const nonce = response.headers['dpop-nonce']
+  return { status: response.statusCode, body: parsed, nonce: typeof nonce === 'string' ? nonce : undefined }
 }
 
 /** What OpenSSL says when an https:// URL reaches a server that speaks plain HTTP. */

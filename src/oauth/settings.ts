@@ -125,6 +125,10 @@ export interface TokenSettings {
   /** RFC 8693 `requested_token_type`, and RFC 8707 `resource`, when set. */
   readonly requestedTokenType: string | undefined
   readonly resource: string | undefined
+  /** RFC 9449: token requests carry a DPoP proof (`on`), and a token the server did not bind is refused (`required`). */
+  readonly dpop: 'off' | 'on' | 'required'
+  /** `DPOP_KEY_FILE`: the DPoP key to use; else one made at start, kept in memory. */
+  readonly dpopKeyFile: string | undefined
   /** The `aud` of assertions: the token endpoint, or the issuer. */
   readonly assertionAudience: 'token_endpoint' | 'issuer'
   /** A service account's JSON key file: its scope goes into the assertion, as Google reads it. */
@@ -150,7 +154,7 @@ export interface TokenSettings {
 export function filesOf (settings: TokenSettings, which: 'all' | 'keys' = 'all'): string[] {
   const files: string[] = []
   if (which === 'all') for (const source of secretsOf(settings.credentials)) if (source.kind === 'file') files.push(source.path)
-  for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key]) if (file !== undefined) files.push(file)
+  for (const file of [settings.clientKey?.file, settings.clientCert?.cert, settings.clientCert?.key, settings.dpopKeyFile]) if (file !== undefined) files.push(file)
   return files
 }
 

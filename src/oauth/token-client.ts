@@ -12,6 +12,7 @@ import type { Granted, TokenRequester } from '../token/manager.js'
 import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, summariseError, type TokenResponse, TokenResponseError } from './dialect.js'
 import { discover, DiscoveryError } from './discovery.js'
+import { type DPoPKey, tokenHash } from './dpop.js'
 import { oauthForm } from './form.js'
 import { networkReason, oauthRequest } from './http.js'
 import { scrubSecrets } from './redact.js'
@@ -49,10 +50,15 @@ export class TokenClient implements TokenRequester {
   /** The endpoint of the request in flight or last sent, for messages while none is chosen. */
   #asked: Endpoint | undefined
 
-  constructor (settings: TokenSettings, dispatcher: Dispatcher, log: Logger) {
+  /** The set's DPoP key, when `DPOP` is on: every token request carries a proof made with it. */
+  readonly #dpop: DPoPKey | undefined
+  #saidUnbound = false
+
+  constructor (settings: TokenSettings, dispatcher: Dispatcher, log: Logger, dpop?: DPoPKey) {
     this.#settings = settings
     this.#dispatcher = dispatcher
     this.#log = log
+    this.#dpop = dpop
     this.#secrets = secretsOf(settings.credentials)
     if (settings.endpoint.kind === 'url') this.#endpoint = settings.endpoint.endpoint
   }
@@ -85,7 +91,8 @@ export class TokenClient implements TokenRequester {
     // Renewed before the platform's token it was granted for expires, whatever its own lifetime.
     const platform = Math.min(...response.expiries) - obtainedAt
     const lifetimeMs = Math.max(1, Math.min(lifetimeOf(response.expiresIn, claims.exp, obtainedAt), platform))
-    return { accessToken: response.accessToken, obtainedAt, lifetimeMs, subject: claims.sub, grant: used }
+    const dpop = response.bound === true && this.#dpop !== undefined ? { signer: this.#dpop, ath: tokenHash(response.accessToken.reveal()) } : undefined
+    return { accessToken: response.accessToken, obtainedAt, lifetimeMs, subject: claims.sub, grant: used, dpop }
   }
 
   where (): string {
@@ -158,13 +165,39 @@ export class TokenClient implements TokenRequester {
       throw new StatedFailure(`cannot read a secret file (${(error as NodeJS.ErrnoException).code ?? 'error'}); no token request was sent`)
     }
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' }, 'sending token request')
-    const { status, body } = await oauthRequest(built.url, { method: 'POST', headers: built.headers, body: built.body, ...this.#call() })
+    const { status, body } = await this.#post(built.url, built.headers, built.body)
     this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('with a body that is not JSON', 'unreadable_body')
     const response = dialect.readResponse(body)
     checkBearer(response.accessToken)
+    if (response.bound === true && this.#dpop === undefined) throw new TokenResponseError('the token it granted is DPoP-bound (token_type DPoP), but no DPoP proof was sent: set BEARER_PROXY_DPOP=true')
+    if (this.#dpop !== undefined && response.bound !== true) {
+      if (this.#settings.dpop === 'required') throw new TokenResponseError('the token it granted is not DPoP-bound (token_type Bearer), and BEARER_PROXY_DPOP=required')
+      if (!this.#saidUnbound) {
+        this.#saidUnbound = true
+        this.#log.warn({ event: 'dpop_not_bound', endpoint: displayUrl(built.url) }, 'the token endpoint did not bind the token to the DPoP key (token_type Bearer): it is used as a bearer token')
+      }
+    }
     return { ...response, expiries: built.expiries ?? [] }
+  }
+
+  /**
+   * A token request, with a DPoP proof when the set has a key: a `use_dpop_nonce`
+   * answer that brings a `DPoP-Nonce` is answered by one retry with it, and the
+   * server's latest nonce is kept for the next request (RFC 9449 §8).
+   */
+  async #post (url: URL, headers: Record<string, string>, body: string): Promise<{ status: number, body: unknown }> {
+    const key = this.#dpop
+    if (key === undefined) return await oauthRequest(url, { method: 'POST', headers, body, ...this.#call() })
+    const htu = `${url.origin}${url.pathname}`
+    let answer = await oauthRequest(url, { method: 'POST', headers: { ...headers, dpop: key.proof('POST', htu) }, body, ...this.#call() })
+    if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
+    if (answer.status === 400 && answer.nonce !== undefined && (answer.body as { error?: unknown } | undefined)?.error === 'use_dpop_nonce') {
+      answer = await oauthRequest(url, { method: 'POST', headers: { ...headers, dpop: key.proof('POST', htu) }, body, ...this.#call() })
+      if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
+    }
+    return answer
   }
 
   /** The token endpoint of the first issuer whose discovery document exists (a 404 moves on to the next). */

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import { ProxyError } from '../errors.js'
 import type { Secret } from '../secret.js'
-import { AccessToken, type TokenSource } from './access-token.js'
+import { AccessToken, type DPoPBinding, type TokenSource } from './access-token.js'
 import { type Clock, REAL_CLOCK } from './clock.js'
 
 const RENEW_AT = 0.8
@@ -18,6 +18,8 @@ export interface Granted {
   readonly lifetimeMs: number
   readonly subject: string | undefined
   readonly grant: string
+  /** The DPoP key it is bound to, when it is. */
+  readonly dpop?: DPoPBinding | undefined
 }
 
 /** How tokens are obtained, as the manager sees it: it knows no endpoint, grant or dialect. */

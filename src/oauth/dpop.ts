@@ -1,0 +1,88 @@
+import { constants, createHash, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID, sign } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { type SigningAlgorithm, signingKey } from '../keys.js'
+import type { ProofSigner } from '../token/access-token.js'
+
+/** RFC 7638: the members a thumbprint hashes, by key type, in lexicographic order. */
+const THUMBPRINTED: Readonly<Record<string, readonly string[]>> = { EC: ['crv', 'kty', 'x', 'y'], RSA: ['e', 'kty', 'n'], OKP: ['crv', 'kty', 'x'] }
+
+/**
+ * A DPoP key (RFC 9449): made at start and kept in memory, or brought in
+ * `DPOP_KEY_FILE`. Everything a proof repeats (the header with the public `jwk`,
+ * the key's thumbprint) is computed once; each proof is a payload and a signature.
+ * Servers' nonces are kept per origin, the latest each sent.
+ */
+export class DPoPKey implements ProofSigner {
+  /** RFC 7638 SHA-256 thumbprint of the public key: the `cnf.jkt` of the tokens bound to it. */
+  readonly thumbprint: string
+  readonly #key: KeyObject
+  readonly #alg: SigningAlgorithm
+  /** `base64url(header).`, the same for every proof. */
+  readonly #header: string
+  readonly #nonces = new Map<string, string>()
+
+  constructor (key: KeyObject, alg: SigningAlgorithm) {
+    this.#key = key
+    this.#alg = alg
+    const jwk = createPublicKey(key).export({ format: 'jwk' }) as Record<string, string>
+    const members = THUMBPRINTED[jwk.kty as string] ?? []
+    const canonical = JSON.stringify(Object.fromEntries(members.map((name) => [name, jwk[name]])))
+    this.thumbprint = createHash('sha256').update(canonical).digest('base64url')
+    const publicJwk = Object.fromEntries(members.map((name) => [name, jwk[name]]))
+    this.#header = `${Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg, jwk: publicJwk })).toString('base64url')}.`
+  }
+
+  /** A P-256 key of this process's own: it never leaves memory. */
+  static generate (): DPoPKey {
+    return new DPoPKey(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, 'ES256')
+  }
+
+  /** The key in `file` (PEM or JWK; EC P-256, RSA or Ed25519, its algorithm by its type); throws a `KeyError` why not. */
+  static read (file: string): DPoPKey {
+    const { key, alg } = signingKey(readFileSync(file, 'utf8'))
+    return new DPoPKey(key, alg)
+  }
+
+  /**
+   * A proof for one request (RFC 9449 §4.2): `htm` its method, `htu` its URL without
+   * query or fragment, a fresh `jti`, `iat` now; `ath` the token's hash when one is
+   * sent with it; the server's latest nonce for that origin, when it gave one.
+   */
+  proof (htm: string, htu: string, ath?: string): string {
+    const nonce = this.#nonces.get(originOf(htu))
+    const claims: Record<string, string | number> = { jti: randomUUID(), htm, htu, iat: Math.floor(Date.now() / 1000) }
+    if (ath !== undefined) claims.ath = ath
+    if (nonce !== undefined) claims.nonce = nonce
+    const input = this.#header + Buffer.from(JSON.stringify(claims)).toString('base64url')
+    return `${input}.${this.#sign(Buffer.from(input)).toString('base64url')}`
+  }
+
+  /** A server's `DPoP-Nonce`, used in the next proofs for its origin. */
+  nonce (origin: string, value: string): void {
+    // Bounded: a nonce is short; anything else is not one to repeat.
+    if (value.length <= 512 && /^[\x21-\x7e]+$/.test(value)) this.#nonces.set(origin, value)
+  }
+
+  #sign (data: Buffer): Buffer {
+    switch (this.#alg) {
+      case 'ES256': return sign('sha256', data, { key: this.#key, dsaEncoding: 'ieee-p1363' })
+      case 'RS256': return sign('sha256', data, this.#key)
+      case 'PS256': return sign('sha256', data, { key: this.#key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 })
+      case 'EdDSA': return sign(null, data, this.#key)
+    }
+  }
+
+  toJSON (): string { return '[DPoP key]' }
+  toString (): string { return '[DPoP key]' }
+}
+
+/** `https://host:port` of a URL string, as nonces are kept. */
+export function originOf (url: string): string {
+  const end = url.indexOf('/', url.indexOf('//') + 2)
+  return end === -1 ? url : url.slice(0, end)
+}
+
+/** RFC 9449 §4.2 `ath`: the access token's SHA-256, base64url. */
+export function tokenHash (token: string): string {
+  return createHash('sha256').update(token).digest('base64url')
+}
