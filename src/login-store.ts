@@ -1,4 +1,5 @@
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs'
+import type { JsonWebKey } from 'node:crypto'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { PREFIX } from './prefix.js'
@@ -18,7 +19,7 @@ import { trimSlashes } from './url.js'
 
 interface StoreFile {
   readonly version: 1
-  readonly logins: Record<string, { readonly issuer: string, readonly clientId: string, readonly refreshToken: string, readonly savedAt: string }>
+  readonly logins: Record<string, { readonly issuer: string, readonly clientId: string, readonly refreshToken: string, readonly savedAt: string, readonly dpopKey?: JsonWebKey }>
 }
 
 /** Where logins are kept by default: `$XDG_CONFIG_HOME/bearer-proxy/logins.json`, else `~/.config/…`. */
@@ -76,13 +77,25 @@ export function readLogin (path: string, issuer: string, clientId: string): Secr
   return typeof login?.refreshToken === 'string' && login.refreshToken !== '' ? new Secret(login.refreshToken) : undefined
 }
 
-export function saveLogin (path: string, issuer: string, clientId: string, refreshToken: Secret): void {
+/**
+ * Keeps a login's refresh token; `dpopKey` is the private key its refresh token is
+ * bound to (DPoP, RFC 9449 §5), when the login made one. Without it, a key kept
+ * with the login before stays (a rotated refresh token is bound to the same key).
+ */
+export function saveLogin (path: string, issuer: string, clientId: string, refreshToken: Secret, dpopKey?: JsonWebKey | null): void {
   const store = read(path)
-  const logins = { ...store.logins, [keyOf(issuer, clientId)]: { issuer: trimSlashes(issuer), clientId, refreshToken: refreshToken.reveal(), savedAt: new Date().toISOString() } }
+  const key = dpopKey === undefined ? store.logins[keyOf(issuer, clientId)]?.dpopKey : dpopKey ?? undefined
+  const logins = { ...store.logins, [keyOf(issuer, clientId)]: { issuer: trimSlashes(issuer), clientId, refreshToken: refreshToken.reveal(), savedAt: new Date().toISOString(), ...(key === undefined ? {} : { dpopKey: key }) } }
   write(path, { version: 1, logins })
 }
 
-/** Forgets the login of `clientId` at `issuer`; whether there was one. */
+/** The DPoP key a login's refresh token is bound to, when the login kept one. */
+export function readLoginKey (path: string, issuer: string, clientId: string): JsonWebKey | undefined {
+  const key = read(path).logins[keyOf(issuer, clientId)]?.dpopKey
+  return typeof key === 'object' && key !== null ? key : undefined
+}
+
+/** Forgets the login of `clientId` at `issuer` (and its DPoP key); whether there was one. */
 export function removeLogin (path: string, issuer: string, clientId: string): boolean {
   const store = read(path)
   const key = keyOf(issuer, clientId)

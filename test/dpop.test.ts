@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import { generateKeyPairSync } from 'node:crypto'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { decodeJwt, decodeProtectedHeader } from 'jose'
@@ -8,6 +8,7 @@ import t from 'tap'
 import { request } from 'undici'
 import WebSocket from 'ws'
 import { API_AUDIENCE } from '../demo/idp.js'
+import { signIn, startLogin } from './helpers/browser.js'
 import { startDPoPUpstream } from './helpers/dpop-upstream.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { CLIENT, cleanDirectory, runCli, startIdentity, startTestProxy } from './helpers/stack.js'
@@ -117,4 +118,89 @@ t.test('DPOP_KEY_FILE: an Ed25519 or RSA key of one\'s own; token and check say 
     t.match(token.stderr, /DPoP-bound \(RFC 9449\): useless without a proof/)
     t.equal(decodeJwt(token.stdout.trim()).sub, CLIENT.clientId)
   }
+})
+
+t.test('a revoked DPoP token: the 401 is about the token, a new one is bound and the request sent again with a new proof; reloads and the cluster list keep proofs', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 600 })
+  const api = await startDPoPUpstream(t, idp, API_AUDIENCE)
+  const { url, proxy } = await startTestProxy(t, dpopEnv(idp, api.url))
+  const first = await request(`${url}/v1/a`)
+  t.equal(first.statusCode, 200)
+  await first.body.dump()
+  api.revoked.add(api.tokens[0] as string)
+  const again = await request(`${url}/v1/a`, { method: 'POST', body: 'x=1' })
+  t.equal(again.statusCode, 200, 'answered with a new token')
+  await again.body.dump()
+  t.equal(new Set(api.tokens).size, 2, 'a second token, bound like the first')
+  t.match(api.refused, [/^invalid_token: revoked$/])
+  t.equal(proxy.tokens.current()?.authorization.split(' ')[0], 'DPoP')
+
+  // The Run:ai cluster list is read with the token and a proof of its own.
+  const { listClusters } = await import('../src/cluster-discovery.js')
+  const { Agent } = await import('undici')
+  const agent = new Agent()
+  t.teardown(async () => await agent.close())
+  // The stand-in control plane answers with no list: what matters is how it was asked.
+  await listClusters(new URL(api.url), proxy.tokens, agent, 5).catch(() => undefined)
+  t.equal(api.refused.length, 1, `its proof was accepted (${api.refused.join('; ')})`)
+  t.equal(api.accepted.length, 3)
+  t.match(decodeJwt(api.proofs.at(-1) ?? ''), { htm: 'GET', htu: `${api.url}/api/v1/clusters` })
+})
+
+t.test('a person\'s login with DPoP: the refresh token is bound to a key kept with it in the 0600 store; a new process uses that key, without it the refresh is refused, and logout forgets both', async (t) => {
+  const idp = await startIdentity(t, { accessTokenTtl: 600, interactive: true, clients: [{ clientId: 'cli', authMethod: 'none', native: true }] })
+  const api = await startDPoPUpstream(t, idp, API_AUDIENCE)
+  const store = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-dpop-login-')), 'logins.json')
+  const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store, BEARER_PROXY_UPSTREAM: api.url, BEARER_PROXY_DPOP: 'true' }
+  const { child, url, output } = await startLogin(t, env)
+  await (await request(await signIn(url, { user: 'alice' }))).body.dump()
+  const [code] = await once(child, 'exit') as [number]
+  t.equal(code, 0, output().stderr)
+  const entry = (): { refreshToken: string, dpopKey?: Record<string, unknown> } => Object.values((JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string, dpopKey?: Record<string, unknown> }> }).logins)[0] ?? { refreshToken: '' }
+  t.type(entry().dpopKey?.d, 'string', 'the private key is kept with the login')
+  t.notOk(output().stderr.includes(String(entry().dpopKey?.d)), 'and never printed')
+
+  // Another process: the stored key proves the refresh token, and the new token is bound to it.
+  const check = await runCli(['check'], env, { cwd: cleanDirectory() })
+  t.equal(check.code, 0, check.stdout + check.stderr)
+  t.match(check.stdout, /binding: DPoP/)
+  t.equal(api.accepted.at(-1), 'alice')
+  const key = entry().dpopKey
+  t.ok(key !== undefined, 'the key stays with the rotated refresh token')
+
+  // Without the key, the bound refresh token is useless.
+  const file = JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, Record<string, unknown>> }
+  for (const login of Object.values(file.logins)) delete login.dpopKey
+  writeFileSync(store, JSON.stringify(file), { mode: 0o600 })
+  const keyless = await runCli(['token'], env, { cwd: cleanDirectory() })
+  t.equal(keyless.code, 1, 'refused without its key')
+  t.match(keyless.stderr, /answered 400 invalid_grant/)
+
+  const logout = await runCli(['logout'], env, { cwd: cleanDirectory() })
+  t.equal(logout.code, 0, logout.stderr)
+  t.same((JSON.parse(readFileSync(store, 'utf8')) as { logins: object }).logins, {}, 'the login and its key are gone')
+})
+
+t.test('a reload that brings a DPoP key of one\'s own: the set gets a token bound to it, requests keep their proofs, and /-/metrics counts the set\'s tokens', async (t) => {
+  const { configOf } = await import('./helpers/stack.js')
+  const { calculateJwkThumbprint, exportJWK } = await import('jose')
+  const idp = await startIdentity(t, { accessTokenTtl: 600 })
+  const api = await startDPoPUpstream(t, idp, API_AUDIENCE)
+  const env = dpopEnv(idp, api.url)
+  const { url, proxy } = await startTestProxy(t, env)
+  const before = await request(`${url}/v1/a`)
+  t.equal(before.statusCode, 200)
+  await before.body.dump()
+  const key = generateKeyPairSync('ed25519')
+  const file = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-dpop-reload-')), 'dpop.pem')
+  writeFileSync(file, key.privateKey.export({ format: 'pem', type: 'pkcs8' }))
+  const summary = await proxy.reconfigure(configOf({ ...env, BEARER_PROXY_DPOP_KEY_FILE: file }))
+  t.same(summary.sets.changed, ['default'])
+  const after = await request(`${url}/v1/b`)
+  t.equal(after.statusCode, 200, api.refused.join('; '))
+  await after.body.dump()
+  const jkt = (decodeJwt(proxy.tokens.current()?.reveal() ?? '').cnf as { jkt?: string } | undefined)?.jkt
+  t.equal(jkt, await calculateJwkThumbprint(await exportJWK(key.publicKey)), 'bound to the key of the file now')
+  const metrics = await (await request(`${url}/-/metrics`)).body.text()
+  t.match(metrics, /bearer_proxy_token_fetches_total\{credentials="default",result="success"\} 2/)
 })

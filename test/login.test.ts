@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path'
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import { approveDevice, signIn } from './helpers/browser.js'
+import { approveDevice, signIn, startLogin } from './helpers/browser.js'
 import { startRunaiWithRealm } from './helpers/emulators.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, type Teardown, waitForLine } from './helpers/stack.js'
@@ -21,15 +21,6 @@ async function person (t: Parameters<typeof startIdentity>[0]): ReturnType<typeo
     interactive: true,
     clients: [{ clientId: 'cli', authMethod: 'none', native: true }, { clientId: 'confidential', clientSecret: CONFIDENTIAL, authMethod: 'client_secret_basic', native: true }]
   })
-}
-
-/** `bearer-proxy login` started, and the URL it asks the person to open. */
-async function startLogin (t: Teardown, env: Record<string, string>): Promise<{ child: ChildProcess, url: string, output: () => { stdout: string, stderr: string } }> {
-  const child = spawnCli(['login'], env, cleanDirectory())
-  t.teardown(() => { child.kill('SIGKILL') })
-  const output = collect(child)
-  const line = await waitForLine(child, /^\s+http:\/\/127\.0\.0\.1:\d+\/\S*auth\?/, 10_000, 'stderr')
-  return { child, url: line.trim(), output }
 }
 
 t.test('login: the browser signs in, the loopback listener takes the code, the refresh token is stored 0600; token, check and serve then use it', async (t) => {

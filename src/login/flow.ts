@@ -11,6 +11,8 @@ import { type AuthorizationServer, discover, DiscoveryError, type EndpointName }
 import { networkReason, oauthRequest } from '../oauth/http.js'
 import { readSecret, Secret } from '../secret.js'
 import { printable } from '../terminal.js'
+import type { JsonWebKey } from 'node:crypto'
+import { DPoPKey, withProof } from '../oauth/dpop.js'
 import { type Clock, REAL_CLOCK } from '../token/clock.js'
 import { authenticateClient } from '../oauth/client-auth.js'
 import { asObject, summariseError, TokenResponseError } from '../oauth/dialect.js'
@@ -56,9 +58,18 @@ class Session {
   readonly dispatcher: Dispatcher
   readonly #secrets: string[] = []
 
+  /** With `DPOP`: the key the login's tokens are bound to (RFC 9449 §5), kept with the login unless it is `DPOP_KEY_FILE`'s. */
+  readonly dpop: DPoPKey | undefined
+
   constructor (settings: TokenSettings, dispatcher: Dispatcher) {
     this.settings = settings
     this.dispatcher = dispatcher
+    this.dpop = settings.dpop === 'off' ? undefined : settings.dpopKeyFile === undefined ? DPoPKey.generate() : DPoPKey.read(settings.dpopKeyFile)
+  }
+
+  /** The DPoP key to keep with the login: one made for it; none when it is a file's, or there is none. */
+  get keptKey (): JsonWebKey | null {
+    return this.dpop === undefined || this.settings.dpopKeyFile !== undefined ? null : this.dpop.privateJwk()
   }
 
   /** `value` is a secret of this login from now on. */
@@ -88,12 +99,15 @@ class Session {
   }
 
   /** A form or JSON POST to one of the provider's endpoints (`authenticated`: with the client's authentication), and its answer. */
-  async post (url: URL, what: string, body: URLSearchParams | Record<string, unknown>, authenticated = true): Promise<{ status: number, body: Record<string, unknown> }> {
+  async post (url: URL, what: string, body: URLSearchParams | Record<string, unknown>, authenticated = true, proof = false): Promise<{ status: number, body: Record<string, unknown> }> {
     const form = body instanceof URLSearchParams
     const headers: Record<string, string> = { 'content-type': form ? 'application/x-www-form-urlencoded' : 'application/json', accept: 'application/json' }
     if (form && authenticated) await authenticateClient(this.settings, { form: body, headers, endpoint: url })
     try {
-      const answer = await oauthRequest(url, { method: 'POST', headers, body: form ? body.toString() : JSON.stringify(body), dispatcher: this.dispatcher, timeout: this.settings.timeout, scrub: (text) => this.scrub(text) })
+      const send = async (dpop?: string): ReturnType<typeof oauthRequest> => await oauthRequest(url, {
+        method: 'POST', headers: dpop === undefined ? headers : { ...headers, dpop }, body: form ? body.toString() : JSON.stringify(body), dispatcher: this.dispatcher, timeout: this.settings.timeout, scrub: (text) => this.scrub(text)
+      })
+      const answer = proof && this.dpop !== undefined ? await withProof(this.dpop, url, send) : await send()
       return { status: answer.status, body: asObject(answer.body) }
     } catch (error) {
       if (error instanceof TokenResponseError) throw new LoginError(`${what} ${displayUrl(url)} answered ${error.message}`)
@@ -172,9 +186,9 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
     session.secret(code)
     const exchanged = runaiApi !== undefined
       ? await exchangeAtRunai(session, runaiApi, code, redirectUri)
-      : await session.post(provider.tokenEndpoint, 'token endpoint', authorizationCodeGrant(code, redirectUri, verifier))
+      : await session.post(provider.tokenEndpoint, 'token endpoint', authorizationCodeGrant(code, redirectUri, verifier), true, true)
     if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(runaiApi ?? provider.tokenEndpoint)}`, exchanged))
-    const outcome = store(login, client, exchanged.body, { nonce })
+    const outcome = store(login, client, exchanged.body, { nonce }, session.keptKey)
     callback.finish(true)
     return outcome
   } catch (error) {
@@ -319,9 +333,9 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
     const left = expiresAt - clock.now()
     await new Promise<void>((resolve) => { clock.setTimeout(resolve, Math.max(0, Math.min(interval, left))) })
     if (interval > left) throw expired
-    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', deviceCodeGrant(device.deviceCode))
+    const polled = await session.post(provider.tokenEndpoint, 'token endpoint', deviceCodeGrant(device.deviceCode), true, true)
     switch (devicePollOutcome(polled.status, polled.body)) {
-      case 'granted': return store(login, client, polled.body, { nonce: undefined })
+      case 'granted': return store(login, client, polled.body, { nonce: undefined }, session.keptKey)
       case 'slow_down': interval = Math.min(interval + 5000, 60_000); break
       case 'pending': break
       case 'expired': throw expired
@@ -338,7 +352,7 @@ export async function loginWithDevice (config: Config, dispatcher: Dispatcher, i
  * Core §3.1.3.7: it came straight from the token endpoint); the device login sent
  * none, so an ID token that carries one is not this login's.
  */
-function store (login: Login, client: Client, body: Record<string, unknown>, expected: { nonce: string | undefined }): { subject: string | undefined } {
+function store (login: Login, client: Client, body: Record<string, unknown>, expected: { nonce: string | undefined }, dpopKey: JsonWebKey | null): { subject: string | undefined } {
   const idToken = body.id_token
   if (idToken === undefined && expected.nonce !== undefined) throw new LoginError('the provider answered without the ID token a login with the openid scope gets: nothing was stored')
   let subject: string | undefined
@@ -355,7 +369,7 @@ function store (login: Login, client: Client, body: Record<string, unknown>, exp
   if (typeof body.refresh_token !== 'string' || body.refresh_token === '') {
     throw new LoginError('the provider issued no refresh token: allow the client offline access (the offline_access scope, or "refresh tokens" in its settings)')
   }
-  saveLogin(login.store, login.issuer, client.id, new Secret(body.refresh_token))
+  saveLogin(login.store, login.issuer, client.id, new Secret(body.refresh_token), dpopKey)
   return { subject }
 }
 

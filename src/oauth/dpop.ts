@@ -1,4 +1,4 @@
-import { constants, createHash, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID, sign } from 'node:crypto'
+import { constants, createHash, createPublicKey, generateKeyPairSync, type JsonWebKey, type KeyObject, randomUUID, sign } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { type SigningAlgorithm, signingKey } from '../keys.js'
 import type { ProofSigner } from '../token/access-token.js'
@@ -35,6 +35,17 @@ export class DPoPKey implements ProofSigner {
   /** A P-256 key of this process's own: it never leaves memory. */
   static generate (): DPoPKey {
     return new DPoPKey(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, 'ES256')
+  }
+
+  /** A key kept as a private JWK (a login's, in the login store). */
+  static fromJwk (jwk: JsonWebKey): DPoPKey {
+    const { key, alg } = signingKey(JSON.stringify(jwk))
+    return new DPoPKey(key, alg)
+  }
+
+  /** The private key as a JWK, to be kept with a login (in its 0600 store) and nowhere else. */
+  privateJwk (): JsonWebKey {
+    return this.#key.export({ format: 'jwk' })
   }
 
   /** The key in `file` (PEM or JWK; EC P-256, RSA or Ed25519, its algorithm by its type); throws a `KeyError` why not. */
@@ -74,6 +85,22 @@ export class DPoPKey implements ProofSigner {
 
   toJSON (): string { return '[DPoP key]' }
   toString (): string { return '[DPoP key]' }
+}
+
+/**
+ * A token endpoint request with a DPoP proof (RFC 9449 §5): `send` makes it with the
+ * proof given; a `use_dpop_nonce` answer that brings a `DPoP-Nonce` is answered by one
+ * retry with it (§8), and the server's latest nonce is kept for the next request.
+ */
+export async function withProof<A extends { status: number, body: unknown, nonce: string | undefined }> (key: DPoPKey, url: URL, send: (proof: string) => Promise<A>): Promise<A> {
+  const htu = `${url.origin}${url.pathname}`
+  let answer = await send(key.proof('POST', htu))
+  if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
+  if (answer.status === 400 && answer.nonce !== undefined && (answer.body as { error?: unknown } | undefined)?.error === 'use_dpop_nonce') {
+    answer = await send(key.proof('POST', htu))
+    if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
+  }
+  return answer
 }
 
 /** `https://host:port` of a URL string, as nonces are kept. */

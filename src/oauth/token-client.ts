@@ -4,7 +4,7 @@ import type { Logger } from 'pino'
 import type { Dispatcher } from 'undici'
 import { displayUrl } from '../errors.js'
 import { KeyError } from '../keys.js'
-import { NoStoredLogin, readLogin, saveLogin } from '../login-store.js'
+import { NoStoredLogin, readLogin, readLoginKey, saveLogin } from '../login-store.js'
 import { PREFIX } from '../prefix.js'
 import { PrivacyError } from '../private-file.js'
 import { readSecret, type Secret, type SecretSource } from '../secret.js'
@@ -12,7 +12,7 @@ import type { Granted, TokenRequester } from '../token/manager.js'
 import { apiconnect } from './apiconnect.js'
 import { type Dialect, fieldNames, summariseError, type TokenResponse, TokenResponseError } from './dialect.js'
 import { discover, DiscoveryError } from './discovery.js'
-import { type DPoPKey, tokenHash } from './dpop.js'
+import { DPoPKey, tokenHash, withProof } from './dpop.js'
 import { oauthForm } from './form.js'
 import { networkReason, oauthRequest } from './http.js'
 import { scrubSecrets } from './redact.js'
@@ -91,7 +91,7 @@ export class TokenClient implements TokenRequester {
     // Renewed before the platform's token it was granted for expires, whatever its own lifetime.
     const platform = Math.min(...response.expiries) - obtainedAt
     const lifetimeMs = Math.max(1, Math.min(lifetimeOf(response.expiresIn, claims.exp, obtainedAt), platform))
-    const dpop = response.bound === true && this.#dpop !== undefined ? { signer: this.#dpop, ath: tokenHash(response.accessToken.reveal()) } : undefined
+    const dpop = response.bound === true && response.key !== undefined ? { signer: response.key, ath: tokenHash(response.accessToken.reveal()) } : undefined
     return { accessToken: response.accessToken, obtainedAt, lifetimeMs, subject: claims.sub, grant: used, dpop }
   }
 
@@ -165,39 +165,43 @@ export class TokenClient implements TokenRequester {
       throw new StatedFailure(`cannot read a secret file (${(error as NodeJS.ErrnoException).code ?? 'error'}); no token request was sent`)
     }
     this.#log.trace({ event: 'token_request', endpoint: displayUrl(built.url), grant: refresh === undefined ? this.#settings.credentials.grant : 'refresh_token' }, 'sending token request')
-    const { status, body } = await this.#post(built.url, built.headers, built.body)
+    const key = this.#keyFor()
+    const { status, body } = await this.#post(built.url, built.headers, built.body, key)
     this.#log.trace({ event: 'token_response', status, fields: fieldNames(body) }, 'token endpoint answered')
     if (status < 200 || status > 299) throw new EndpointError(status, summariseError(body, status))
     if (body === undefined) throw new TokenResponseError('with a body that is not JSON', 'unreadable_body')
     const response = dialect.readResponse(body)
     checkBearer(response.accessToken)
-    if (response.bound === true && this.#dpop === undefined) throw new TokenResponseError('the token it granted is DPoP-bound (token_type DPoP), but no DPoP proof was sent: set BEARER_PROXY_DPOP=true')
-    if (this.#dpop !== undefined && response.bound !== true) {
+    if (response.bound === true && key === undefined) throw new TokenResponseError('the token it granted is DPoP-bound (token_type DPoP), but no DPoP proof was sent: set BEARER_PROXY_DPOP=true')
+    if (key !== undefined && response.bound !== true) {
       if (this.#settings.dpop === 'required') throw new TokenResponseError('the token it granted is not DPoP-bound (token_type Bearer), and BEARER_PROXY_DPOP=required')
       if (!this.#saidUnbound) {
         this.#saidUnbound = true
         this.#log.warn({ event: 'dpop_not_bound', endpoint: displayUrl(built.url) }, 'the token endpoint did not bind the token to the DPoP key (token_type Bearer): it is used as a bearer token')
       }
     }
-    return { ...response, expiries: built.expiries ?? [] }
+    return { ...response, expiries: built.expiries ?? [], key }
   }
 
   /**
-   * A token request, with a DPoP proof when the set has a key: a `use_dpop_nonce`
-   * answer that brings a `DPoP-Nonce` is answered by one retry with it, and the
-   * server's latest nonce is kept for the next request (RFC 9449 §8).
+   * The DPoP key of this request: the set's (`DPOP_KEY_FILE`, or made at start), or
+   * for a login without a key file, the one kept with the login, read now as its
+   * refresh token is (another process may have logged in again).
    */
-  async #post (url: URL, headers: Record<string, string>, body: string): Promise<{ status: number, body: unknown }> {
-    const key = this.#dpop
+  #keyFor (): DPoPKey | undefined {
+    const { credentials } = this.#settings
+    if (this.#settings.dpop === 'off' || this.#settings.dpopKeyFile !== undefined || credentials.grant !== 'login') return this.#dpop
+    try {
+      const jwk = readLoginKey(credentials.login.store, credentials.login.issuer, credentials.client.id)
+      if (jwk !== undefined) return DPoPKey.fromJwk(jwk)
+    } catch {}
+    return this.#dpop
+  }
+
+  /** A token request, with a DPoP proof when there is a key (`withProof`: the server's nonce answered by one retry). */
+  async #post (url: URL, headers: Record<string, string>, body: string, key: DPoPKey | undefined): Promise<{ status: number, body: unknown }> {
     if (key === undefined) return await oauthRequest(url, { method: 'POST', headers, body, ...this.#call() })
-    const htu = `${url.origin}${url.pathname}`
-    let answer = await oauthRequest(url, { method: 'POST', headers: { ...headers, dpop: key.proof('POST', htu) }, body, ...this.#call() })
-    if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
-    if (answer.status === 400 && answer.nonce !== undefined && (answer.body as { error?: unknown } | undefined)?.error === 'use_dpop_nonce') {
-      answer = await oauthRequest(url, { method: 'POST', headers: { ...headers, dpop: key.proof('POST', htu) }, body, ...this.#call() })
-      if (answer.nonce !== undefined) key.nonce(url.origin, answer.nonce)
-    }
-    return answer
+    return await withProof(key, url, async (proof) => await oauthRequest(url, { method: 'POST', headers: { ...headers, dpop: proof }, body, ...this.#call() }))
   }
 
   /** The token endpoint of the first issuer whose discovery document exists (a 404 moves on to the next). */
@@ -256,7 +260,7 @@ export class TokenClient implements TokenRequester {
 }
 
 /** A token response, and when the platform's tokens its request carried expire (ms). */
-type Exchanged = TokenResponse & { readonly expiries: readonly number[] }
+type Exchanged = TokenResponse & { readonly expiries: readonly number[], readonly key: DPoPKey | undefined }
 
 /** A failure whose message already says everything, in the user's words. */
 class StatedFailure extends Error {}

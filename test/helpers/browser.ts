@@ -1,4 +1,6 @@
+import type { ChildProcess } from 'node:child_process'
 import { request } from 'undici'
+import { cleanDirectory, collect, spawnCli, type Teardown, waitForLine } from './stack.js'
 
 /** A browser's memory: cookies kept as they are set, sent back with every request. */
 class Browser {
@@ -69,3 +71,13 @@ export async function approveDevice (verificationUri: string, userCode: string, 
   const decided = await browser.go(verificationUri, { xsrf: xsrf(confirmation.html), user_code: userCode, ...(options.deny === true ? { abort: 'yes' } : { confirm: 'yes' }) })
   if (decided.location !== undefined) await browser.through(decided.location, options)
 }
+
+/** `bearer-proxy login` started, and the URL it asks the person to open. */
+export async function startLogin (t: Teardown, env: Record<string, string>): Promise<{ child: ChildProcess, url: string, output: () => { stdout: string, stderr: string } }> {
+  const child = spawnCli(['login'], env, cleanDirectory())
+  t.teardown(() => { child.kill('SIGKILL') })
+  const output = collect(child)
+  const line = await waitForLine(child, /^\s+http:\/\/127\.0\.0\.1:\d+\/\S*auth\?/, 10_000, 'stderr')
+  return { child, url: line.trim(), output }
+}
+

@@ -16,6 +16,10 @@ export interface DPoPUpstream {
   readonly refused: string[]
   /** Demand its own nonce (RFC 9449 §9), changing it after `rotateAfter` accepted requests. */
   requireNonce: boolean
+  /** Access tokens (by `jti`) refused although signed: revoked early. */
+  readonly revoked: Set<string>
+  /** The `jti` of each access token it accepted, in order. */
+  readonly tokens: string[]
 }
 
 /**
@@ -30,9 +34,9 @@ export async function startDPoPUpstream (t: Teardown, idp: { jwks: JSONWebKeySet
   const seenJti = new Set<string>()
   let nonce = randomBytes(16).toString('base64url')
   let sinceRotation = 0
-  const upstream: DPoPUpstream = { url: '', proofs: [], accepted: [], refused: [], requireNonce: false }
+  const upstream: DPoPUpstream = { url: '', proofs: [], accepted: [], refused: [], requireNonce: false, revoked: new Set(), tokens: [] }
 
-  const check = async (req: IncomingMessage): Promise<{ status: 200, sub: string } | { status: 401, error: string, description: string }> => {
+  const check = async (req: IncomingMessage): Promise<{ status: 200, sub: string, jti: string } | { status: 401, error: string, description: string }> => {
     const authorization = req.headers.authorization ?? ''
     const proofs = req.headersDistinct.dpop ?? []
     for (const proof of proofs) upstream.proofs.push(proof)
@@ -42,6 +46,7 @@ export async function startDPoPUpstream (t: Teardown, idp: { jwks: JSONWebKeySet
     const proof = proofs[0] as string
     try {
       const { payload: claims } = await jwtVerify(token, keys, { issuer: idp.issuer, audience })
+      if (upstream.revoked.has(String(claims.jti))) return { status: 401, error: 'invalid_token', description: 'revoked' }
       const { payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { typ: 'dpop+jwt', algorithms: ['ES256', 'RS256', 'PS256', 'EdDSA'] })
       const jkt = (claims.cnf as { jkt?: string } | undefined)?.jkt
       if (jkt === undefined || jkt !== await calculateJwkThumbprint(protectedHeader.jwk as Parameters<typeof calculateJwkThumbprint>[0])) throw new Error('the proof\'s key is not the token\'s')
@@ -57,7 +62,7 @@ export async function startDPoPUpstream (t: Teardown, idp: { jwks: JSONWebKeySet
         nonce = randomBytes(16).toString('base64url')
         sinceRotation = 0
       }
-      return { status: 200, sub: String(claims.sub) }
+      return { status: 200, sub: String(claims.sub), jti: String(claims.jti) }
     } catch (error) {
       return { status: 401, error: 'invalid_dpop_proof', description: (error as Error).message }
     }
@@ -78,6 +83,7 @@ export async function startDPoPUpstream (t: Teardown, idp: { jwks: JSONWebKeySet
           return
         }
         upstream.accepted.push(verdict.sub)
+        upstream.tokens.push(verdict.jti)
         res.writeHead(200, { 'content-type': 'application/json', ...(upstream.requireNonce ? { 'dpop-nonce': nonce } : {}) }).end(JSON.stringify({ sub: verdict.sub }))
       })
     })
