@@ -204,3 +204,24 @@ t.test('a reload that brings a DPoP key of one\'s own: the set gets a token boun
   const metrics = await (await request(`${url}/-/metrics`)).body.text()
   t.match(metrics, /bearer_proxy_token_fetches_total\{credentials="default",result="success"\} 2/)
 })
+
+t.test('credential sets: a DPoP set and a bearer set behind one port, each route with its own kind of token', async (t) => {
+  const { loadConfig } = await import('../src/config.js')
+  const { startApiOf } = await import('./helpers/stack.js')
+  const idp = await startIdentity(t, { accessTokenTtl: 600 })
+  const bound = await startDPoPUpstream(t, idp, API_AUDIENCE)
+  const plain = await startApiOf(t, idp)
+  const file = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-dpop-sets-')), 'sets.yaml')
+  const set = `tokenUrl: ${idp.tokenUrl}\n    clientId: ${CLIENT.clientId}\n    clientSecret: ${CLIENT.clientSecret}`
+  writeFileSync(file, `port: 0\ncredentials:\n  bound:\n    ${set}\n    dpop: "true"\n  plain:\n    ${set}\nroutes:\n  - { prefix: /bound, upstream: "${bound.url}", credentials: bound }\n  - { prefix: /plain, upstream: "${plain.url}", credentials: plain }\n`)
+  const { url, proxy } = await startTestProxy(t, {}, {}, loadConfig({ configFile: file, env: {} }))
+  for (const path of ['/bound/v1/a', '/plain/v1/a', '/bound/v1/b']) {
+    const answer = await request(`${url}${path}`)
+    t.equal(answer.statusCode, 200, `${path}: ${bound.refused.join('; ')}`)
+    await answer.body.dump()
+  }
+  t.equal(bound.accepted.length, 2)
+  t.match(plain.seen.at(-1)?.headers, { authorization: /^Bearer / })
+  t.equal(plain.seen.at(-1)?.headers.dpop, undefined, 'no proof where the set has no key')
+  t.equal(proxy.setTokens.get('bound')?.current()?.authorization.split(' ')[0], 'DPoP')
+})

@@ -70,8 +70,7 @@ export interface TestProxy {
 }
 
 /** The proxy in this process (as `serve` runs it), logs captured. */
-export async function startTestProxy (t: Teardown, env: Record<string, string>, options: StartOptions = {}): Promise<TestProxy> {
-  const config = configOf(env)
+export async function startTestProxy (t: Teardown, env: Record<string, string>, options: StartOptions = {}, config: Config = configOf(env)): Promise<TestProxy> {
   const logs = new LogCapture()
   const proxy = await startProxy(config, createLogger(config.logLevel ?? 'info', logs), options)
   t.teardown(() => proxy.close())
