@@ -3,18 +3,16 @@ import { readFileSync } from 'node:fs'
 import { type SigningAlgorithm, signingKey } from '../keys.js'
 import type { ProofSigner } from '../token/access-token.js'
 
-/** RFC 7638: the members a thumbprint hashes, by key type, in lexicographic order. */
-const THUMBPRINTED: Readonly<Record<string, readonly string[]>> = { EC: ['crv', 'kty', 'x', 'y'], RSA: ['e', 'kty', 'n'], OKP: ['crv', 'kty', 'x'] }
+/** RFC 7638: a public key's required members, by key type, in lexicographic order. */
+const PUBLIC_MEMBERS: Readonly<Record<string, readonly string[]>> = { EC: ['crv', 'kty', 'x', 'y'], RSA: ['e', 'kty', 'n'], OKP: ['crv', 'kty', 'x'] }
 
 /**
  * A DPoP key (RFC 9449): made at start and kept in memory, or brought in
- * `DPOP_KEY_FILE`. Everything a proof repeats (the header with the public `jwk`,
- * the key's thumbprint) is computed once; each proof is a payload and a signature.
+ * `DPOP_KEY_FILE`. Everything a proof repeats (its header, with the public `jwk`)
+ * is computed once; each proof is a payload and a signature.
  * Servers' nonces are kept per origin, the latest each sent.
  */
 export class DPoPKey implements ProofSigner {
-  /** RFC 7638 SHA-256 thumbprint of the public key: the `cnf.jkt` of the tokens bound to it. */
-  readonly thumbprint: string
   readonly #key: KeyObject
   readonly #alg: SigningAlgorithm
   /** `base64url(header).`, the same for every proof. */
@@ -25,10 +23,8 @@ export class DPoPKey implements ProofSigner {
     this.#key = key
     this.#alg = alg
     const jwk = createPublicKey(key).export({ format: 'jwk' }) as Record<string, string>
-    const members = THUMBPRINTED[jwk.kty as string] ?? []
-    const canonical = JSON.stringify(Object.fromEntries(members.map((name) => [name, jwk[name]])))
-    this.thumbprint = createHash('sha256').update(canonical).digest('base64url')
-    const publicJwk = Object.fromEntries(members.map((name) => [name, jwk[name]]))
+    // The public members alone (RFC 7638's, whose SHA-256 is the tokens' `cnf.jkt`).
+    const publicJwk = Object.fromEntries((PUBLIC_MEMBERS[jwk.kty as string] ?? []).map((name) => [name, jwk[name]]))
     this.#header = `${Buffer.from(JSON.stringify({ typ: 'dpop+jwt', alg, jwk: publicJwk })).toString('base64url')}.`
   }
 
@@ -104,7 +100,7 @@ export async function withProof<A extends { status: number, body: unknown, nonce
 }
 
 /** `https://host:port` of a URL string, as nonces are kept. */
-export function originOf (url: string): string {
+function originOf (url: string): string {
   const end = url.indexOf('/', url.indexOf('//') + 2)
   return end === -1 ? url : url.slice(0, end)
 }
