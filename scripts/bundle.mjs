@@ -8,6 +8,12 @@
 //
 // yaml (--config) and pino-pretty (LOG_FORMAT=pretty) stay outside: they are loaded
 // only when asked for, from node_modules.
+//
+// dist/otel.js: the tracer (src/otel.ts with the OpenTelemetry SDK and its OTLP
+// exporters), a bundle of its own that dist/cli.js imports only when the OTEL_*
+// variables ask for traces: without them, not a byte of it is read. The
+// OpenTelemetry packages are therefore build-time dependencies (devDependencies):
+// the image's node_modules does not carry them.
 import { chmodSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
@@ -33,25 +39,38 @@ const substitutes = {
   }
 }
 
-rmSync('dist', { recursive: true, force: true })
-const result = await build({
-  entryPoints: ['src/cli.ts'],
-  outfile: 'dist/cli.js',
+/** The tracer's import stays an import, of the file beside dist/cli.js. */
+const tracerApart = {
+  name: 'tracer-apart',
+  setup (build) {
+    build.onResolve({ filter: /^\.\/otel\.js$/ }, ({ path }) => ({ path, external: true }))
+  }
+}
+
+const COMMON = {
   bundle: true,
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  external: ['yaml', 'pino-pretty'],
   // Dependencies written as CommonJS call require(): given one, as node gives each CommonJS module its own.
   banner: { js: "import { createRequire as __bundleRequire } from 'node:module'; const require = __bundleRequire(import.meta.url);" },
   minifySyntax: true,
   minifyWhitespace: true,
   legalComments: 'none',
-  logLevel: 'warning',
-  plugins: [substitutes],
+  logLevel: 'warning'
+}
+
+rmSync('dist', { recursive: true, force: true })
+const result = await build({
+  ...COMMON,
+  entryPoints: ['src/cli.ts'],
+  outfile: 'dist/cli.js',
+  external: ['yaml', 'pino-pretty'],
+  plugins: [substitutes, tracerApart],
   metafile: true
 })
 chmodSync('dist/cli.js', 0o755)
+await build({ ...COMMON, entryPoints: ['src/otel.ts'], outfile: 'dist/otel.js' })
 checkSubstitutes(result.metafile)
 
 /**

@@ -59,6 +59,7 @@ export function createApp (log: Logger, clusterHint: (target: string) => string 
     // Targets Fastify cannot parse get the same JSON errors as everything else.
     frameworkErrors: (error, _request, reply) => sendProxyError(reply, new ProxyError('bad_request', `the request target is malformed (${error.code})`))
   })
+  app.decorateRequest('proxyError', undefined)
   app.server.on('connect', (_request, socket) => {
     socket.end(rawErrorResponse(CONNECT_REFUSED))
   })

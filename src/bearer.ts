@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { Dispatcher } from 'undici'
 import type { AccessToken, TokenSource } from './token/access-token.js'
 import type { RouteRefusals } from './token/refusals.js'
+import type { Attempt, Tracing } from './tracing.js'
 
 /** Bodies up to this size are buffered so that a request refused with 401 can be sent again. */
 export const REPLAY_LIMIT = 1024 * 1024
@@ -14,6 +15,8 @@ export interface RouteCredential {
   readonly route: string
   readonly tokens: TokenSource
   readonly refusals: RouteRefusals
+  /** Traces, when on: a client span per attempt. */
+  readonly tracing: Tracing | undefined
 }
 
 type Body = Dispatcher.DispatchOptions['body']
@@ -89,6 +92,12 @@ class BearerRequest implements RequestHandler {
   /** A DPoP-bound token's request was retried once with the upstream's new nonce. */
   #nonceRetried = false
   #nonceRetrying = false
+  /** The span of the send in flight, when traces are on, and the status it was answered with. */
+  #span: Attempt | undefined
+  #status = 0
+  #sends = 0
+  /** The server span's `traceparent`, which each attempt's span is a child of (the headers then name the attempt's). */
+  #parent: string | undefined
 
   constructor (agent: Dispatcher, options: Dispatcher.DispatchOptions, handler: RequestHandler, credential: RouteCredential, log: Logger) {
     this.#agent = agent
@@ -115,8 +124,12 @@ class BearerRequest implements RequestHandler {
 
   #send (): void {
     const token = this.#credential.tokens.current()
-    if (token !== undefined) this.#sendWith(token)
-    else this.#credential.tokens.get().then((fresh) => this.#sendWith(fresh), (error: Error) => this.#fail(error))
+    if (token !== undefined) {
+      this.#sendWith(token)
+      return
+    }
+    // A token request this request starts is a child of its server span, when traces are on.
+    this.#credential.tokens.get(this.#credential.tracing === undefined ? undefined : this.#serverSpan()).then((fresh) => this.#sendWith(fresh), (error: Error) => this.#fail(error))
   }
 
   #sendWith (token: AccessToken): void {
@@ -140,6 +153,12 @@ class BearerRequest implements RequestHandler {
     // RFC 9449 §7: a fresh proof for this method and upstream URL (no query), bound to the token by its hash.
     if (token.dpop !== undefined) headers.dpop = token.dpop.signer.proof(this.#options.method, `${originString(this.#options.origin)}${pathOf(this.#options.path)}`, token.dpop.ath)
     const body = this.#attempt === 0 ? this.#body : (this.#replay === false ? null : this.#replay)
+    const { tracing } = this.#credential
+    if (tracing !== undefined) {
+      const parent = this.#serverSpan()
+      if (parent !== undefined) headers.traceparent = parent
+      this.#span = tracing.attempt(headers as Record<string, unknown>, this.#options.method, originString(this.#options.origin), pathOf(this.#options.path), this.#credential.route, this.#sends++)
+    }
     try {
       this.#agent.dispatch(body === this.#options.body ? this.#options : { ...this.#options, body }, this as Dispatcher.DispatchHandler)
     } catch (error) {
@@ -147,7 +166,17 @@ class BearerRequest implements RequestHandler {
     }
   }
 
+  /** The `traceparent` the request came with from the listener (its server span's), kept before an attempt replaces it. */
+  #serverSpan (): string | undefined {
+    if (this.#sends === 0) {
+      const { traceparent } = this.#options.headers as IncomingHttpHeaders
+      this.#parent = typeof traceparent === 'string' ? traceparent : undefined
+    }
+    return this.#parent
+  }
+
   #fail (error: Error): void {
+    this.#span?.end(error)
     this.#handler.onError?.(error)
   }
 
@@ -166,6 +195,7 @@ class BearerRequest implements RequestHandler {
   }
 
   onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+    this.#span?.end(statusCode)
     this.#credential.refusals.accepted(this.#token as AccessToken)
     this.#handler.onUpgrade?.(statusCode, rawHeaders, socket)
   }
@@ -173,6 +203,7 @@ class BearerRequest implements RequestHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     // Informational (1xx): the final answer follows.
     if (statusCode >= 200) {
+      this.#status = statusCode
       const token = this.#token as AccessToken
       if (token.dpop !== undefined && this.#nonceChallenge(token, statusCode, rawHeaders)) return true
       if (statusCode !== 401) {
@@ -215,8 +246,12 @@ class BearerRequest implements RequestHandler {
   }
 
   onComplete (trailers: Buffer[] | null): void {
-    if (this.#draining) this.#again()
-    else this.#handler.onComplete?.(trailers)
+    if (this.#draining) {
+      this.#again()
+      return
+    }
+    this.#span?.end(this.#status)
+    this.#handler.onComplete?.(trailers)
   }
 
   onError (error: Error): void {
@@ -226,6 +261,7 @@ class BearerRequest implements RequestHandler {
   }
 
   #again (): void {
+    this.#span?.end(this.#status, this.#nonceRetrying ? 'use_dpop_nonce' : 'token_rejected')
     this.#draining = false
     // A retry with the upstream's DPoP nonce is the same attempt, as the refusal policy counts them.
     if (!this.#nonceRetrying) this.#attempt++

@@ -1,10 +1,8 @@
 #!/usr/bin/env -S node --max-semi-space-size=4 --expose-gc --
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { setFlagsFromString } from 'node:v8'
 import { COMMANDS, parseArguments, UsageError } from './arguments.js'
 import { FLAGS } from './config/settings.js'
-import { packageRoot } from './package-root.js'
+import { packageVersion } from './package-root.js'
 
 /**
  * The command line: arguments, `--help` and `--version`, then the command itself,
@@ -43,11 +41,6 @@ Every setting: the README's "Configuration" section (also in the installed
 package), and the examples in config/*.env.
 `
 
-function version (): string {
-  const pkg = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }
-  return pkg.version
-}
-
 async function main (): Promise<number> {
   let parsed: ReturnType<typeof parseArguments>
   try {
@@ -62,7 +55,7 @@ async function main (): Promise<number> {
     return 0
   }
   if (parsed === 'version') {
-    process.stdout.write(`${version()}\n`)
+    process.stdout.write(`${packageVersion()}\n`)
     return 0
   }
   // undici's WebAssembly HTTP parser stays unoptimised: optimising it costs memory for nothing here (README, "Benchmark").

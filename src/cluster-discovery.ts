@@ -6,6 +6,7 @@ import { displayUrl } from './errors.js'
 import { someOf } from './suggest.js'
 import { networkReason } from './oauth/http.js'
 import type { TokenSource } from './token/access-token.js'
+import type { Tracing } from './tracing.js'
 import { joinPath } from './url.js'
 
 /** A cluster as the control plane lists it, once found usable. */
@@ -35,15 +36,15 @@ export class DiscoveryError extends Error {}
  * be served: a safe path-segment name, a `domain` that is an http(s) URL without
  * credentials (https unless the control plane itself is plain http).
  */
-export async function listClusters (controlPlane: URL, tokens: TokenSource, dispatcher: Dispatcher, timeoutSeconds: number): Promise<ClusterList> {
-  const token = await tokens.get()
+export async function listClusters (controlPlane: URL, tokens: TokenSource, dispatcher: Dispatcher, timeoutSeconds: number, traceparent?: string): Promise<ClusterList> {
+  const token = await tokens.get(traceparent)
   const url = joinPath(controlPlane, CLUSTERS_PATH)
   let status: number
   let text = ''
   try {
     const response = await request(url, {
       dispatcher,
-      headers: { ...token.headersFor('GET', url), accept: 'application/json' },
+      headers: { ...token.headersFor('GET', url), accept: 'application/json', ...(traceparent === undefined ? {} : { traceparent }) },
       headersTimeout: timeoutSeconds * 1000,
       bodyTimeout: timeoutSeconds * 1000,
       // For the whole answer: a control plane that trickles its list is cut off, not waited for.
@@ -131,6 +132,8 @@ export interface DiscoveryOptions {
   readonly tokens: TokenSource & EventEmitter
   readonly dispatcher: Dispatcher
   readonly log: Logger
+  /** Traces, when on: a span per read of the list. */
+  readonly tracing?: Tracing | undefined
   readonly timeout: number
   /** How often the list is read again (5 minutes). */
   readonly intervalMs?: number
@@ -191,10 +194,16 @@ export class ClusterDiscovery extends EventEmitter {
   }
 
   async #read (): Promise<void> {
-    const { controlPlane, tokens, dispatcher, log, timeout } = this.#options
+    const { controlPlane, tokens, dispatcher, log, timeout, tracing } = this.#options
     this.#lastRead = Date.now()
     try {
-      const { clusters, skipped } = await listClusters(controlPlane, tokens, dispatcher, timeout)
+      const { clusters, skipped } = tracing === undefined
+        ? await listClusters(controlPlane, tokens, dispatcher, timeout)
+        : await tracing.operation('cluster list', undefined, { 'url.full': displayUrl(joinPath(controlPlane, CLUSTERS_PATH)) },
+          async (traceparent) => await listClusters(controlPlane, tokens, dispatcher, timeout, traceparent), {
+            succeeded: (list: ClusterList) => ({ 'bearer_proxy.clusters.served': list.clusters.length, 'bearer_proxy.clusters.skipped': list.skipped.length }),
+            failed: (error) => ({ message: error instanceof DiscoveryError ? error.message : 'the list could not be read', type: error instanceof DiscoveryError ? 'cluster_list_failed' : 'Error' })
+          })
       for (const { name, reason } of skipped) {
         const key = `${name}\n${reason}`
         if (this.#said.has(key)) continue

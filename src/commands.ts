@@ -9,10 +9,12 @@ import { displayUrl } from './errors.js'
 import { filesOf } from './oauth/settings.js'
 import { clusterSources, CLUSTERS_PREFIX, defaultSet, routesOf } from './routes.js'
 import { createLogger } from './log.js'
+import { packageVersion } from './package-root.js'
 import { PrivacyError } from './private-file.js'
 import { didYouMean } from './suggest.js'
 import { printable } from './terminal.js'
 import type { Changes, ReloadSummary, RunningProxy } from './server.js'
+import type { Tracing } from './tracing.js'
 
 /** The commands, each loading what it needs only when it runs. */
 export async function run (args: Arguments): Promise<number> {
@@ -37,6 +39,8 @@ export async function run (args: Arguments): Promise<number> {
 }
 
 const SHUTDOWN_GRACE_MS = 10_000
+/** How long, after the last request, the spans not yet sent may take to reach the collector. */
+const TRACES_FLUSH_MS = 3000
 /** V8's full collection, when node runs with --expose-gc (the shebang's and `npm start`'s flags). */
 const collectGarbage = (globalThis as { gc?: () => void }).gc
 
@@ -55,12 +59,20 @@ function withCredentials (config: Config, name: string | undefined): Config {
 
 async function serve (config: Config, options: LoadOptions): Promise<number> {
   const { ListenError, startProxy } = await import('./server.js')
+  const { startTracing, tracingSettings, TracingError } = await import('./tracing.js')
   const log = createLogger(config.logLevel ?? 'info', 1, config.logFormat)
   let proxy: Awaited<ReturnType<typeof startProxy>>
+  let tracing: Tracing | undefined
   try {
-    proxy = await startProxy(config, log)
+    const traces = tracingSettings(process.env)
+    if (traces !== undefined) {
+      tracing = await startTracing(traces, log, packageVersion())
+      log.info({ event: 'tracing', endpoint: displayUrl(traces.endpoint), protocol: traces.protocol, sampler: traces.sampler },
+        `traces are sent to ${displayUrl(traces.endpoint)} (${traces.protocol}, sampler ${traces.sampler})`)
+    }
+    proxy = await startProxy(config, log, { tracing })
   } catch (error) {
-    if (!(error instanceof ListenError) && !(error instanceof PrivacyError)) throw error
+    if (!(error instanceof ListenError) && !(error instanceof PrivacyError) && !(error instanceof TracingError)) throw error
     log.flush()
     process.stderr.write(`bearer-proxy: ${error.message}\n`)
     return 2
@@ -80,7 +92,8 @@ async function serve (config: Config, options: LoadOptions): Promise<number> {
       log.warn('in-flight requests did not finish within 10 s; exiting')
       process.exit(0)
     }, SHUTDOWN_GRACE_MS).unref()
-    proxy.close().finally(() => {
+    // The spans of the last requests are sent before the process ends, within the grace left.
+    proxy.close().then(async () => await tracing?.close(TRACES_FLUSH_MS)).finally(() => {
       log.info('stopped')
       log.flush()
       process.exit(0)

@@ -9,13 +9,16 @@ import { filesOf, secretsOf, type TokenSettings } from './oauth/settings.js'
 import { createDispatcher, type OutboundOptions } from './outbound.js'
 import { digestOf } from './secret.js'
 import type { Clock } from './token/clock.js'
-import { TokenManager } from './token/manager.js'
+import { type Granted, TokenManager, type TokenRequester } from './token/manager.js'
+import type { Tracing } from './tracing.js'
 
 /** What every credential set of a process shares: the log, the shared dispatcher and how dispatchers are made, the managers' timings. */
 export interface SetContext {
   readonly log: Logger
   readonly dispatcher: Dispatcher
   readonly outbound: OutboundOptions
+  /** Traces, when on: a span per token request. */
+  readonly tracing?: Tracing | undefined
   /** The token managers' clock: a test's, to move their time on. */
   readonly clock?: Clock | undefined
   /** Token back-off and renewal point, for tests that cannot wait a second. */
@@ -66,6 +69,34 @@ function dpopKeyOf (settings: TokenSettings): DPoPKey | undefined {
   return settings.dpopKeyFile === undefined ? DPoPKey.generate() : DPoPKey.read(settings.dpopKeyFile)
 }
 
+/** Token requests as `requester` makes them, each a span of `tracing`'s: the set, the grant and endpoint, and the outcome. */
+function traced (requester: TokenRequester, tracing: Tracing, set: string, settings: TokenSettings): TokenRequester {
+  return {
+    request: async (now, parent) => await tracing.operation('token request', parent, {
+      'bearer_proxy.credential_set': set,
+      'bearer_proxy.token.grant': settings.credentials.grant,
+      'bearer_proxy.token.endpoint': requester.where(),
+      'bearer_proxy.token.waited': parent !== undefined
+    }, async () => await requester.request(now, parent), {
+      succeeded: (granted: Granted) => ({
+        'bearer_proxy.token.grant_used': granted.grant,
+        'bearer_proxy.token.lifetime_s': Math.round(granted.lifetimeMs / 1000),
+        'bearer_proxy.token.dpop': granted.dpop !== undefined
+      }),
+      failed: (error) => ({ message: requester.explain(error), type: failureType(error) })
+    }),
+    explain: (error) => requester.explain(error),
+    where: () => requester.where()
+  }
+}
+
+/** A failed token request's kind: the endpoint's status, the network's code, or the error's name. */
+function failureType (error: unknown): string {
+  const { status, code, name } = error as { status?: unknown, code?: unknown, name?: unknown }
+  if (typeof status === 'number') return String(status)
+  return typeof code === 'string' ? code : typeof name === 'string' ? name : 'Error'
+}
+
 /**
  * One credential set, as `serve`, `check`, `token` and `clusters` use it: its
  * settings, its token manager (and the OAuth client it asks), the dispatchers its
@@ -79,6 +110,7 @@ export class CredentialSet {
   #outbound: Outbound
   #fingerprint: string
   readonly #log: Logger
+  readonly #tracing: Tracing | undefined
 
   constructor (name: string, settings: TokenSettings, context: SetContext, outbound: Outbound = outboundOf(settings, context)) {
     this.name = name
@@ -86,7 +118,8 @@ export class CredentialSet {
     this.#outbound = outbound
     this.#fingerprint = fingerprintOf(settings)
     this.#log = context.log
-    this.tokens = new TokenManager(new TokenClient(settings, outbound.tokens, context.log, dpopKeyOf(settings)), {
+    this.#tracing = context.tracing
+    this.tokens = new TokenManager(this.#requester(settings, outbound), {
       log: context.log, skew: settings.refreshSkew, clock: context.clock, backoffMs: context.backoffMs, renewAt: context.renewAt
     })
   }
@@ -111,8 +144,14 @@ export class CredentialSet {
     this.#settings = settings
     this.#outbound = outbound
     this.#fingerprint = fingerprintOf(settings)
-    this.tokens.reconfigure(new TokenClient(settings, outbound.tokens, this.#log, dpopKeyOf(settings)), settings.refreshSkew)
+    this.tokens.reconfigure(this.#requester(settings, outbound), settings.refreshSkew)
     if (previous !== outbound.own) void previous?.close()
+  }
+
+  /** How the set's tokens are asked for under `settings`: its OAuth client, traced when traces are on. */
+  #requester (settings: TokenSettings, outbound: Outbound): TokenRequester {
+    const client = new TokenClient(settings, outbound.tokens, this.#log, dpopKeyOf(settings))
+    return this.#tracing === undefined ? client : traced(client, this.#tracing, this.name, settings)
   }
 
   /** No more tokens; its own dispatcher closed once requests on their way finish. */

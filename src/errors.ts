@@ -37,6 +37,13 @@ export class ProxyError extends Error {
 
 const CONTENT_TYPE = 'application/json; charset=utf-8'
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The code of the error the proxy answered this request with itself, for its trace span. */
+    proxyError: ProxyErrorCode | undefined
+  }
+}
+
 function errorBody (error: ProxyError, requestId: string): string {
   return JSON.stringify({ error: error.code, message: error.message, requestId })
 }
@@ -44,6 +51,7 @@ function errorBody (error: ProxyError, requestId: string): string {
 /** The proxy's own answer through Fastify. */
 export function sendProxyError (reply: FastifyReply<RouteGenericInterface, RawServerBase>, error: ProxyError): void {
   if (error.retryAfter !== undefined) reply.header('retry-after', String(error.retryAfter))
+  reply.request.proxyError = error.code
   reply
     .code(error.status)
     .header('content-type', CONTENT_TYPE)

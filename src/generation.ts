@@ -14,6 +14,7 @@ import { ADMIN_ROUTE, clusterRootsOf, clusterSources, defaultSet, OWN_PREFIX, Ro
 import { digestOf, type SecretSource } from './secret.js'
 import type { Clock } from './token/clock.js'
 import type { TokenManager } from './token/manager.js'
+import type { Tracing } from './tracing.js'
 
 /**
  * A configuration being served, as a generation: its routes, guard, clusters and
@@ -31,6 +32,8 @@ export interface ProxyContext {
   closing: boolean
   /** Where idle connections are closed during shutdown. */
   server: Server | undefined
+  /** Traces, when the `OTEL_*` variables ask for them. */
+  readonly tracing: Tracing | undefined
 }
 
 /**
@@ -69,10 +72,12 @@ async function buildGeneration (config: Config, shared: ProxyContext, routes: re
     hinted.add(hint)
     log.warn({ event: 'cluster_path_hint', meant: hint }, `the admin API answered 404 to a path that starts with a cluster's name; clusters are served at ${hint}`)
   }
+  const { tracing } = shared
   app.addHook('onResponse', (request, reply, done) => {
     // While shutting down, a keep-alive connection is closed as soon as its request is answered.
     if (shared.closing) setImmediate(() => shared.server?.closeIdleConnections())
     const upstream = request.upstreamName ?? request.routeOptions.config.upstream
+    tracing?.routed(request.raw, request.routeOptions.url, upstream, request.proxyError)
     const elapsed = reply.elapsedTime
     metrics.observe(upstream ?? 'none', reply.statusCode, elapsed / 1000)
     // The admin API's 404 passes through unchanged; the hint goes to the log, once per cluster.
@@ -83,14 +88,16 @@ async function buildGeneration (config: Config, shared: ProxyContext, routes: re
       const url = request.raw.url ?? ''
       const query = url.indexOf('?')
       // The root logger with the id as a field: no per-request child logger.
-      log[level]({
+      const line: Record<string, unknown> = {
         reqId: request.id,
         method: request.method,
         path: query === -1 ? url : url.slice(0, query),
         upstream,
         status: reply.statusCode,
         durationMs: Math.round(elapsed * 10) / 10
-      }, 'request')
+      }
+      if (tracing !== undefined) Object.assign(line, tracing.ids(request.raw))
+      log[level](line, 'request')
     }
     done()
   })
@@ -239,6 +246,9 @@ export interface LiveConfigurationOptions {
   readonly discovery?: { readonly intervalMs?: number, readonly onDemandMs?: number }
 }
 
+/** What a configuration is served with, from outside it: the log, the shared dispatcher, the tracer. */
+type Parts = Pick<ProxyContext, 'log' | 'dispatcher' | 'tracing'>
+
 /** What a route takes of its credential set: its token manager, and the dispatcher its upstream requests go out by. */
 interface SetParts { readonly tokens: TokenManager, readonly upstreams: Dispatcher }
 
@@ -269,7 +279,7 @@ export class LiveConfiguration {
   /** One object per credential set: a route's tokens come from its own set, and no other. */
   readonly #sets: Map<string, CredentialSet>
 
-  private constructor (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: LiveConfigurationOptions) {
+  private constructor (config: Config, parts: Parts, options: LiveConfigurationOptions) {
     this.#started = config
     this.#options = options
     this.#sets = new Map([...config.credentialSets].map(([name, settings]) => [name, new CredentialSet(name, settings, this.#context(name, config, parts))]))
@@ -279,7 +289,7 @@ export class LiveConfiguration {
   }
 
   /** The first generation built, its token managers made but not started. */
-  static async build (config: Config, parts: { log: Logger, dispatcher: Dispatcher }, options: LiveConfigurationOptions = {}): Promise<LiveConfiguration> {
+  static async build (config: Config, parts: Parts, options: LiveConfigurationOptions = {}): Promise<LiveConfiguration> {
     const configurations = new LiveConfiguration(config, parts, options)
     const sets = configurations.#sets
     const routes = configurations.#serve(config, sets)
@@ -377,10 +387,10 @@ export class LiveConfiguration {
   }
 
   /** What a set of `of` is made with: token lines name their set when there are several. */
-  #context (name: string, of: Config, parts: { log: Logger, dispatcher: Dispatcher }): SetContext {
+  #context (name: string, of: Config, parts: Parts): SetContext {
     // `set`, not `credentials`: a field named like a credential is redacted.
     const log = of.credentialSets.size > 1 ? parts.log.child({ set: name }) : parts.log
-    return { log, dispatcher: parts.dispatcher, outbound: this.#started, clock: this.#options.clock, backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt }
+    return { log, dispatcher: parts.dispatcher, tracing: parts.tracing, outbound: this.#started, clock: this.#options.clock, backoffMs: this.#options.backoffMs, renewAt: this.#options.renewAt }
   }
 
   /** The routes of `of`, each with its set's token manager; `keep()` makes them the ones the next reload compares with. */
@@ -392,7 +402,7 @@ export class LiveConfiguration {
       const kept = this.#served.get(key)
       const made = kept !== undefined && tokens === this.shared.setTokens.get(route.set)
         ? kept
-        : serveRoute(route, upstreams, tokens, this.shared.log)
+        : serveRoute(route, upstreams, tokens, this.shared.log, this.shared.tracing)
       next.set(key, made)
       return made
     })
@@ -404,14 +414,14 @@ export class LiveConfiguration {
    * asks the same control plane with the same set, the same way, for the same root, keeps running.
    */
   #clusters (of: Config, sets: ReadonlyMap<string, SetParts>, running: readonly DiscoveredClusters[]): DiscoveredClusters[] {
-    const { log } = this.shared
+    const { log, tracing } = this.shared
     return clusterSources(of).flatMap(({ root, controlPlane, set: name, route }) => controlPlane === undefined ? [] : [{ root, controlPlane, name, route }]).map(({ root, controlPlane, name, route }) => {
       const { tokens: manager, upstreams: dispatcher } = sets.get(name) as SetParts
       const kept = running.find((feed) => feed.serves(root, controlPlane, manager, dispatcher))
       if (kept !== undefined) return kept
-      const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, timeout: of.timeout, ...this.#options.discovery })
+      const discovery = new ClusterDiscovery({ controlPlane, tokens: manager, dispatcher, log, tracing, timeout: of.timeout, ...this.#options.discovery })
       return new DiscoveredClusters(discovery, { root, controlPlane, tokens: manager, dispatcher }, (cluster, upstream) =>
-        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, set: name }, dispatcher, manager, log))
+        serveRoute({ name: route === undefined ? cluster : `${route}/${cluster}`, prefix: `${root}${cluster}`, upstream, set: name }, dispatcher, manager, log, tracing))
     })
   }
 }

@@ -10,6 +10,7 @@ import { answeredPlainHttp, networkReason } from './oauth/http.js'
 import type { TokenSource } from './token/access-token.js'
 import { RouteRefusals } from './token/refusals.js'
 import { basePath, locationRewriter, type Route, type RouteTable } from './routes.js'
+import type { Tracing } from './tracing.js'
 
 /** A route being served: its dispatcher adds the route's token, for HTTP and WebSocket alike. */
 export interface ServedRoute extends Route {
@@ -17,8 +18,8 @@ export interface ServedRoute extends Route {
 }
 
 /** A route with its own credential: a dispatcher that adds its token, over the shared agent. */
-export function serveRoute (route: Route, agent: Dispatcher, tokens: TokenSource, log: Logger): ServedRoute {
-  const credential = { route: route.name, tokens, refusals: new RouteRefusals(tokens) }
+export function serveRoute (route: Route, agent: Dispatcher, tokens: TokenSource, log: Logger, tracing: Tracing | undefined): ServedRoute {
+  const credential = { route: route.name, tokens, refusals: new RouteRefusals(tokens), tracing }
   return { ...route, dispatcher: new BearerDispatcher(agent, credential, log) }
 }
 

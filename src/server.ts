@@ -12,6 +12,7 @@ import { defaultSet, routesOf } from './routes.js'
 import { prepareTokenFile, tokenFileSink } from './token/file.js'
 import type { TokenManager } from './token/manager.js'
 import { connectionRefused } from './guard.js'
+import type { Tracing } from './tracing.js'
 import { CLOSED, websocketTunnel } from './websocket.js'
 
 export type { Changes, ReloadSummary } from './generation.js'
@@ -22,10 +23,12 @@ export type { Changes, ReloadSummary } from './generation.js'
  * generation `serving()` names at that instant.
  */
 function buildListener (shared: ProxyContext, serving: () => Generation): FastifyInstance {
+  const { tracing } = shared
   const app = createApp(shared.log, undefined, (_handler, options) => {
     const server = createServer(options.http ?? {}, (request, response) => {
       // Behind a refusal on the same connection: never answered or forwarded (the connection closes after the refusal).
       if (connectionRefused(request.socket)) return
+      tracing?.serve(request, response)
       serving().app.routing(request, response)
     })
     // As Fastify sets up a server it makes itself.
@@ -42,7 +45,8 @@ function buildListener (shared: ProxyContext, serving: () => Generation): Fastif
       return verdict instanceof ProxyError ? verdict : table.resolve(request.url ?? '')
     },
     log: shared.log,
-    timeout: serving().config.timeout
+    timeout: serving().config.timeout,
+    tracing
   })
   app.addHook('preClose', async () => {
     shared.closing = true
@@ -81,13 +85,16 @@ export interface RunningProxy {
   readonly close: () => Promise<void>
 }
 
-export type StartOptions = LiveConfigurationOptions
+export interface StartOptions extends LiveConfigurationOptions {
+  /** Traces, when the `OTEL_*` variables ask for them. */
+  readonly tracing?: Tracing | undefined
+}
 
 /** Everything `serve` runs: dispatcher, token managers (first tokens requested at once), listeners, reloads. */
 export async function startProxy (config: Config, log: Logger, options: StartOptions = {}): Promise<RunningProxy> {
   if (config.tokenFile !== undefined) prepareTokenFile(config.tokenFile)
   const dispatcher = createDispatcher(config, log)
-  const configurations = await LiveConfiguration.build(config, { log, dispatcher }, options)
+  const configurations = await LiveConfiguration.build(config, { log, dispatcher, tracing: options.tracing }, options)
   const { shared, tokens } = configurations
   const app = buildListener(shared, () => configurations.current)
   const admin = config.adminAddress === undefined

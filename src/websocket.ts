@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { ProxyError, rawErrorResponse } from './errors.js'
 import type { Resolved } from './routes.js'
+import type { Handshake, Tracing } from './tracing.js'
 import { DROPPED_RESPONSE_HEADERS, dropRequestHeaders, type ServedRoute, upstreamError, warnFailure } from './proxy.js'
 
 export interface TunnelOptions {
@@ -11,6 +12,8 @@ export interface TunnelOptions {
   readonly log: Logger
   /** Seconds to wait for the upstream's answer to the upgrade. */
   readonly timeout: number
+  /** Traces, when on: a server span per upgrade, ended with its answer. */
+  readonly tracing: Tracing | undefined
 }
 
 export type Target = Resolved<ServedRoute>
@@ -54,12 +57,16 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
     socket.on('error', () => socket.destroy())
     const target = options.resolve(request)
     if (target === CLOSED) return socket.destroy()
-    if (target instanceof ProxyError) return refuse(socket, target)
-    tunnel(request, socket, head, target)
+    const span = options.tracing?.upgrade(request)
+    if (target instanceof ProxyError) {
+      span?.end(target.status, undefined, target.code)
+      return refuse(socket, target)
+    }
+    tunnel(request, socket, head, target, span)
   })
 
   /** The upgrade sent through the route's dispatcher, which adds the token (and retries a 401 about it). */
-  function tunnel (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target): void {
+  function tunnel (request: IncomingMessage, socket: Duplex, head: Buffer, target: Target, span: Handshake | undefined): void {
     // The same header policy as HTTP requests; undici sets its own `host` and `upgrade`.
     const headers: Record<string, string | string[] | undefined> = { ...request.headers }
     dropRequestHeaders(headers)
@@ -67,6 +74,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
     const path = target.path.split('?')[0] as string
     let answered = false
     const log = (status: number): void => {
+      span?.end(status, target.route.name, undefined)
       options.log.info({ event: 'websocket', path, upstream: target.route.name, status }, 'websocket')
     }
     target.route.dispatcher.dispatch({
@@ -112,6 +120,7 @@ export function websocketTunnel (server: Server, options: TunnelOptions): { clos
           return
         }
         const failure = upstreamError(target.route, error, options.timeout)
+        span?.end(failure.status, target.route.name, failure.code)
         warnFailure(options.log, target.route, failure)
         refuse(socket, failure)
       }

@@ -1,11 +1,12 @@
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { request } from 'undici'
 import { FLAGS } from '../src/config.js'
+import { moduleRecorder } from './helpers/loads.js'
 import { baseEnv, CLI, cleanDirectory, runCli, spawnCli, startApiOf, startIdentity, waitForLine } from './helpers/stack.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -25,20 +26,12 @@ t.test('--help lists the commands, every flag with its variable, the most used v
 
 t.test('--help and --version load nothing but the one-file dist/cli.js (they answer as fast as node starts)', async (t) => {
   // A module hook records every file node loads; --help and --version must not reach node_modules.
-  const dir = mkdtempSync(join(tmpdir(), 'bearer-proxy-loads-'))
-  writeFileSync(join(dir, 'hooks.mjs'), `import { appendFileSync } from 'node:fs'
-export async function load (url, context, next) {
-  if (url.startsWith('file:')) appendFileSync(${JSON.stringify(join(dir, 'loaded.txt'))}, url + '\\n')
-  return next(url, context)
-}
-`)
-  writeFileSync(join(dir, 'register.mjs'), 'import { register } from \'node:module\'\nregister(\'./hooks.mjs\', import.meta.url)\n')
+  const recorder = moduleRecorder()
   for (const flag of ['--version', '--help']) {
-    writeFileSync(join(dir, 'loaded.txt'), '')
-    const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--import', join(dir, 'register.mjs'), CLI, flag], { cwd: cleanDirectory(), encoding: 'utf8' })
+    recorder.reset()
+    const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--import', recorder.register, CLI, flag], { cwd: cleanDirectory(), encoding: 'utf8' })
     t.equal(result.status, 0, result.stderr)
-    const loaded = readFileSync(join(dir, 'loaded.txt'), 'utf8').split('\n').filter((url) => url !== '' && !url.includes('bearer-proxy-loads-'))
-    const names = loaded.map((url) => url.replace(/^.*\/dist\//, 'dist/'))
+    const names = recorder.loaded()
     // The hook sees the bundle itself: it would see anything else loaded from a file.
     t.same(names, ['dist/cli.js'], `${flag} loads ${names.join(', ')}`)
   }

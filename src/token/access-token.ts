@@ -62,8 +62,11 @@ export class AccessToken {
 export interface TokenSource {
   /** The held token while it is valid; never starts a request. */
   current (): AccessToken | undefined
-  /** A valid token: the held one, the one being fetched, or a new one. */
-  get (): Promise<AccessToken>
+  /**
+   * A valid token: the held one, the one being fetched, or a new one. `parent` (a
+   * `traceparent`) is the trace a token request started now belongs to.
+   */
+  get (parent?: string): Promise<AccessToken>
   /** An upstream refused `token` for itself: if it is still held, the next caller gets a new one. */
   drop (token: AccessToken): void
 }

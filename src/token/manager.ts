@@ -24,8 +24,11 @@ export interface Granted {
 
 /** How tokens are obtained, as the manager sees it: it knows no endpoint, grant or dialect. */
 export interface TokenRequester {
-  /** One token, asked for now; `now` is the manager's clock, read when the answer arrives. */
-  request (now: () => number): Promise<Granted>
+  /**
+   * One token, asked for now; `now` is the manager's clock, read when the answer
+   * arrives. `parent` is the `traceparent` of the request that waits for it, if one does.
+   */
+  request (now: () => number, parent?: string): Promise<Granted>
   /** Why `request` failed, in one line fit for logs and error bodies: no secret, no token, no body beyond code and message. */
   explain (error: unknown): string
   /** Where tokens are asked for, for log lines. */
@@ -137,7 +140,7 @@ export class TokenManager extends EventEmitter implements TokenSource {
     return held !== undefined && shortLived(held) && this.current() === undefined ? SHORT_LIVED : undefined
   }
 
-  get (): Promise<AccessToken> {
+  get (parent?: string): Promise<AccessToken> {
     if (this.#closed) return Promise.reject(new ProxyError('token_unavailable', GONE))
     const token = this.current()
     if (token !== undefined) return Promise.resolve(token)
@@ -145,11 +148,11 @@ export class TokenManager extends EventEmitter implements TokenSource {
     // Requests are waiting for a token: after a failure the next attempt comes about a second after the last,
     // not when the back-off says (that is for renewals nobody waits for), so the proxy is back as soon as the
     // token endpoint is; the callers wait for it.
-    if (this.#lastError !== undefined) return this.#fetch(this.#attemptedAt + DEMAND_RETRY_MS - this.#clock.now())
+    if (this.#lastError !== undefined) return this.#fetch(this.#attemptedAt + DEMAND_RETRY_MS - this.#clock.now(), parent)
     // A token too short-lived to use: the next one is asked for a second after it, not at once.
     const held = this.#token
-    if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - this.#clock.now())
-    return this.#fetch()
+    if (held !== undefined && shortLived(held)) return this.#fetch(held.obtainedAt + MIN_RENEWAL_MS - this.#clock.now(), parent)
+    return this.#fetch(0, parent)
   }
 
   drop (token: AccessToken): void {
@@ -163,14 +166,14 @@ export class TokenManager extends EventEmitter implements TokenSource {
   }
 
   /** The request in flight, or one started now (or after `delayMs`), which every caller until then joins. */
-  #fetch (delayMs = 0): Promise<AccessToken> {
+  #fetch (delayMs = 0, parent?: string): Promise<AccessToken> {
     if (this.#inflight !== undefined) return this.#inflight
-    const attempt = delayMs > 0 ? new Promise<void>((resolve) => { this.#clock.setTimeout(resolve, delayMs) }).then(async () => await this.#attempt()) : this.#attempt()
+    const attempt = delayMs > 0 ? new Promise<void>((resolve) => { this.#clock.setTimeout(resolve, delayMs) }).then(async () => await this.#attempt(parent)) : this.#attempt(parent)
     this.#inflight = attempt.finally(() => { this.#inflight = undefined })
     return this.#inflight
   }
 
-  async #attempt (): Promise<AccessToken> {
+  async #attempt (parent?: string): Promise<AccessToken> {
     if (this.#closed) throw new ProxyError('token_unavailable', GONE)
     this.#clock.clearTimeout(this.#timer)
     this.#attemptedAt = this.#clock.now()
@@ -179,14 +182,14 @@ export class TokenManager extends EventEmitter implements TokenSource {
     const requester = this.#requester
     let granted: Granted
     try {
-      granted = await requester.request(() => this.#clock.now())
+      granted = await requester.request(() => this.#clock.now(), parent)
     } catch (error) {
       if (this.#closed) throw new ProxyError('token_unavailable', GONE)
-      if (revision !== this.#revision) return await this.#attempt()
+      if (revision !== this.#revision) return await this.#attempt(parent)
       return this.#failed(new ProxyError('token_unavailable', requester.explain(error)))
     }
     if (this.#closed) throw new ProxyError('token_unavailable', GONE)
-    if (revision !== this.#revision) return await this.#attempt()
+    if (revision !== this.#revision) return await this.#attempt(parent)
     const token = new AccessToken(granted.accessToken, { ...granted, skewMs: this.#skewMs, renewAt: this.#renewAt })
     this.#token = token
     this.#failures = 0

@@ -54,7 +54,20 @@ export class LogCapture extends Writable {
   readonly lines: string[] = []
   override _write (chunk: Buffer, _encoding: string, done: () => void): void {
     this.lines.push(...chunk.toString('utf8').split('\n').filter(Boolean))
+    this.emit('lines')
     done()
+  }
+
+  /** Resolves once `predicate` holds of the lines, checked at each write; fails after `timeoutMs`. */
+  async until (predicate: (capture: LogCapture) => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = AbortSignal.timeout(timeoutMs)
+    while (!predicate(this)) {
+      try {
+        await once(this, 'lines', { signal: deadline })
+      } catch {
+        throw new Error(`no ${what} within ${timeoutMs} ms`)
+      }
+    }
   }
 
   get text (): string { return this.lines.join('\n') }
