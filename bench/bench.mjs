@@ -134,11 +134,15 @@ const idleAnonymous = anonymous(proxy.child.pid)
 
 // With DPoP (RFC 9449): a proof signed for every request, the cost of sender-constrained tokens.
 const dpop = await startBearerProxy(tokens.port, upstream.port, { BEARER_PROXY_DPOP: 'true' })
+// With traces on, every request sampled (the worst case) and exported to a collector that keeps nothing.
+const collector = await serve('collector')
+const traced = await startBearerProxy(tokens.port, upstream.port, { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.port}`, OTEL_TRACES_SAMPLER: 'always_on' })
 
 const targets = [
   ['direct', upstream.port, upstream.child.pid],
   ['bearer-proxy', proxy.port, proxy.child.pid],
   ['bearer-proxy DPoP', dpop.port, dpop.child.pid],
+  ['bearer-proxy traced', traced.port, traced.child.pid],
   ...floors.map(([name, { port, child }]) => [name, port, child.pid]),
   ...peers.filter((peer) => peer.port !== undefined).map((peer) => [peer.name, peer.port, peer.child.pid])
 ]
@@ -202,7 +206,7 @@ for (const [label, row] of Object.entries(results)) {
   lines.push(`\n${label} responses, ${CONNECTIONS} connections, ${DURATION} s each`)
   lines.push('target               req/s    p50 ms  p99 ms  vs direct  CPU µs/req  bearer-proxy vs it        errors')
   for (const [name, r] of Object.entries(row)) {
-    const mine = name === 'bearer-proxy' || name === 'direct' || name === 'bearer-proxy DPoP' ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].cpu, r.cpu).toFixed(2)}x CPU/req`
+    const mine = name === 'direct' || name.startsWith('bearer-proxy') ? '' : `${ratio(row['bearer-proxy'].rps, r.rps).toFixed(2)}x rps, ${ratio(row['bearer-proxy'].cpu, r.cpu).toFixed(2)}x CPU/req`
     lines.push(`${name.padEnd(19)} ${String(r.rps).padStart(7)}  ${String(r.p50).padStart(7)} ${String(r.p99).padStart(7)}  ${ratio(r.rps, row.direct.rps).toFixed(2).padStart(8)}x  ${String(r.cpu).padStart(10)}  ${mine.padEnd(25)} ${r.errors}`)
   }
 }
@@ -227,13 +231,16 @@ const targetLines = [
   ['1 KiB req/s vs fastify+http-proxy', `${ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps).toFixed(2)}x`, `≥ ${TARGETS.vsFloor.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, small['fastify+http-proxy'].rps) >= TARGETS.vsFloor],
   ['  CPU per 1 KiB request vs it', `${ratio(small['bearer-proxy'].cpu, small['fastify+http-proxy'].cpu).toFixed(2)}x (${small['bearer-proxy'].cpu} µs, ${small['fastify+http-proxy'].cpu} µs)`, '', true],
   ['DPoP: 1 KiB req/s, CPU per request', `${ratio(small['bearer-proxy DPoP'].rps, small['bearer-proxy'].rps).toFixed(2)}x, ${ratio(small['bearer-proxy DPoP'].cpu, small['bearer-proxy'].cpu).toFixed(2)}x (${small['bearer-proxy DPoP'].cpu} µs)`, '', true],
+  ['traces on: 1 KiB req/s, CPU per request', `${ratio(small['bearer-proxy traced'].rps, small['bearer-proxy'].rps).toFixed(2)}x, ${ratio(small['bearer-proxy traced'].cpu, small['bearer-proxy'].cpu).toFixed(2)}x (${small['bearer-proxy traced'].cpu} µs)`, '', true],
+  ['  peak RSS, traces on', `${status(traced.child.pid, 'VmHWM').toFixed(1)} MiB`, '', true],
   ...(go === undefined ? [] : [['1 KiB req/s vs Go ReverseProxy', `${ratio(small['bearer-proxy'].rps, go.rps).toFixed(2)}x`, `≥ ${TARGETS.vsGo.toFixed(2)}x`, ratio(small['bearer-proxy'].rps, go.rps) >= TARGETS.vsGo]])
 ]
 lines.push('\nbearer-proxy footprint            measured                  target      ')
 for (const [what, value, target, ok] of targetLines) lines.push(`${what.padEnd(36)} ${value.padEnd(24)} ${target.padEnd(11)} ${target === '' ? '' : check(ok)}`.trimEnd())
 lines.push('(own: anonymous memory, V8\'s heap and malloc; the rest of RSS is pages of the node binary itself, file-backed and shared)')
 lines.push(`256 MiB through the proxy: ${received === 4096 * 65536 ? 'down whole' : `down ${received} bytes`}, ${sent === 4096 * 65536 ? 'up whole' : `up ${sent} bytes`}`)
-lines.push(`token requests during the run: ${tokenRequests} (4 starts, one with DPoP: must be 4)`)
+lines.push(`token requests during the run: ${tokenRequests} (5 starts, one with DPoP, one traced: must be 5)`)
+lines.push(`spans exported by the traced proxy: ${Math.round(Number(await (await fetch(`http://127.0.0.1:${collector.port}/count`)).text()) / 1024)} KiB of OTLP`)
 process.stdout.write(lines.join('\n') + '\n')
 if (JSON_FILE !== undefined) {
   writeFileSync(JSON_FILE, JSON.stringify({
@@ -242,4 +249,4 @@ if (JSON_FILE !== undefined) {
   }, null, 2) + '\n')
 }
 
-for (const child of [upstream.child, tokens.child, proxy.child, dpop.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()
+for (const child of [upstream.child, tokens.child, proxy.child, dpop.child, traced.child, collector.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()

@@ -48,6 +48,16 @@ if (role === 'upstream') {
     const type = req.headers.dpop === undefined ? 'Bearer' : 'DPoP'
     res.writeHead(200, { 'content-type': 'application/json' }).end(`{"access_token":"bench-token","token_type":"${type}","expires_in":3600}`)
   }))
+} else if (role === 'collector') {
+  // An OpenTelemetry collector's OTLP/HTTP receiver that takes every export and keeps nothing: the cost of traces is the proxy's alone.
+  let received = 0
+  listen(createServer((req, res) => {
+    if (req.url === '/count') return res.end(String(received))
+    req.on('data', (chunk) => { received += chunk.length })
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end()
+    })
+  }))
 } else if (role === 'node-pipe') {
   // The floor of a Node proxy on node:http's client: pipe both ways, add a fixed header.
   const agent = new HttpAgent({ keepAlive: true, maxSockets: 64 })

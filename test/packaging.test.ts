@@ -3,107 +3,14 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import t, { type Test } from 'tap'
-import { parseAllDocuments } from 'yaml'
+import t from 'tap'
 import { loadConfig } from '../src/config.js'
-import { parseAddress } from '../src/config/values.js'
 import { cleanDirectory } from './helpers/stack.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string, scripts: Record<string, string> }
 /** Child processes without tap's loader in NODE_OPTIONS, as users run them. */
 const userEnv = Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== 'NODE_OPTIONS' && !key.startsWith('BEARER_PROXY_')))
-
-interface Container {
-  name: string
-  env?: Array<{ name: string, value: string }>
-  ports?: Array<{ name: string, containerPort: number }>
-  readinessProbe?: { httpGet: { path: string, port: string | number } }
-  livenessProbe?: { httpGet: { path: string, port: string | number } }
-  securityContext?: Record<string, unknown>
-  volumeMounts?: Array<{ name: string, mountPath: string }>
-  restartPolicy?: string
-}
-
-/** The image's user, as `runAsNonRoot` needs it: a number, and not root's. */
-function imageRunsAsNonRoot (t: Test): void {
-  const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
-  const runtime = dockerfile.split(/^FROM /m).at(-1) as string
-  const user = /^USER (\d+)(?::(\d+))?$/m.exec(runtime)
-  t.ok(user, 'USER is numeric (runAsNonRoot cannot verify a user name)')
-  t.not(Number(user?.[1]), 0, 'and not root')
-}
-
-t.test('the Kubernetes sidecar example is valid for the image: numeric non-root user, settings the proxy accepts, probes on the admin port', async (t) => {
-  imageRunsAsNonRoot(t)
-
-  const documents = parseAllDocuments(readFileSync(join(root, 'config/kubernetes-sidecar.yaml'), 'utf8'))
-  for (const document of documents) t.same(document.errors, [], 'YAML parses')
-  const objects = documents.map((document) => document.toJS() as { kind: string, spec?: { template: { spec: { containers: Container[], volumes: Array<{ name: string }> } } } })
-  const pod = objects.find((object) => object.kind === 'Deployment')?.spec?.template.spec
-  const proxy = pod?.containers.find((container) => container.name === 'bearer-proxy')
-  if (pod === undefined || proxy === undefined) throw new Error('no bearer-proxy container in a Deployment')
-  t.equal(proxy.securityContext?.runAsNonRoot, true)
-  t.equal(proxy.securityContext?.readOnlyRootFilesystem, true, 'the proxy writes nothing to its image')
-
-  // Its settings, with the mounted secret file standing in, are a configuration `serve` accepts.
-  const secretDir = mkdtempSync(join(tmpdir(), 'bearer-proxy-secret-'))
-  const env: Record<string, string> = {}
-  for (const { name, value } of proxy.env ?? []) {
-    if (name.endsWith('_FILE')) {
-      const mount = proxy.volumeMounts?.find((volume) => value.startsWith(`${volume.mountPath}/`))
-      t.ok(mount && pod.volumes.some((volume) => volume.name === mount.name), `${name} is on a mounted volume`)
-      env[name] = join(secretDir, value.split('/').at(-1) as string)
-      writeFileSync(env[name], 'from-the-secret')
-    } else {
-      env[name] = value
-    }
-  }
-  const config = loadConfig({ env, envFile: '/dev/null', forwarding: true })
-  t.equal(config.host, '127.0.0.1', 'loopback: the pod\'s other containers reach it, nothing else does')
-
-  const admin = parseAddress(env.BEARER_PROXY_ADMIN_ADDRESS ?? '')
-  if (typeof admin === 'string') throw new Error(admin)
-  const portOf = (port: string | number | undefined): number | undefined => typeof port === 'number' ? port : proxy.ports?.find((named) => named.name === port)?.containerPort
-  t.equal(portOf(proxy.readinessProbe?.httpGet.port), admin.port, 'readiness probe on ADMIN_ADDRESS')
-  t.equal(proxy.readinessProbe?.httpGet.path, '/-/ready')
-  t.equal(portOf(proxy.livenessProbe?.httpGet.port), admin.port, 'liveness probe on ADMIN_ADDRESS')
-  t.equal(proxy.livenessProbe?.httpGet.path, '/-/healthy')
-})
-
-t.test('the workload identity example: a Job with the proxy as a native sidecar, a projected service account token, no Secret, settings the proxy accepts', async (t) => {
-  const documents = parseAllDocuments(readFileSync(join(root, 'config/kubernetes-workload-identity.yaml'), 'utf8'))
-  for (const document of documents) t.same(document.errors, [], 'YAML parses')
-  type Volume = { name: string, projected?: { sources: Array<{ serviceAccountToken?: { audience?: string, expirationSeconds?: number, path: string } }> } }
-  const objects = documents.map((document) => document.toJS() as { kind: string, spec?: { template: { spec: { restartPolicy: string, initContainers: Container[], containers: Container[], volumes: Volume[] } } } })
-  t.notOk(objects.some((object) => object.kind === 'Secret'), 'no Secret')
-  const pod = objects.find((object) => object.kind === 'Job')?.spec?.template.spec
-  const proxy = pod?.initContainers.find((container) => container.name === 'bearer-proxy')
-  if (pod === undefined || proxy === undefined) throw new Error('no bearer-proxy init container in a Job')
-  t.equal(proxy.restartPolicy, 'Always', 'a native sidecar: it starts first, and the Job completes with its main container')
-  t.equal(pod.restartPolicy, 'Never')
-  imageRunsAsNonRoot(t)
-  t.equal(proxy.securityContext?.runAsNonRoot, true)
-  t.equal(proxy.securityContext?.readOnlyRootFilesystem, true)
-  const env = Object.fromEntries((proxy.env ?? []).map(({ name, value }) => [name, value]))
-  const file = env.BEARER_PROXY_SUBJECT_TOKEN_FILE ?? ''
-  const mount = proxy.volumeMounts?.find((volume) => file.startsWith(`${volume.mountPath}/`))
-  const source = pod.volumes.find((volume) => volume.name === mount?.name)?.projected?.sources.find((one) => one.serviceAccountToken !== undefined)?.serviceAccountToken
-  t.ok(source, 'the subject token is a projected service account token')
-  t.equal(file, `${mount?.mountPath ?? ''}/${source?.path ?? ''}`, 'at the path the projection writes')
-  t.type(source?.audience, 'string', 'bound to an audience')
-  t.ok((source?.expirationSeconds ?? 0) >= 600, 'short-lived, at least the 10 minutes Kubernetes asks for')
-  // The settings, with a file standing in for the projected token, are a configuration `serve` accepts.
-  const standIn = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-projected-')), 'token')
-  writeFileSync(standIn, 'x.y.z')
-  const config = loadConfig({ env: { ...env, BEARER_PROXY_SUBJECT_TOKEN_FILE: standIn }, envFile: '/dev/null', forwarding: true })
-  t.match(config.tokenSettings.credentials, { grant: 'token_exchange', client: undefined }, 'no client, no secret')
-  const admin = parseAddress(env.BEARER_PROXY_ADMIN_ADDRESS ?? '')
-  if (typeof admin === 'string') throw new Error(admin)
-  const portOf = (port: string | number | undefined): number | undefined => typeof port === 'number' ? port : proxy.ports?.find((named) => named.name === port)?.containerPort
-  t.equal(portOf(proxy.readinessProbe?.httpGet.port), admin.port, 'probes on ADMIN_ADDRESS')
-  t.equal(portOf(proxy.livenessProbe?.httpGet.port), admin.port)
-})
 
 t.test('the examples without a secret load as they are, with their files standing in', async (t) => {
   for (const name of ['runai-external-token', 'gcp-workload-identity', 'entra-workload-identity', 'keycloak-federated']) {

@@ -10,7 +10,8 @@ import { CLIENT as CLIENT_KIND, type Collector, type ReceivedSpan, SERVER, spanO
 import { moduleRecorder } from './helpers/loads.js'
 import { endTree } from './helpers/processes.js'
 import { fragments, spellings, assertNoSecret } from './helpers/secrets.js'
-import { afterFetch, baseEnv, CLI, CLIENT, cleanDirectory, collect, LogCapture, runCli, startApiOf, startIdentity, startTestProxy, wsRoundTrip, waitForLine } from './helpers/stack.js'
+import { runaiEnv, startRunai } from './helpers/emulators.js'
+import { afterFetch, baseEnv, bounded, CLI, CLIENT, cleanDirectory, collect, LogCapture, runCli, startApiOf, startIdentity, startTestProxy, wsRoundTrip, waitForLine } from './helpers/stack.js'
 
 const CLIENT_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736'
 const CLIENT_SPAN = '00f067aa0ba902b7'
@@ -311,4 +312,33 @@ t.test('WebSocket upgrades: a server span ended by the handshake, and the attemp
   const [attempt] = childrenOf(spans, server)
   t.equal(attempt?.attributes['http.response.status_code'], 101)
   t.equal(echoed, `hello 00-${server.traceId}-${attempt?.spanId ?? ''}-01`, 'the upstream\'s parent is the attempt')
+})
+
+t.test('each read of a Run:ai cluster list is a span: how many clusters are served and skipped, or why the read failed', async (t) => {
+  const collector = await startCollector(t)
+  const runai = await startRunai(t)
+  runai.clusters = [
+    { uuid: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b', tenantId: 1, name: 'gpu-a', domain: `${runai.url}/a`, status: { state: 'Connected' } },
+    { uuid: '3e2c0d71-4f50-4182-9d2e-3f4a5b6c7d8e', tenantId: 1, name: 'no-domain', domain: null }
+  ]
+  const { tracing } = await tracerFor(t, collector)
+  const { url, proxy } = await startTestProxy(t, runaiEnv(runai, { BEARER_PROXY_LOG_LEVEL: 'info' }), { tracing })
+  const discovery = proxy.discovery as NonNullable<typeof proxy.discovery>
+  await bounded(once(discovery, 'change'), 5000, 'the first list')
+  const listed = spanOf(await collector.waitFor((all) => all.some((span) => span.name === 'cluster list')), 'cluster list')
+  t.equal(listed.parentSpanId, '', 'a trace of its own')
+  t.equal(listed.attributes['url.full'], `${runai.url}/api/v1/clusters`)
+  t.equal(listed.attributes['bearer_proxy.clusters.served'], 1)
+  t.equal(listed.attributes['bearer_proxy.clusters.skipped'], 1)
+  t.equal(listed.status.code, 0)
+
+  runai.clusters = 500
+  const read = once(discovery, 'refresh')
+  await discovery.refresh()
+  await bounded(read, 5000, 'the failed read')
+  const failed = spanOf(await collector.waitFor((all) => all.some((span) => span.name === 'cluster list' && span.status.code === 2)), 'cluster list', { 'error.type': 'cluster_list_failed' })
+  t.match(failed.status.message, /\/api\/v1\/clusters answered 500$/)
+  const answer = await request(`${url}/clusters/gpu-a/x`)
+  t.equal(answer.statusCode, 200, 'the last good list is kept')
+  await answer.body.dump()
 })
