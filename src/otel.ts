@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { type Attributes, type Context, ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, trace, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api'
-import { setGlobalErrorHandler, W3CTraceContextPropagator } from '@opentelemetry/core'
+import { type Attributes, type Context, isSpanContextValid, ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api'
+import { parseTraceParent, setGlobalErrorHandler, TraceState } from '@opentelemetry/core'
 import { OTLPTraceExporter as JsonExporter } from '@opentelemetry/exporter-trace-otlp-http'
 import { OTLPTraceExporter as ProtobufExporter } from '@opentelemetry/exporter-trace-otlp-proto'
 import { defaultResource, detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources'
@@ -34,18 +34,41 @@ const methodOf = (method: string | undefined): string => method !== undefined &&
 const VALUE_LIMIT = 1024
 const EXPORT_FAILURE_EVERY_MS = 60_000
 
-const SERVER = Symbol('bearer-proxy server span')
-interface Traced { [SERVER]?: ServerSpan }
 interface ServerSpan { readonly span: Span, readonly method: string, proxyError: string | undefined }
 
-const getter: TextMapGetter<Record<string, unknown>> = {
-  keys: (carrier) => Object.keys(carrier),
-  get: (carrier, key) => {
-    const value = carrier[key]
-    return typeof value === 'string' || Array.isArray(value) ? value as string | string[] : undefined
-  }
+/**
+ * W3C Trace Context, read and written here rather than by the SDK's propagator: the
+ * same rules (a malformed `traceparent`, an all-zero id or a version `00` with more
+ * fields starts a new trace; its `tracestate` goes with it) without the contexts the
+ * propagator allocates on the way, which at every request cost the young generation
+ * more than the parsing does.
+ */
+function parentOf (carrier: Record<string, unknown>): Context {
+  const header = carrier.traceparent
+  if (typeof header !== 'string') return ROOT_CONTEXT
+  const parsed = parseTraceParent(header.trim())
+  if (parsed === null || !isSpanContextValid(parsed)) return ROOT_CONTEXT
+  const state = carrier.tracestate
+  const traceState = typeof state === 'string' ? new TraceState(state) : Array.isArray(state) ? new TraceState(state.join(',')) : undefined
+  return trace.setSpanContext(ROOT_CONTEXT, { ...parsed, isRemote: true, ...(traceState === undefined ? {} : { traceState }) })
 }
-const setter: TextMapSetter<Record<string, unknown>> = { set: (carrier, key, value) => { carrier[key] = value } }
+
+const SERVER_SPAN = { kind: SpanKind.SERVER }
+const CLIENT_SPAN = { kind: SpanKind.CLIENT }
+/** The end of an attempt whose span is not sampled: nothing to record. */
+const UNSAMPLED = { end: () => {} }
+
+const FLAGS = Array.from({ length: 256 }, (_, flags) => flags.toString(16).padStart(2, '0'))
+
+/** `carrier`'s `traceparent` (and `tracestate`) now name `span`: what the next hop takes as its parent. */
+function pass (span: Span, carrier: Record<string, unknown>): void {
+  const { traceId, spanId, traceFlags, traceState } = span.spanContext()
+  carrier.traceparent = `00-${traceId}-${spanId}-${FLAGS[traceFlags & 0xff] as string}`
+  const state = traceState?.serialize()
+  if (state !== undefined && state !== '') carrier.tracestate = state
+  // Deleted only when there is one: a delete turns the headers object into a slow dictionary.
+  else if (carrier.tracestate !== undefined) delete carrier.tracestate
+}
 
 function samplerOf (name: string, ratio: number): Sampler {
   const root = name.endsWith('always_off') ? new AlwaysOffSampler() : name.endsWith('traceidratio') ? new TraceIdRatioBasedSampler(ratio) : new AlwaysOnSampler()
@@ -82,12 +105,16 @@ export function createTracing (settings: Settings, version: string, exportFailed
     spanProcessors: [new BatchSpanProcessor({ ...settings.batch, exporter: new Exporter({ url: settings.endpoint.href }) })]
   })
   const tracer = provider.getTracer('bearer-proxy', version)
-  const propagator = new W3CTraceContextPropagator()
-  const parentOf = (carrier: Record<string, unknown>): Context => propagator.extract(ROOT_CONTEXT, carrier, getter)
-  /** `carrier`'s `traceparent` (and `tracestate`) now name `span`: what the next hop takes as its parent. */
-  const pass = (span: Span, carrier: Record<string, unknown>): void => {
-    delete carrier.tracestate
-    propagator.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, setter)
+  /** An upstream's address and port, worked out once per origin (there are as many as routes and clusters). */
+  const targets = new Map<string, { readonly origin: string, readonly address: string, readonly port: number }>()
+  const targetOf = (origin: string): { readonly origin: string, readonly address: string, readonly port: number } => {
+    let target = targets.get(origin)
+    if (target === undefined) {
+      const url = new URL(origin)
+      target = { origin: url.origin, address: url.hostname, port: Number(url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : url.port) }
+      if (targets.size < 10_000) targets.set(origin, target)
+    }
+    return target
   }
 
   const endServer = (traced: ServerSpan, response: ServerResponse): void => {
@@ -112,24 +139,28 @@ export function createTracing (settings: Settings, version: string, exportFailed
     const method = methodOf(request.method)
     const url = request.url ?? ''
     const query = url.indexOf('?')
-    const span = tracer.startSpan(method, {
-      kind: SpanKind.SERVER,
-      attributes: {
+    const span = tracer.startSpan(method, SERVER_SPAN, parentOf(request.headers))
+    pass(span, request.headers)
+    // A span not sampled is passed on, and nothing else: no attribute is built for it.
+    if (span.isRecording()) {
+      span.setAttributes({
         'http.request.method': method,
         'url.path': query === -1 ? url : url.slice(0, query),
         'url.scheme': 'http',
         'network.protocol.version': request.httpVersion
-      }
-    }, parentOf(request.headers))
-    pass(span, request.headers)
+      })
+    }
     return { span, method, proxyError: undefined }
   }
 
+  /** Each request's server span, beside the request rather than on it: a property added to node's request would change its shape. */
+  const servers = new WeakMap<IncomingMessage, ServerSpan>()
+
   return {
     serve: (request, response) => {
-      const traced = startServer(request);
-      (request as IncomingMessage & Traced)[SERVER] = traced
-      response.once('close', () => endServer(traced, response))
+      const traced = startServer(request)
+      servers.set(request, traced)
+      if (traced.span.isRecording()) response.once('close', () => endServer(traced, response))
     },
     upgrade: (request) => {
       const { span } = startServer(request)
@@ -151,8 +182,8 @@ export function createTracing (settings: Settings, version: string, exportFailed
       }
     },
     routed: (request, pattern, route, proxyError) => {
-      const traced = (request as IncomingMessage & Traced)[SERVER]
-      if (traced === undefined) return
+      const traced = servers.get(request)
+      if (traced === undefined || !traced.span.isRecording()) return
       traced.proxyError = proxyError
       if (route !== undefined) traced.span.setAttribute('bearer_proxy.route', route)
       if (pattern === undefined) return
@@ -160,23 +191,25 @@ export function createTracing (settings: Settings, version: string, exportFailed
       traced.span.updateName(`${traced.method} ${pattern}`)
     },
     ids: (request) => {
-      const traced = (request as IncomingMessage & Traced)[SERVER]
+      const traced = servers.get(request)
       if (traced === undefined) return undefined
       const { traceId, spanId } = traced.span.spanContext()
       return { traceId, spanId }
     },
     attempt: (headers, method, origin, path, route, resend) => {
-      const target = new URL(origin)
+      const span = tracer.startSpan(methodOf(method), CLIENT_SPAN, parentOf(headers))
+      pass(span, headers)
+      if (!span.isRecording()) return UNSAMPLED
+      const target = targetOf(origin)
       const attributes: Attributes = {
         'http.request.method': methodOf(method),
-        'server.address': target.hostname,
-        'server.port': Number(target.port === '' ? (target.protocol === 'https:' ? 443 : 80) : target.port),
+        'server.address': target.address,
+        'server.port': target.port,
         'url.full': `${target.origin}${path}`,
         'bearer_proxy.route': route
       }
       if (resend > 0) attributes['http.request.resend_count'] = resend
-      const span = tracer.startSpan(methodOf(method), { kind: SpanKind.CLIENT, attributes }, parentOf(headers))
-      pass(span, headers)
+      span.setAttributes(attributes)
       let ended = false
       return {
         end: (answer, retry) => {
