@@ -2,11 +2,20 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { type EventEmitter, once } from 'node:events'
 import { RUNAI, runaiEnv, startRunai, startRunaiWithRealm } from './helpers/emulators.js'
-import { baseEnv, bounded, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
+import { createLogger } from '../src/log.js'
+import { startTracing, tracingSettings } from '../src/tracing.js'
+import { startCollector } from './helpers/otlp.js'
+import { LogCapture, baseEnv, bounded, runCli, startApiOf, startIdentity, startTestProxy, USER, CLIENT, afterFetch } from './helpers/stack.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { jwt, startTokenEndpoint } from './helpers/token-endpoint.js'
 
-t.test('at trace level, through every path, no secret or token reaches the logs, error bodies or /-/ready', async (t) => {
+t.test('at trace level, through every path, no secret or token reaches the logs, error bodies, /-/ready or a span', async (t) => {
+  // Every proxy of this test traced, every request sampled: the spans are scanned too.
+  const collector = await startCollector(t)
+  const traces = tracingSettings({ OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_BSP_SCHEDULE_DELAY: '20' })
+  if (traces === undefined) throw new Error('tracing is off')
+  const tracing = await startTracing(traces, createLogger('trace', new LogCapture()), 'test')
+  t.teardown(async () => await tracing.close(1000))
   const idp = await startIdentity(t, { accessTokenTtl: 2 })
   const api = await startApiOf(t, idp)
   api.routes.set('/cookies', (req, res) => {
@@ -27,7 +36,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
     BEARER_PROXY_LOG_LEVEL: 'trace',
     BEARER_PROXY_CLUSTERS: 'dead=http://127.0.0.1:1',
     BEARER_PROXY_INBOUND_KEY: 'Inbound-Key-Value-2468'
-  })
+  }, { tracing })
   const key = { 'proxy-authorization': 'Bearer Inbound-Key-Value-2468' }
   await keep(await request(`${url}/-/ready`))
   await pass(await request(`${url}/first`, { headers: { ...key, authorization: 'Bearer ClientSideToken-5555', cookie: 'session=CookieValue-1234' } }))
@@ -43,17 +52,17 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   await keep(await request(`${url}/-/metrics`, { headers: key }))
 
   // Bad credentials.
-  const bad = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321', BEARER_PROXY_LOG_LEVEL: 'trace' })
+  const bad = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_CLIENT_SECRET: 'WrongSecret-4321', BEARER_PROXY_LOG_LEVEL: 'trace' }, { tracing })
   await keep(await request(`${bad.url}/x`))
   await keep(await request(`${bad.url}/-/ready`))
 
   // An endpoint that echoes the secret back in its error, and one that returns known refresh and id tokens.
   const echoing = await startTokenEndpoint(t, (call) => ({ status: 400, body: { error: 'invalid_request', error_description: `bad ${String(call.fields.client_secret)}` } }))
-  const echo = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${echoing.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' })
+  const echo = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${echoing.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' }, { tracing })
   await keep(await request(`${echo.url}/x`))
   const idToken = await jwt(60, { sub: 'id' })
   const known = await startTokenEndpoint(t, () => ({ body: { access_token: 'OpaqueAccess-777777', refresh_token: 'KnownRefresh-888888', id_token: idToken, expires_in: 1 } }))
-  const knownProxy = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${known.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' })
+  const knownProxy = await startTestProxy(t, { ...baseEnv(idp, api), BEARER_PROXY_TOKEN_URL: `${known.url}/token`, BEARER_PROXY_LOG_LEVEL: 'trace' }, { tracing })
   await afterFetch(knownProxy.proxy.tokens, () => known.calls.length >= 2, 5000, 'a refresh')
   await pass(await request(`${knownProxy.url}/x`))
 
@@ -69,7 +78,7 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
     { uuid: '0b9f7a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b', name: 'gpu-a', domain: `${runai.url}/a` },
     { uuid: '1c0a8b5f-2d3e-4f60-9b0c-1d2e3f4a5b6c', name: 'leaky', domain: 'https://user:DomainPass-3141@gpu.example' }
   ]
-  const discovered = await startTestProxy(t, runaiEnv(runai))
+  const discovered = await startTestProxy(t, runaiEnv(runai), { tracing })
   await bounded(once(discovered.proxy.discovery as EventEmitter, 'change'), 5000, 'the cluster list')
   await pass(await request(`${discovered.url}/clusters/gpu-a/x`))
   await keep(await request(`${discovered.url}/clusters/leaky/x`))
@@ -94,6 +103,10 @@ t.test('at trace level, through every path, no secret or token reaches the logs,
   assertNoSecret(t, 'check output', check.stdout + check.stderr + badCheck.stdout + badCheck.stderr, secrets)
   assertNoSecret(t, 'token stderr', token.stderr, secrets)
   assertNoSecret(t, 'clusters output', clusters.stdout + clusters.stderr, secrets)
+  await tracing.close(5000)
+  t.ok(collector.spans.some((span) => span.name === 'cluster list') && collector.spans.some((span) => span.name === 'token request' && span.status.code === 2), 'every kind of span was exported')
+  assertNoSecret(t, 'exported spans, as sent', collector.bodies.map((body) => body.text).join('\n'), secrets)
+  assertNoSecret(t, 'exported spans, decoded', JSON.stringify(collector.spans, (_key, value: unknown) => typeof value === 'bigint' ? String(value) : value), secrets)
   t.equal(clusters.code, 0)
   t.match(echo.logs.text, /bad \[redacted\]/, 'a secret echoed by the endpoint is scrubbed')
   t.equal(check.code, 0)

@@ -42,11 +42,13 @@ t.test('the build stage\'s steps, run in a temporary directory, give a dist/cli.
     t.equal(result.status, 0, `${command}\n${result.stderr.slice(-2000)}`)
   }
   t.ok(existsSync(join(dir, 'dist/cli.js')), 'built')
-  // What ships is the product, in one file: whatever it still loads at run time (yaml, pino-pretty) the image installs.
-  t.same(readdirSync(join(dir, 'dist')), ['cli.js'], 'dist is the one-file bundle')
-  const bundle = readFileSync(join(dir, 'dist/cli.js'), 'utf8')
+  // What ships is the product, in one file, and the tracer it loads only when traces are asked for:
+  // whatever they still load at run time (yaml, pino-pretty) the image installs.
+  t.same(readdirSync(join(dir, 'dist')).sort(), ['cli.js', 'otel.js'], 'dist is the one-file bundle and the tracer')
+  const bundle = readFileSync(join(dir, 'dist/cli.js'), 'utf8') + readFileSync(join(dir, 'dist/otel.js'), 'utf8')
   const loaded = new Set<string>()
-  // require("x"), import("x"), and createRequire(import.meta.url)("x"), as esbuild writes them.
+  // require("x"), import("x"), and createRequire(import.meta.url)("x"), as esbuild writes them; the tracer by its own path.
+  t.match(bundle, /import\("\.\/otel\.js"\)/, 'the tracer is imported from beside the bundle')
   for (const [, specifier = ''] of bundle.matchAll(/(?:\brequire\(|\bimport\(|import\.meta\.url\)\()"((?:@[\w.-]+\/)?[\w.-]+(?:\/[\w./-]+)?)"\)/g)) {
     if (!specifier.startsWith('node:') && !builtinModules.includes(specifier)) loaded.add(specifier)
   }
@@ -62,6 +64,10 @@ t.test('the build stage\'s steps, run in a temporary directory, give a dist/cli.
     }
   })
   t.same(missing, [], 'each resolves from the image\'s node_modules')
+  // The tracer loads on the production dependencies alone: its OpenTelemetry packages are in it, not in node_modules.
+  const tracer = spawnSync(process.execPath, ['--input-type=module', '-e', 'const { createTracing } = await import("./dist/otel.js"); process.stdout.write(typeof createTracing)'], { cwd: dir, encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } })
+  t.equal(tracer.stdout, 'function', tracer.stderr)
+  t.notOk(existsSync(join(dir, 'node_modules/@opentelemetry/sdk-trace')), 'the OpenTelemetry SDK pruned with the dev dependencies')
   t.notOk(existsSync(join(dir, 'dist/demo.js')) || existsSync(join(dir, 'dist/demo')), 'no demo in dist')
   for (const dev of ['typescript', 'tap', 'oidc-provider']) t.notOk(existsSync(join(dir, 'node_modules', dev)), `${dev} pruned`)
   // The runtime stage links the bin onto PATH and runs it as ENTRYPOINT and HEALTHCHECK:
