@@ -1,9 +1,12 @@
 #!/usr/bin/env node
-// npm run bench [-- --json FILE] [-- --duration S]
+// npm run bench [-- --json FILE] [-- --duration S] [-- --runtimes machine,22,24] [-- --footprint-only]
+//   [-- --node-flags "FLAGS"]: the runtimes' node flags instead of the shebang's, to try others
 // The upstream alone and through bearer-proxy, the bare stack (Fastify + @fastify/http-proxy),
 // node:http and undici pipes, nginx, HAProxy, Caddy and Go's ReverseProxy (those installed),
 // in one run, every server in its own process, all on 127.0.0.1. autocannon is the load.
-// Then bearer-proxy's own footprint: spawn to /-/ready, idle and peak RSS, 256 MiB transfers.
+// Then bearer-proxy's own footprint: spawn to /-/ready, idle and peak RSS, 256 MiB transfers;
+// and that footprint again on each runtime of --runtimes (the machine's Node and the LTS lines
+// the image may ship, fetched by runtimes.mjs), beside the bare stack on the same runtime.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync, writeFileSync } from 'node:fs'
@@ -13,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import { Client, request } from 'undici'
 import { freePort, startPeers } from './peers.mjs'
+import { runtimes } from './runtimes.mjs'
 
 const args = process.argv.slice(2)
 const option = (name, fallback) => {
@@ -21,16 +25,25 @@ const option = (name, fallback) => {
 }
 const DURATION = Number(option('--duration', '8'))
 const JSON_FILE = option('--json', undefined)
+const RUNTIMES = option('--runtimes', 'machine,22,24').split(',').filter(Boolean)
+const FOOTPRINT_ONLY = args.includes('--footprint-only')
 const CONNECTIONS = 50
 /** Sequential requests per target in the one-client latency pass, in 4 alternating rounds. */
 const SEQUENTIAL = 4000
 const here = fileURLToPath(new URL('.', import.meta.url))
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
 const TARGETS = { idleRss: 65, peakRss: 85, transferRss: 110, readyMs: 300, addedP50Us: 200, vsFloor: 1.0, vsGo: 0.75 }
+/** On the Node the image ships (its Dockerfile's FROM): what a user who runs the image gets. */
+const IMAGE_TARGETS = { idleRss: 65, peakRss: 100, transferRss: 128, readyMs: 400 }
+/** The node flags of dist/cli.js's shebang, given to node when the bench runs it on another runtime. */
+const NODE_FLAGS = option('--node-flags', undefined)?.split(/\s+/).filter(Boolean) ??
+  /^#!.*?\bnode\s+(.*?)\s*--\s*$/.exec(readFileSync(cli, 'utf8').split('\n')[0])?.[1].split(/\s+/) ?? []
+/** The major version of the Node the image runs: its Dockerfile's last `FROM node:<major>`. */
+const IMAGE_NODE = [...readFileSync(join(here, '..', 'Dockerfile'), 'utf8').matchAll(/^FROM node:(\d+)/gm)].at(-1)?.[1]
 
 /** A child process running one of the servers in servers.mjs; resolves with its port once it listens. */
-async function serve (role, env = {}) {
-  const child = spawn(process.execPath, [join(here, 'servers.mjs'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+async function serve (role, env = {}, node = process.execPath) {
+  const child = spawn(node, [join(here, 'servers.mjs'), role], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   const [line] = await once(child.stdout, 'data')
   const port = Number(/listening (\d+)/.exec(String(line))?.[1])
   child.stdout.resume()
@@ -50,11 +63,14 @@ function cpuTime (pid) {
 }
 const TICKS = 100 // USER_HZ, the unit of /proc/<pid>/stat's times on Linux
 
-/** bearer-proxy as users start it (dist/cli.js by its shebang, with its node flags); resolves at /-/ready 200, with the time it took. */
-async function startBearerProxy (tokenPort, upstreamPort, extra = {}) {
+/**
+ * bearer-proxy as users start it (dist/cli.js by its shebang, with its node flags), or on
+ * another `node` with the shebang's flags; resolves at /-/ready 200, with the time it took.
+ */
+async function startBearerProxy (tokenPort, upstreamPort, extra = {}, node = undefined) {
   const port = await freePort()
   const began = process.hrtime.bigint()
-  const child = spawn(cli, ['serve'], {
+  const child = spawn(node ?? cli, node === undefined ? ['serve'] : [...NODE_FLAGS, '--', cli, 'serve'], {
     env: {
       ...process.env,
       BEARER_PROXY_TOKEN_URL: `http://127.0.0.1:${tokenPort}/token`,
@@ -103,9 +119,105 @@ async function sequential (client, count) {
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
+/** 256 MiB down and 256 MiB up through the proxy on `port`: whether each arrived whole. */
+async function transfer (port) {
+  const down = await request(`http://127.0.0.1:${port}/huge`)
+  let received = 0
+  for await (const chunk of down.body) received += chunk.length
+  const chunk = Buffer.alloc(64 * 1024, 'y')
+  const up = await request(`http://127.0.0.1:${port}/sink`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', 'content-length': String(4096 * chunk.length) },
+    body: Readable.from((function * () { for (let i = 0; i < 4096; i++) yield chunk })())
+  })
+  const sent = Number(await up.body.text())
+  return { received, sent }
+}
+
+/**
+ * bearer-proxy's footprint on one runtime, as the main run measures it on the machine's:
+ * spawn to /-/ready (median of 3), RSS settled 15 s after ready, peak after 1 KiB and 64 KiB
+ * loads (two rounds each, alternating with the bare stack on the same runtime, which gives
+ * the req/s and CPU ratios), and peak after 256 MiB each way.
+ */
+async function footprint (node, upstreamPort, tokenPort) {
+  const ready = []
+  let proxy
+  for (let i = 0; i < 3; i++) {
+    proxy = await startBearerProxy(tokenPort, upstreamPort, {}, node)
+    ready.push(proxy.readyMs)
+    if (i < 2) {
+      proxy.child.kill()
+      await once(proxy.child, 'exit')
+    }
+  }
+  await sleep(15_000)
+  const idle = status(proxy.child.pid, 'VmRSS')
+  const own = anonymous(proxy.child.pid)
+  const floor = await serve('fastify-http-proxy', { UPSTREAM_PORT: String(upstreamPort) }, node)
+  const ratios = {}
+  for (const [path, label] of [['/small', '1 KiB'], ['/large', '64 KiB']]) {
+    await load(proxy.port, path, 2)
+    await load(floor.port, path, 2)
+    const mine = []
+    const bare = []
+    for (let round = 0; round < 2; round++) {
+      mine.push(await load(proxy.port, path, DURATION / 2, proxy.child.pid))
+      bare.push(await load(floor.port, path, DURATION / 2, floor.child.pid))
+    }
+    const sum = (list, field) => list.reduce((total, one) => total + one[field], 0)
+    ratios[label] = { rps: sum(mine, 'rps') / sum(bare, 'rps'), cpu: sum(mine, 'cpu') / sum(bare, 'cpu'), cpuUs: Math.round(sum(mine, 'cpu') / 2) }
+  }
+  const peak = status(proxy.child.pid, 'VmHWM')
+  const moved = await transfer(proxy.port)
+  const transferPeak = status(proxy.child.pid, 'VmHWM')
+  for (const child of [proxy.child, floor.child]) child.kill()
+  return { readyMs: median(ready), ready, idle, own, peak, transferPeak, ratios, whole: moved.received === 4096 * 65536 && moved.sent === 4096 * 65536 }
+}
+
+/** The footprint on each runtime of --runtimes, side by side, and the image's Node against its targets. */
+async function footprintReport (upstreamPort, tokenPort) {
+  const measured = []
+  for (const runtime of runtimes(RUNTIMES)) {
+    if (runtime.skipped !== undefined) {
+      measured.push({ ...runtime })
+      continue
+    }
+    process.stderr.write(`  footprint on ${runtime.name}\n`)
+    measured.push({ ...runtime, ...await footprint(runtime.node, upstreamPort, tokenPort) })
+  }
+  const ran = measured.filter((one) => one.skipped === undefined)
+  const image = ran.find((one) => one.version.startsWith(`v${IMAGE_NODE}.`))
+  const cell = (text) => String(text).padStart(18)
+  const lines = [`\nfootprint by runtime (the image runs Node ${IMAGE_NODE}: its column is checked against its targets)`]
+  lines.push(`${''.padEnd(34)}${ran.map((one) => cell(one.name.replace(/^machine \((.*)\)$/, '$1 (here)'))).join('')}  target on the image's Node`)
+  const row = (what, value, target, ok) => {
+    const verdict = image === undefined || target === '' ? '' : `${target} ${ok(image) ? 'met' : 'MISSED'}`
+    lines.push(`${what.padEnd(34)}${ran.map((one) => cell(value(one))).join('')}  ${verdict}`.trimEnd())
+  }
+  row('spawn to /-/ready (median of 3)', (one) => `${Math.round(one.readyMs)} ms`, `≤ ${IMAGE_TARGETS.readyMs} ms`, (one) => one.readyMs <= IMAGE_TARGETS.readyMs)
+  row('idle RSS, settled (own)', (one) => `${one.idle.toFixed(1)} (${one.own.toFixed(1)}) MiB`, `≤ ${IMAGE_TARGETS.idleRss} MiB`, (one) => one.idle <= IMAGE_TARGETS.idleRss)
+  row('peak RSS under load', (one) => `${one.peak.toFixed(1)} MiB`, `≤ ${IMAGE_TARGETS.peakRss} MiB`, (one) => one.peak <= IMAGE_TARGETS.peakRss)
+  row('peak RSS after 256 MiB each way', (one) => `${one.transferPeak.toFixed(1)} MiB`, `≤ ${IMAGE_TARGETS.transferRss} MiB`, (one) => one.transferPeak <= IMAGE_TARGETS.transferRss)
+  for (const label of ['1 KiB', '64 KiB']) {
+    row(`${label} req/s vs bare stack`, (one) => `${one.ratios[label].rps.toFixed(2)}x`, '', () => true)
+    row(`${label} CPU/request vs bare stack`, (one) => `${one.ratios[label].cpu.toFixed(2)}x (${one.ratios[label].cpuUs} µs)`, '', () => true)
+  }
+  for (const one of measured.filter((some) => some.skipped !== undefined)) lines.push(`${one.name}: ${one.skipped}, skipped`)
+  for (const one of ran.filter((some) => !some.whole)) lines.push(`${one.name}: the 256 MiB transfers did not arrive whole`)
+  return { lines, measured }
+}
+
 // --- Start everything --------------------------------------------------------
 const upstream = await serve('upstream')
 const tokens = await serve('token')
+if (FOOTPRINT_ONLY) {
+  const { lines, measured } = await footprintReport(upstream.port, tokens.port)
+  process.stdout.write(`bearer-proxy footprint by runtime, ${new Date().toISOString().slice(0, 10)}${lines.join('\n')}\n`)
+  if (JSON_FILE !== undefined) writeFileSync(JSON_FILE, JSON.stringify({ runtimes: measured }, null, 2) + '\n')
+  for (const child of [upstream.child, tokens.child]) child.kill()
+  process.exit(0)
+}
 const floors = [
   ['fastify+http-proxy', await serve('fastify-http-proxy', { UPSTREAM_PORT: String(upstream.port) })],
   ['undici pipe', await serve('undici-pipe', { UPSTREAM_PORT: String(upstream.port) })],
@@ -186,16 +298,7 @@ for (const [name] of targets) {
 const peakRss = status(proxy.child.pid, 'VmHWM')
 
 // --- 256 MiB down and up through bearer-proxy ---------------------------------
-const down = await request(`http://127.0.0.1:${proxy.port}/huge`)
-let received = 0
-for await (const chunk of down.body) received += chunk.length
-const chunk = Buffer.alloc(64 * 1024, 'y')
-const up = await request(`http://127.0.0.1:${proxy.port}/sink`, {
-  method: 'POST',
-  headers: { 'content-type': 'application/octet-stream', 'content-length': String(4096 * chunk.length) },
-  body: Readable.from((function * () { for (let i = 0; i < 4096; i++) yield chunk })())
-})
-const sent = Number(await up.body.text())
+const { received, sent } = await transfer(proxy.port)
 const transferRss = status(proxy.child.pid, 'VmHWM')
 const tokenRequests = Number(await (await fetch(`http://127.0.0.1:${tokens.port}/count`)).text())
 
@@ -241,11 +344,15 @@ lines.push('(own: anonymous memory, V8\'s heap and malloc; the rest of RSS is pa
 lines.push(`256 MiB through the proxy: ${received === 4096 * 65536 ? 'down whole' : `down ${received} bytes`}, ${sent === 4096 * 65536 ? 'up whole' : `up ${sent} bytes`}`)
 lines.push(`token requests during the run: ${tokenRequests} (5 starts, one with DPoP, one traced: must be 5)`)
 lines.push(`spans exported by the traced proxy: ${Math.round(Number(await (await fetch(`http://127.0.0.1:${collector.port}/count`)).text()) / 1024)} KiB of OTLP`)
+// The footprint on each runtime, with the other servers stopped: they would share the cores.
+for (const child of [proxy.child, dpop.child, traced.child, collector.child, ...floors.map(([, { child }]) => child), ...peers.map((peer) => peer.child)]) child?.kill()
+const byRuntime = await footprintReport(upstream.port, tokens.port)
+lines.push(...byRuntime.lines)
 process.stdout.write(lines.join('\n') + '\n')
 if (JSON_FILE !== undefined) {
   writeFileSync(JSON_FILE, JSON.stringify({
     node: process.version, connections: CONNECTIONS, durationSeconds: DURATION, results, latency, readyMs: readyTimes, startedRssMiB: startedRss, idleRssMiB: idleRss, idleAnonymousMiB: idleAnonymous, peakRssMiB: peakRss, transferRssMiB: transferRss,
-    tokenRequests, skipped: peers.filter((peer) => peer.skipped !== undefined).map(({ name, skipped }) => ({ name, skipped }))
+    tokenRequests, runtimes: byRuntime.measured, skipped: peers.filter((peer) => peer.skipped !== undefined).map(({ name, skipped }) => ({ name, skipped }))
   }, null, 2) + '\n')
 }
 

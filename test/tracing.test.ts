@@ -238,10 +238,20 @@ t.test('the OTEL_* variables: off unless an endpoint or exporter asks, and each 
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c', OTEL_BSP_SCHEDULE_DELAY: 'soon' }, /OTEL_BSP_SCHEDULE_DELAY: must be a whole number of milliseconds/]
   ]
   for (const [variables, expected] of refused) {
+    t.throws(() => tracingSettings(variables), expected, JSON.stringify(variables))
+    try {
+      tracingSettings(variables)
+    } catch (error) {
+      t.notMatch((error as Error).message, /collector-pw-Zu47/, 'a password in the URL is never repeated')
+    }
+  }
+  // As `serve` says it: exit 2, the variable named, before anything listens.
+  for (const [variables, expected] of [refused[0], refused[7]] as Array<[Record<string, string>, RegExp]>) {
     const result = await runCli(['serve'], { ...env, ...variables })
     t.equal(result.code, 2, JSON.stringify(variables))
+    t.match(result.stderr, /^bearer-proxy: OTEL_[A-Z_]+: /)
     t.match(result.stderr, expected)
-    t.notMatch(result.stderr + result.stdout, /collector-pw-Zu47/, 'a password in the URL is never repeated')
+    t.notMatch(result.stderr + result.stdout, /collector-pw-Zu47|"event":"listening"/)
   }
 })
 
@@ -276,7 +286,7 @@ t.test('without OTEL_* variables serve loads nothing but dist/cli.js; with them,
 })
 
 t.test('a collector that is down or refusing costs no request, and is said once, not per batch', async (t) => {
-  const { collector, url, tracing, tracerLogs: traceLogs } = await tracedStack(t, { OTEL_EXPORTER_OTLP_TIMEOUT: '2000' })
+  const { collector, url, tracing, tracerLogs: traceLogs } = await tracedStack(t, { OTEL_EXPORTER_OTLP_TIMEOUT: '300' })
   collector.status = 503
   const send = async (from: number): Promise<void> => {
     for (let i = from; i < from + 10; i++) {

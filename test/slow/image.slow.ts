@@ -16,9 +16,12 @@ const root = fileURLToPath(new URL('../..', import.meta.url))
 const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8')
 const stages = dockerfile.split(/^FROM /m).slice(1)
 
-t.test('the image: Node 24 slim, multi-stage, non-root, health check, 0.0.0.0 only with an inbound key', async (t) => {
+t.test('the image: a supported LTS Node (22 or 24), slim, multi-stage, non-root, health check, 0.0.0.0 only with an inbound key', async (t) => {
   t.equal(stages.length, 2)
-  for (const stage of stages) t.match(stage, /^node:24-slim/)
+  const lines = stages.map((stage) => /^node:(\d+)-slim/.exec(stage)?.[1])
+  t.ok(lines.every((line) => line === '22' || line === '24'), `a supported LTS line, slim: ${lines.join(', ')}`)
+  t.equal(new Set(lines).size, 1, 'built and run on the same Node')
+  t.match(dockerfile, /chosen by measurement/, 'the Dockerfile says why that Node')
   const run = stages[1] as string
   t.match(run, /^USER 1000:1000$/m, 'the node user, by number')
   t.match(run, /^HEALTHCHECK .*\["bearer-proxy", "health"\]/m)
