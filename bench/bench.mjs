@@ -119,6 +119,18 @@ async function sequential (client, count) {
 const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]
 
+/** Three spawns to /-/ready (the first token from the local token server included), on `node` or by the shebang: the times, and the third, kept running. */
+async function startThrice (tokenPort, upstreamPort, node = undefined) {
+  const ready = []
+  for (let i = 0; ; i++) {
+    const proxy = await startBearerProxy(tokenPort, upstreamPort, {}, node)
+    ready.push(proxy.readyMs)
+    if (i === 2) return { proxy, ready }
+    proxy.child.kill()
+    await once(proxy.child, 'exit')
+  }
+}
+
 /** 256 MiB down and 256 MiB up through the proxy on `port`: whether each arrived whole. */
 async function transfer (port) {
   const down = await request(`http://127.0.0.1:${port}/huge`)
@@ -141,16 +153,7 @@ async function transfer (port) {
  * the req/s and CPU ratios), and peak after 256 MiB each way.
  */
 async function footprint (node, upstreamPort, tokenPort) {
-  const ready = []
-  let proxy
-  for (let i = 0; i < 3; i++) {
-    proxy = await startBearerProxy(tokenPort, upstreamPort, {}, node)
-    ready.push(proxy.readyMs)
-    if (i < 2) {
-      proxy.child.kill()
-      await once(proxy.child, 'exit')
-    }
-  }
+  const { proxy, ready } = await startThrice(tokenPort, upstreamPort, node)
   await sleep(15_000)
   const idle = status(proxy.child.pid, 'VmRSS')
   const own = anonymous(proxy.child.pid)
@@ -226,16 +229,7 @@ const floors = [
 const peers = await startPeers(upstream.port)
 
 // Start-up: three spawns to /-/ready (the first token from the local token server included); the third stays for the rest.
-const readyTimes = []
-let proxy
-for (let i = 0; i < 3; i++) {
-  proxy = await startBearerProxy(tokens.port, upstream.port)
-  readyTimes.push(proxy.readyMs)
-  if (i < 2) {
-    proxy.child.kill()
-    await once(proxy.child, 'exit')
-  }
-}
+const { proxy, ready: readyTimes } = await startThrice(tokens.port, upstream.port)
 // Idle: 1 s after ready, and settled: V8 frees the start-up's garbage by itself (its memory
 // reducer) some 8 s into a quiet process, which is where a sidecar spends its life.
 await sleep(1000)
