@@ -3,7 +3,6 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
-import { request } from 'undici'
 import pino from 'pino'
 import { loadConfig } from '../src/config.js'
 import { browserCommand, loginWithDevice } from '../src/login/flow.js'
@@ -11,6 +10,7 @@ import { createDispatcher } from '../src/outbound.js'
 import { readLogin, saveLogin } from '../src/login-store.js'
 import { Secret } from '../src/secret.js'
 import { assertNoSecret, fragments, spellings } from './helpers/secrets.js'
+import { type Returned, returnTo } from './helpers/browser.js'
 import { bounded, cleanDirectory, collect, rawHttp, runCli, spawnCli, type Teardown, waitForLine } from './helpers/stack.js'
 import { FakeClock } from './helpers/clock.js'
 import { makePki } from './helpers/tls.js'
@@ -162,7 +162,7 @@ t.test('what a provider sends reaches the terminal without control characters: c
  * `bearer-proxy login` against `idp`, the test playing the browser: the URL it
  * prints, and the callback sent with `state` (this login's unless told) and a code.
  */
-async function browserLogin (t: Teardown, env: Record<string, string>): Promise<{ authorization: URL, callback: (query: Record<string, string>) => Promise<{ status: number, body: string }>, exit: () => Promise<{ code: number, stderr: string }> }> {
+async function browserLogin (t: Teardown, env: Record<string, string>): Promise<{ authorization: URL, callback: (query: Record<string, string>) => Promise<Returned>, exit: () => Promise<{ code: number, stderr: string }> }> {
   const child = spawnCli(['login'], env, cleanDirectory())
   t.teardown(() => { child.kill('SIGKILL') })
   const output = collect(child)
@@ -174,8 +174,7 @@ async function browserLogin (t: Teardown, env: Record<string, string>): Promise<
     callback: async (query) => {
       const back = new URL(authorization.searchParams.get('redirect_uri') as string)
       for (const [name, value] of Object.entries({ state: authorization.searchParams.get('state') ?? '', ...query })) back.searchParams.set(name, value)
-      const answer = await request(back)
-      return { status: answer.statusCode, body: await answer.body.text() }
+      return await returnTo(back)
     },
     exit: async () => {
       const [code] = await bounded(exited, 15_000, 'the login to end')
@@ -201,7 +200,8 @@ t.test('the ID token: it must come back from a browser login, be a JWT and carry
     pending = await make()
     secrets.push(String(pending.refresh_token), `code-${why.replace(/ /g, '-')}-7731`)
     const page = await login.callback({ code: `code-${why.replace(/ /g, '-')}-7731` })
-    t.equal(page.status, 400, `${why}: the browser is told the login did not complete`)
+    t.equal(page.status, 502, `${why}: the browser is told the login did not complete`)
+    t.match(page.body, /The login did not complete/)
     t.notMatch(page.body, /Logged in/)
     const { code, stderr } = await login.exit()
     t.equal(code, 1)
@@ -262,7 +262,8 @@ t.test('the loopback listener answers only its own name and its own login: anoth
   for (const forged of ['someone-elses-state', '', `${state}x`]) {
     const refused = await login.callback({ state: forged, code: 'forged-code-3321' })
     t.equal(refused.status, 400, `state ${JSON.stringify(forged)}`)
-    t.match(refused.body, /not the login the terminal is waiting for/)
+    t.match(refused.body, /Not the login the terminal is waiting for/)
+    t.equal(refused.redirect.location, '/not-this-login', 'sent to a page without the code')
   }
   const erroring = await login.callback({ state: 'someone-elses-state', error: 'access_denied' })
   t.equal(erroring.status, 400, 'an error with another state does not end the login either')

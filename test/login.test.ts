@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path'
 import { decodeJwt } from 'jose'
 import t from 'tap'
 import { request } from 'undici'
-import { approveDevice, signIn, startLogin } from './helpers/browser.js'
+import { approveDevice, returnTo, signIn, startLogin } from './helpers/browser.js'
 import { startRunaiWithRealm } from './helpers/emulators.js'
 import { startTokenEndpoint } from './helpers/token-endpoint.js'
 import { cleanDirectory, collect, runCli, spawnCli, startApiOf, startIdentity, startTestProxy, type Teardown, waitForLine } from './helpers/stack.js'
@@ -34,9 +34,10 @@ t.test('login: the browser signs in, the loopback listener takes the code, the r
   t.match(authorization.searchParams.get('redirect_uri'), /^http:\/\/127\.0\.0\.1:\d+\/callback$/)
   const back = await signIn(url, { user: 'alice' })
   const code = new URL(back).searchParams.get('code') ?? ''
-  const arrived = await request(back)
-  t.equal(arrived.statusCode, 200)
-  t.match(await arrived.body.text(), /Logged in/)
+  const arrived = await returnTo(back)
+  t.equal(arrived.redirect.status, 303, 'the callback sends the browser on')
+  t.equal(arrived.status, 200)
+  t.match(arrived.body, /Logged in/)
   const [exitCode] = await once(child, 'exit') as [number]
   t.equal(exitCode, 0, output().stderr)
   t.match(output().stderr, /Logged in as alice\. The login is kept in .*logins\.json/)
@@ -79,13 +80,13 @@ t.test('login refuses a callback with another state (and goes on waiting for its
   const real = await signIn(forged.url)
   const back = new URL(real)
   back.searchParams.set('state', 'someone-elses-state')
-  const refused = await request(back)
-  t.equal(refused.statusCode, 400, 'a callback with another state is refused')
-  t.match(await refused.body.text(), /not the login the terminal is waiting for/)
+  const refused = await returnTo(back)
+  t.equal(refused.status, 400, 'a callback with another state is refused')
+  t.match(refused.body, /Not the login the terminal is waiting for/)
   // The login goes on: the callback with its own state still logs in.
-  const arrived = await request(real)
-  t.equal(arrived.statusCode, 200)
-  t.match(await arrived.body.text(), /Logged in/)
+  const arrived = await returnTo(real)
+  t.equal(arrived.status, 200)
+  t.match(arrived.body, /Logged in/)
   const [forgedExit] = await once(forged.child, 'exit') as [number]
   t.equal(forgedExit, 0, forged.output().stderr)
 

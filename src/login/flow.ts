@@ -20,6 +20,7 @@ import { authorizationCodeGrant, authorizationUrl, deviceAuthorizationRequest, t
 import { readRunaiLogin, runaiCodeExchange } from '../oauth/runai.js'
 import { scrubSecrets } from '../oauth/redact.js'
 import { readLogin, removeLogin, saveLogin } from '../login-store.js'
+import { loginPage, type Outcome, PAGE_HEADERS, redirectHeaders } from './page.js'
 
 /**
  * `bearer-proxy login`: a person's own login, by the authorization code flow with
@@ -175,27 +176,39 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
   io.say(`Waiting for the browser to come back to ${redirectUri} (up to ${login.timeout} s)…`)
   io.open(url.href)
 
+  const where = displayUrl(provider.issuer)
   try {
     const answer = await callback.next(login.timeout * 1000)
     const refused = answer.get('error')
     if (refused !== null) {
-      throw new LoginError(`the provider did not log you in: ${summariseError({ error: refused, error_description: answer.get('error_description') ?? undefined }) ?? 'refused'}`)
+      const description = answer.get('error_description') ?? undefined
+      callback.finish({ kind: 'denied', provider: where, error: refused, description })
+      throw new LoginError(`the provider did not log you in: ${summariseError({ error: refused, error_description: description }) ?? 'refused'}`)
     }
     const code = answer.get('code')
-    if (code === null || code === '') throw new LoginError('the browser came back without a code')
+    if (code === null || code === '') {
+      callback.finish({ kind: 'provider_error', provider: where, reason: 'sent the browser back without a code' })
+      throw new LoginError('the browser came back without a code')
+    }
     session.secret(code)
     const exchanged = runaiApi !== undefined
       ? await exchangeAtRunai(session, runaiApi, code, redirectUri)
       : await session.post(provider.tokenEndpoint, 'token endpoint', authorizationCodeGrant(code, redirectUri, verifier), true, true)
-    if (exchanged.status !== 200) throw new LoginError(answered(`token endpoint ${displayUrl(runaiApi ?? provider.tokenEndpoint)}`, exchanged))
+    if (exchanged.status !== 200) {
+      // invalid_grant: the code expired, or was used already.
+      callback.finish(exchanged.body.error === 'invalid_grant' ? { kind: 'expired', provider: where } : { kind: 'provider_error', provider: where, reason: `refused the code (it answered ${exchanged.status})` })
+      throw new LoginError(answered(`token endpoint ${displayUrl(runaiApi ?? provider.tokenEndpoint)}`, exchanged))
+    }
     const outcome = store(login, client, exchanged.body, { nonce }, session.keptKey)
-    callback.finish(true)
+    callback.finish({ kind: 'logged_in', provider: where, subject: outcome.subject })
     return outcome
   } catch (error) {
-    callback.finish(false)
+    // A provider that did not answer in time: the login expired; anything else, the provider's error.
+    const late = error instanceof LoginError && /timed out|did not answer|deadline/.test(error.message)
+    callback.finish(late ? { kind: 'expired', provider: where } : { kind: 'provider_error', provider: where, reason: 'could not complete the login' })
     throw error
   } finally {
-    callback.close()
+    await callback.close()
   }
 }
 
@@ -210,33 +223,64 @@ async function exchangeAtRunai (session: Session, api: URL, code: string, redire
   return { status: 200, body: readRunaiLogin(answer.body) }
 }
 
-const PAGE = { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', connection: 'close' }
+/** How long, after the login's outcome, the listener waits for the browser to fetch the page that shows it. */
+const PAGE_GRACE_MS = 5000
+const RESULT = '/result'
+const NOT_THIS_LOGIN = '/not-this-login'
+
+interface Callback {
+  readonly port: number
+  readonly next: (timeoutMs: number) => Promise<URLSearchParams>
+  /** Tells the browser that came back how the login ended: a 303 to the page that shows it. */
+  readonly finish: (outcome: Outcome) => void
+  /** Once the browser has its page (or a few seconds have passed), the listener closes. */
+  readonly close: () => Promise<void>
+}
 
 /**
  * The loopback listener. It answers only requests addressed to it by name
  * (`Host: 127.0.0.1:<port>` or `localhost:<port>`: a page that re-points another name
  * at 127.0.0.1 is refused). The first `/callback` carrying this login's `state` is
- * the answer, and its browser is told the outcome when the login ends; a callback
- * with another state is refused and the wait goes on; anything else is 404.
+ * the answer; when the login ends, its browser is sent (303) to `/result`, which
+ * shows the outcome, so that the code and state stay neither in the address bar nor
+ * in the history. A callback with another state, or a second one, is sent to a page
+ * saying so and the wait goes on; anything else is 404. Every answer is a page of
+ * `page.ts`, with its headers.
  */
-async function listen (port: number, state: string): Promise<{ port: number, next: (timeoutMs: number) => Promise<URLSearchParams>, finish: (ok: boolean) => void, close: () => void }> {
+async function listen (port: number, state: string): Promise<Callback> {
   let deliver: (query: URLSearchParams) => void = () => {}
   const answered = new Promise<URLSearchParams>((resolve) => { deliver = resolve })
   let waiting: ServerResponse | undefined
+  let outcome: Outcome | undefined
+  let shown: () => void = () => {}
+  const pageShown = new Promise<void>((resolve) => { shown = resolve })
   let bound = 0
+  const show = (response: ServerResponse, what: Outcome): void => {
+    const { status, html } = loginPage(what)
+    response.writeHead(status, PAGE_HEADERS).end(html)
+  }
   const server = createServer((request: IncomingMessage, response: ServerResponse) => {
     const host = request.headers.host
     if (host !== `127.0.0.1:${bound}` && host !== `localhost:${bound}`) {
-      response.writeHead(421, PAGE).end(`This listener answers only http://127.0.0.1:${bound}/.\n`)
+      show(response, { kind: 'wrong_host', address: `http://127.0.0.1:${bound}/` })
       return
     }
     const url = new URL(request.url ?? '/', 'http://127.0.0.1')
+    if (url.pathname === RESULT && outcome !== undefined) {
+      show(response, outcome)
+      shown()
+      return
+    }
+    if (url.pathname === NOT_THIS_LOGIN) {
+      show(response, { kind: 'not_this_login' })
+      return
+    }
     if (url.pathname !== '/callback') {
-      response.writeHead(404, PAGE).end('not found\n')
+      show(response, { kind: 'not_found' })
       return
     }
     if (url.searchParams.get('state') !== state || waiting !== undefined) {
-      response.writeHead(400, PAGE).end('This is not the login the terminal is waiting for: nothing was done.\n')
+      response.writeHead(303, redirectHeaders(NOT_THIS_LOGIN)).end()
       return
     }
     waiting = response
@@ -258,11 +302,18 @@ async function listen (port: number, state: string): Promise<{ port: number, nex
         timer = setTimeout(() => reject(new LoginError(`the browser did not come back within ${timeoutMs / 1000} s; start again with bearer-proxy login`)), timeoutMs)
       })
     ]),
-    finish: (ok) => {
-      waiting?.writeHead(ok ? 200 : 400, PAGE).end(ok ? 'Logged in: you can close this window and return to the terminal.\n' : 'The login did not complete; see the terminal.\n')
+    finish: (ended) => {
+      if (waiting === undefined || outcome !== undefined) return
+      outcome = ended
+      waiting.writeHead(303, redirectHeaders(RESULT)).end()
     },
-    close: () => {
+    close: async () => {
       clearTimeout(timer)
+      if (outcome !== undefined) {
+        let grace: NodeJS.Timeout | undefined
+        await Promise.race([pageShown, new Promise<void>((resolve) => { grace = setTimeout(resolve, PAGE_GRACE_MS) })])
+        clearTimeout(grace)
+      }
       server.closeAllConnections()
       server.close()
     }

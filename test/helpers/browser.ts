@@ -81,3 +81,28 @@ export async function startLogin (t: Teardown, env: Record<string, string>): Pro
   return { child, url: line.trim(), output }
 }
 
+
+/** What a browser gets back at the login's loopback listener: the callback's redirect, then the page it leads to. */
+export interface Returned {
+  readonly redirect: { readonly status: number, readonly location: string, readonly headers: Record<string, string | string[] | undefined> }
+  readonly status: number
+  readonly url: string
+  readonly headers: Record<string, string | string[] | undefined>
+  readonly body: string
+}
+
+/** The browser's return to `callback` (a /callback URL with its query), followed as a browser does: a 303, then a GET of the clean path. */
+export async function returnTo (callback: string | URL): Promise<Returned> {
+  const answer = await request(callback)
+  await answer.body.dump()
+  const location = String(answer.headers.location ?? '')
+  const page = new URL(location, callback)
+  const shown = await request(page)
+  return {
+    redirect: { status: answer.statusCode, location, headers: answer.headers },
+    status: shown.statusCode,
+    url: page.href,
+    headers: shown.headers,
+    body: await shown.body.text()
+  }
+}
