@@ -8,7 +8,7 @@ import t from 'tap'
 import { request } from 'undici'
 import WebSocket from 'ws'
 import { API_AUDIENCE } from '../demo/idp.js'
-import { signIn, startLogin } from './helpers/browser.js'
+import { signIn, startLogin, returnTo } from './helpers/browser.js'
 import { startDPoPUpstream } from './helpers/dpop-upstream.js'
 import { assertNoSecret, fragments } from './helpers/secrets.js'
 import { CLIENT, cleanDirectory, runCli, startIdentity, startTestProxy } from './helpers/stack.js'
@@ -153,7 +153,7 @@ t.test('a person\'s login with DPoP: the refresh token is bound to a key kept wi
   const store = join(mkdtempSync(join(tmpdir(), 'bearer-proxy-dpop-login-')), 'logins.json')
   const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store, BEARER_PROXY_UPSTREAM: api.url, BEARER_PROXY_DPOP: 'true' }
   const { child, url, output } = await startLogin(t, env)
-  await (await request(await signIn(url, { user: 'alice' }))).body.dump()
+  await returnTo(await signIn(url, { user: 'alice' }))
   const [code] = await once(child, 'exit') as [number]
   t.equal(code, 0, output().stderr)
   const entry = (): { refreshToken: string, dpopKey?: Record<string, unknown> } => Object.values((JSON.parse(readFileSync(store, 'utf8')) as { logins: Record<string, { refreshToken: string, dpopKey?: Record<string, unknown> }> }).logins)[0] ?? { refreshToken: '' }

@@ -91,7 +91,7 @@ t.test('login refuses a callback with another state (and goes on waiting for its
   t.equal(forgedExit, 0, forged.output().stderr)
 
   const denied = await startLogin(t, env)
-  await (await request(await signIn(denied.url, { deny: true }))).body.dump()
+  await returnTo(await signIn(denied.url, { deny: true }))
   const [deniedExit] = await once(denied.child, 'exit') as [number]
   t.equal(deniedExit, 1)
   t.match(denied.output().stderr, /the provider did not log you in: access_denied \(.*aborted interaction\)/)
@@ -169,7 +169,7 @@ t.test('logout revokes the stored refresh token at the provider (RFC 7009) and d
   const store = storeOf()
   const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'cli', BEARER_PROXY_TOKEN_STORE: store }
   const { child, url } = await startLogin(t, env)
-  await (await request(await signIn(url))).body.dump()
+  await returnTo(await signIn(url))
   await once(child, 'exit')
   const refreshToken = stored(store)
   const out = await runCli(['logout'], env, { cwd: cleanDirectory() })
@@ -191,7 +191,7 @@ t.test('login with a Keycloak realm found under /auth/realms (Run:ai self-hosted
   const env = { BEARER_PROXY_UPSTREAM: base, BEARER_PROXY_REALM: 'runai', BEARER_PROXY_CLIENT_ID: 'runai-cli', BEARER_PROXY_TOKEN_STORE: storeOf() }
   const { child, url, output } = await startLogin(t, env)
   t.match(url, /\/auth\/realms\/runai\/auth\?/, 'the realm that exists was found')
-  await (await request(await signIn(url, { user: 'researcher' }))).body.dump()
+  await returnTo(await signIn(url, { user: 'researcher' }))
   const [exitCode] = await once(child, 'exit') as [number]
   t.equal(exitCode, 0, output().stderr)
   const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })
@@ -212,7 +212,7 @@ t.test('login with Run:ai\'s own sign-in: its realm, the code exchanged and rene
   t.notOk(authorization.searchParams.has('code_challenge'), 'no PKCE challenge: Run:ai\'s token request has no field for its verifier')
   const back = await signIn(url, { user: 'researcher' })
   const code = new URL(back).searchParams.get('code') ?? ''
-  await (await request(back)).body.dump()
+  await returnTo(back)
   const [exitCode] = await once(child, 'exit') as [number]
   t.equal(exitCode, 0, output().stderr)
   t.match(output().stderr, /Logged in as researcher\./)
@@ -249,7 +249,7 @@ t.test('login with a confidential client: its secret authenticates the code exch
   const idp = await person(t)
   const env = { BEARER_PROXY_ISSUER: idp.issuer, BEARER_PROXY_CLIENT_ID: 'confidential', BEARER_PROXY_CLIENT_SECRET: CONFIDENTIAL, BEARER_PROXY_CLIENT_AUTH: 'client_secret_basic', BEARER_PROXY_TOKEN_STORE: storeOf() }
   const { child, url, output } = await startLogin(t, env)
-  await (await request(await signIn(url, { user: 'carol' }))).body.dump()
+  await returnTo(await signIn(url, { user: 'carol' }))
   const [exitCode] = await once(child, 'exit') as [number]
   t.equal(exitCode, 0, output().stderr)
   const token = await runCli(['token'], { ...env, BEARER_PROXY_GRANT: 'login' }, { cwd: cleanDirectory() })

@@ -205,7 +205,7 @@ t.test('a person\'s login at trace: no code, refresh or access token in the outp
 /** login, serve, check and logout at trace, then the store emptied under the proxy: none of their output or answers carries a secret. */
 async function scanLogin (t: Test, settings: Record<string, string>, tokensSent: () => string[], secretsBesides: string[]): Promise<void> {
   const { readFileSync } = await import('node:fs')
-  const { signIn } = await import('./helpers/browser.js')
+  const { returnTo, signIn } = await import('./helpers/browser.js')
   const { cleanDirectory, collect, spawnCli, waitForLine } = await import('./helpers/stack.js')
   const env: Record<string, string> = { ...settings, BEARER_PROXY_LOG_LEVEL: 'trace' }
   const stored = (): string[] => Object.values((JSON.parse(readFileSync(env.BEARER_PROXY_TOKEN_STORE as string, 'utf8')) as { logins: Record<string, { refreshToken: string }> }).logins)
@@ -215,7 +215,7 @@ async function scanLogin (t: Test, settings: Record<string, string>, tokensSent:
   const loginOutput = collect(login)
   const url = (await waitForLine(login, /^\s+http/, 10_000, 'stderr')).trim()
   const back = await signIn(url)
-  await (await request(back)).body.dump()
+  await returnTo(back)
   await once(login, 'exit')
   const refreshTokens = stored()
   const bodies: string[] = []
