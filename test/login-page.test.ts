@@ -88,6 +88,19 @@ t.test('over HTTP: the callback sends the browser on to /result, which shows the
   t.equal(denied.status, 403)
   t.match(denied.body, /Not logged in[\s\S]*access_denied/)
   t.equal((await refusedExit)[0], 1)
+
+  // A token endpoint that does not answer within TIMEOUT: the login expired, and the page says so.
+  const slow = await startLogin(t, { ...env, BEARER_PROXY_TIMEOUT: '0.5' })
+  const slowExit = once(slow.child, 'exit') as Promise<[number]>
+  const back = await signIn(slow.url, { user: 'alice' })
+  idp.slowMs = 3000
+  idp.mode = 'slow'
+  const late = await returnTo(back)
+  idp.mode = 'normal'
+  assertHeaders(t, late)
+  t.equal(late.status, 408)
+  t.match(late.body, /The login expired[\s\S]*did not answer/)
+  t.equal((await slowExit)[0], 1)
 })
 
 const noBrowser = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install -y chromium; .ci/run installs it): the browser tests are skipped`

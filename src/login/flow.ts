@@ -8,7 +8,7 @@ import type { Config } from '../config.js'
 import { type Client, type Login, secretsOf, type TokenSettings } from '../oauth/settings.js'
 import { displayUrl } from '../errors.js'
 import { type AuthorizationServer, discover, DiscoveryError, type EndpointName } from '../oauth/discovery.js'
-import { networkReason, oauthRequest } from '../oauth/http.js'
+import { networkReason, NO_ANSWER_IN_TIME, oauthRequest } from '../oauth/http.js'
 import { readSecret, Secret } from '../secret.js'
 import { printable } from '../terminal.js'
 import type { JsonWebKey } from 'node:crypto'
@@ -41,9 +41,13 @@ import { loginPage, type Outcome, PAGE_HEADERS, redirectHeaders } from './page.j
 
 /** Why a login did not complete, in the user's words; never a code, verifier or token. */
 export class LoginError extends Error {
-  constructor (message: string) {
+  /** The provider did not answer in time. */
+  readonly late: boolean
+
+  constructor (message: string, late = false) {
     super(message)
     this.name = 'LoginError'
+    this.late = late
   }
 }
 
@@ -112,7 +116,8 @@ class Session {
       return { status: answer.status, body: asObject(answer.body) }
     } catch (error) {
       if (error instanceof TokenResponseError) throw new LoginError(`${what} ${displayUrl(url)} answered ${error.message}`)
-      throw new LoginError(`${what} ${displayUrl(url)} is unreachable: ${networkReason(error)}`)
+      const reason = networkReason(error)
+      throw new LoginError(`${what} ${displayUrl(url)} is unreachable: ${reason}`, reason === NO_ANSWER_IN_TIME)
     }
   }
 }
@@ -204,8 +209,7 @@ export async function loginWithBrowser (config: Config, dispatcher: Dispatcher, 
     return outcome
   } catch (error) {
     // A provider that did not answer in time: the login expired; anything else, the provider's error.
-    const late = error instanceof LoginError && /timed out|did not answer|deadline/.test(error.message)
-    callback.finish(late ? { kind: 'expired', provider: where } : { kind: 'provider_error', provider: where, reason: 'could not complete the login' })
+    callback.finish(error instanceof LoginError && error.late ? { kind: 'expired', provider: where } : { kind: 'provider_error', provider: where, reason: 'could not complete the login' })
     throw error
   } finally {
     await callback.close()

@@ -60,6 +60,9 @@ export function answeredPlainHttp (code: string | undefined): boolean {
   return code !== undefined && PLAIN_HTTP_ANSWER.test(code)
 }
 
+/** `networkReason`'s words for a server that did not answer within the deadline. */
+export const NO_ANSWER_IN_TIME = 'no answer in time'
+
 export function networkReason (error: unknown): string {
   const seen = new Set<unknown>()
   let current: unknown = error
@@ -67,7 +70,7 @@ export function networkReason (error: unknown): string {
     seen.add(current)
     const code = (current as NodeJS.ErrnoException).code
     if (answeredPlainHttp(code)) return PLAIN_HTTP_REASON
-    if (current.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return 'no answer in time'
+    if (current.name === 'TimeoutError' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return NO_ANSWER_IN_TIME
     if (code !== undefined && !code.startsWith('UND_ERR')) return code
     current = current.cause
   }
